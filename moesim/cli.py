@@ -1,0 +1,178 @@
+"""The `moesim` command line: click commands only; the work happens in the modules they call.
+
+Heavy modules are imported inside commands so `moesim --help` starts instantly.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Any, Optional
+
+import click
+
+SCENARIO_ARG = click.argument("scenario", required=False, type=click.Path(dir_okay=False))
+
+
+class MoesimGroup(click.Group):
+    """Turns every MoesimError into one `error: ...` line on stderr and exit code 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from .errors import MoesimError
+        try:
+            return super().invoke(ctx)
+        except MoesimError as exc:
+            click.echo(f"error: {exc.one_line()}", err=True)
+            sys.exit(2)
+
+
+def override_options(func):
+    """Flags that override fields of the scenario file (or of the built-in default)."""
+    options = [
+        click.option("--model", help="Model name (see `moesim models`) or path to a model YAML."),
+        click.option("--system", help="System name (see `moesim systems`) or path to a system YAML."),
+        click.option("--gpus", type=int, help="Total GPU count."),
+        click.option("--tp", type=int, help="Tensor-parallel size (attention, dense layers)."),
+        click.option("--pp", type=int, help="Pipeline-parallel stages."),
+        click.option("--dp", type=int, help="Data-parallel / DP-attention ranks (derived when omitted)."),
+        click.option("--ep", type=int, help="Expert-parallel size."),
+        click.option("--etp", type=int, help="Expert tensor-parallel size."),
+        click.option("--redundant-experts", type=int, help="Extra expert slots for replicas (EPLB)."),
+        click.option("--weights-dtype", help="Format of linear weights: bf16, fp8, mxfp8, mxfp4, nvfp4."),
+        click.option("--expert-dtype", help="Format of routed-expert weights, if different."),
+        click.option("--kv-dtype", help="KV-cache format: bf16 or fp8."),
+        click.option("--batch", type=int, help="Serving: concurrent sequences per DP rank."),
+        click.option("--input-len", type=int, help="Serving: prompt tokens per sequence."),
+        click.option("--output-len", type=int, help="Serving: generated tokens per sequence."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+FLAG_PATHS = {
+    "model": "model", "system": "system", "gpus": "gpus",
+    "tp": "parallel.tp", "pp": "parallel.pp", "dp": "parallel.dp", "ep": "parallel.ep", "etp": "parallel.etp",
+    "redundant_experts": "experts.redundant", "weights_dtype": "dtypes.weights",
+    "expert_dtype": "dtypes.expert_weights", "kv_dtype": "dtypes.kv_cache",
+    "batch": "workload.batch", "input_len": "workload.input_len", "output_len": "workload.output_len",
+}
+
+
+def _overrides(flags: dict[str, Any]) -> dict[str, Any]:
+    return {FLAG_PATHS[k]: v for k, v in flags.items() if k in FLAG_PATHS and v is not None}
+
+
+def _echo_json(data: Any) -> None:
+    from .result import to_json
+    click.echo(to_json(data))
+
+
+@click.group(cls=MoesimGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="moesim")
+def main() -> None:
+    """Simulate and plan Mixture-of-Experts models on GPU clusters.
+
+    \b
+    Examples:
+      moesim memory                                  # the built-in default scenario
+      moesim memory my-scenario.yaml --json
+      moesim memory --model deepseek-v3 --system dgx-h100 --gpus 16 --ep 16
+      moesim models --json
+    """
+
+
+@main.command()
+@SCENARIO_ARG
+@override_options
+@click.option("--json", "as_json", is_flag=True, help="Print the ledger as JSON.")
+def memory(scenario: Optional[str], as_json: bool, **flags: Any) -> None:
+    """Per-GPU VRAM: weights, KV cache, activations, buffers, reserve, training states; fits?
+
+    SCENARIO is a scenario YAML; without it the built-in default is used. Flags override its
+    fields; giving --gpus or any parallel size rebuilds the split from the flags alone.
+
+    \b
+    Examples:
+      moesim memory
+      moesim memory --model deepseek-v3 --system gb200-nvl72 --gpus 72 --ep 72 --redundant-experts 32
+      moesim memory --model mixtral-8x7b --gpus 2 --tp 2 --weights-dtype bf16 --json
+    """
+    from .memory import memory_ledger
+    from .scenario import load_scenario
+    from .tables import memory_table
+
+    sc = load_scenario(scenario, _overrides(flags))
+    ledger = memory_ledger(sc).to_json()
+    if as_json:
+        _echo_json(ledger)
+        return
+    p = sc.plan
+    line = (f"{sc.input.name}: {sc.model.name} on {sc.gpus} x {sc.system.gpu.name} ({sc.system.id}); "
+            f"tp={p.tp} pp={p.pp} dp={p.dp} ep={p.ep} etp={p.etp}; weights {sc.input.dtypes.weights}, "
+            f"KV {sc.input.dtypes.kv_cache}")
+    click.echo(memory_table(ledger, line))
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+def models(as_json: bool) -> None:
+    """Built-in models with parameter counts and KV bytes per token (BF16)."""
+    from .catalog import model_rows
+    from .tables import table
+
+    rows = model_rows()
+    if as_json:
+        _echo_json(rows)
+        return
+    click.echo(table(["id", "total B", "active B", "experts", "top-k", "shared", "MoE layers", "KV B/token"],
+                     [[r["id"], f"{r['total_params'] / 1e9:.2f}", f"{r['active_params'] / 1e9:.2f}",
+                       r["experts"], r["top_k"], r["shared_experts"], r["moe_layers"],
+                       f"{r['kv_bytes_per_token']:,}"] for r in rows]))
+    click.echo("\nactive = LM head included, input embedding excluded (see docs/models.md)")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+def systems(as_json: bool) -> None:
+    """Built-in systems: GPU, NVLink domain, scale-out per GPU."""
+    from .catalog import system_rows
+    from .tables import table
+
+    rows = system_rows()
+    if as_json:
+        _echo_json(rows)
+        return
+    click.echo(table(["id", "gpu", "GPUs/node", "NVLink domain", "NVLink GB/s/dir", "NIC Gb/s/GPU", "HBM GiB"],
+                     [[r["id"], r["gpu"], r["gpus_per_node"], r["nvlink_domain_gpus"],
+                       f"{r['nvlink_GBps_per_direction']:g}", f"{r['scale_out_Gbps_per_gpu']:g}",
+                       f"{r['hbm_capacity_bytes'] / 2**30:.2f}"] for r in rows]))
+
+
+@main.command(name="import-hf")
+@click.argument("config_json", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="Model YAML to write (written only if the import succeeds).")
+@click.option("--id", "model_id", help="Model id (default: the output file name).")
+def import_hf(config_json: str, output: str, model_id: Optional[str]) -> None:
+    """Convert a Hugging Face config.json into a moesim model YAML.
+
+    \b
+    Example:
+      moesim import-hf path/to/config.json -o workloads/models/my-moe.yaml
+    """
+    import json
+    from pathlib import Path
+
+    from .errors import MoesimError
+    from .hf_import import convert, to_yaml
+    from .result import write_atomic
+
+    try:
+        config = json.loads(Path(config_json).read_text())
+    except OSError as exc:
+        raise MoesimError(f"cannot read file ({exc.strerror})", file=config_json, fix="check the path") from None
+    except json.JSONDecodeError as exc:
+        raise MoesimError(f"malformed JSON: {exc.msg} at line {exc.lineno}", file=config_json,
+                          fix="give the model's config.json as downloaded") from None
+    spec = convert(config, model_id=model_id or Path(output).stem, source=config_json)
+    write_atomic(output, to_yaml(spec))
+    click.echo(f"wrote {output}")
