@@ -176,3 +176,69 @@ def import_hf(config_json: str, output: str, model_id: Optional[str]) -> None:
     spec = convert(config, model_id=model_id or Path(output).stem, source=config_json)
     write_atomic(output, to_yaml(spec))
     click.echo(f"wrote {output}")
+
+
+@main.command()
+@SCENARIO_ARG
+@override_options
+@click.option("--tokens", type=int, help="Tokens routed by the EP group (default: one forward of the workload).")
+@click.option("--skew", default="uniform", show_default=True,
+              help="uniform | zipf:S | dirichlet:A | file:PATH (layers x experts CSV/NPY) | trace:PATH (NPY ids).")
+@click.option("--placement", help="contiguous | round_robin | eplb | eplb:R (R redundant experts). "
+                                  "Default: eplb when the scenario has redundant experts, else contiguous.")
+@click.option("--layer", type=int, default=0, show_default=True, help="Which MoE layer (0-based among MoE layers).")
+@click.option("--node-limit", type=int, help="Node-limited routing: at most this many nodes per token.")
+@click.option("--capacity-factor", type=float, help="Drop token-expert pairs beyond this capacity (GShard/Switch).")
+@click.option("--dispatch-dtype", default="fp8", show_default=True, help="fp8 (with per-128 scales) or bf16.")
+@click.option("--json", "as_json", is_flag=True, help="Print loads, imbalance and byte matrices as JSON.")
+def route(scenario: Optional[str], tokens: Optional[int], skew: str, placement: Optional[str], layer: int,
+          node_limit: Optional[int], capacity_factor: Optional[float], dispatch_dtype: str, as_json: bool,
+          **flags: Any) -> None:
+    """Expert loads, per-GPU load, imbalance and dispatch/combine traffic of one MoE layer.
+
+    \b
+    Examples:
+      moesim route
+      moesim route --skew zipf:1.0 --placement eplb:32 --gpus 64 --ep 64
+      moesim route --model mixtral-8x7b --gpus 8 --ep 8 --skew dirichlet:0.5 --json
+    """
+    from .ep_summary import parse_placement, route_summary
+    from .scenario import load_scenario
+    from .tables import route_table
+
+    overrides = _overrides(flags)
+    if placement:
+        _, redundant = parse_placement(placement, 0)
+        if ":" in placement:
+            overrides["experts.redundant"] = redundant
+    sc = load_scenario(scenario, overrides)
+    summary = route_summary(sc, skew=skew, placement=placement, tokens=tokens, layer=layer,
+                            node_limit=node_limit, capacity_factor=capacity_factor, dispatch_dtype=dispatch_dtype)
+    if as_json:
+        _echo_json(summary)
+    else:
+        click.echo(route_table(summary))
+
+
+@main.group()
+def bench() -> None:
+    """Speed benchmarks; each prints ratios against a baseline measured in the same run."""
+
+
+@bench.command(name="kernels")
+@click.option("--tokens", type=int, default=1_000_000, show_default=True, help="Tokens per timed run.")
+@click.option("--repeats", type=int, default=3, show_default=True, help="Timed runs (best is kept).")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON contract.")
+def bench_kernels(tokens: int, repeats: int, as_json: bool) -> None:
+    """Routing sampler and traffic kernels: Numba vs NumPy twin vs RNG floor (one core)."""
+    from .kernels.bench import routing_benchmark
+    from .kernels.bench_traffic import traffic_benchmark
+    from .tables import bench_table
+
+    routing = routing_benchmark(n_tokens=tokens, repeats=repeats)
+    result = {"routing": routing["deepseek-v3"], "routing_mixtral": routing["mixtral"],
+              "traffic": traffic_benchmark(n_tokens=tokens, repeats=repeats)}
+    if as_json:
+        _echo_json(result)
+    else:
+        click.echo(bench_table(result, tokens))

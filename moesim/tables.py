@@ -55,3 +55,41 @@ def memory_table(ledger: dict, scenario_line: str) -> str:
     if "max_micro_batch" in ledger:
         out.append(f"max micro-batch that fits: {ledger['max_micro_batch']}")
     return "\n".join(out)
+
+
+def route_table(s: dict) -> str:
+    """Summary of `moesim route`: loads, imbalance, traffic per link class."""
+    load = s["gpu_load"]
+    totals = s["dispatch_totals"]
+    head = (f"{s['scenario']}: {s['model']} MoE layer {s['moe_layer']}, EP {s['ep']} on {s['system']} "
+            f"(NVLink domain {s['nvlink_domain_gpus']} GPUs), {s['tokens']:,} tokens, skew {s['skew']}, "
+            f"placement {s['placement']} (+{s['redundant_experts']} redundant), seed {s['seed']}")
+    expert = s["expert_load"]
+    lines = [head, "",
+             f"expert load: min {min(expert):,} / mean {sum(expert) / len(expert):,.1f} / max {max(expert):,} "
+             f"token-expert pairs (max/mean {s['expert_imbalance']:.3f})",
+             f"GPU load:    min {min(load):,.1f} / mean {sum(load) / len(load):,.1f} / max {max(load):,.1f} "
+             f"(imbalance max/mean {s['imbalance']:.3f})",
+             f"dropped token-expert pairs: {s['dropped_tokens']:,}",
+             f"replica memory per GPU per MoE layer: {s['replica_bytes_per_gpu_per_layer'] / 2**20:,.1f} MiB", ""]
+    rows = [["local (same GPU)", f"{totals['local_bytes'] / 1e6:,.2f}"],
+            ["NVLink, direct within domain", f"{totals['nvlink_direct_bytes'] / 1e6:,.2f}"],
+            ["scale-out, direct all-to-all", f"{totals['scale_out_direct_bytes'] / 1e6:,.2f}"],
+            ["scale-out, node-deduplicated (DeepEP)", f"{totals['scale_out_dedup_bytes'] / 1e6:,.2f}"],
+            ["NVLink forwarding after scale-out", f"{totals['nvlink_forward_bytes'] / 1e6:,.2f}"]]
+    lines.append(table([f"dispatch traffic ({s['dispatch_dtype']})", "MB"], rows, align="lr"))
+    lines.append("combine mirrors dispatch in BF16 (combine_bytes_matrix = dispatch transposed)")
+    return "\n".join(lines)
+
+
+def bench_table(result: dict, tokens: int) -> str:
+    """nccl-tests style: parameters, then a fixed table with units."""
+    rows = []
+    for key, label in (("routing", "routing DeepSeek-V3 (E256 k8 g8/4)"), ("routing_mixtral", "routing Mixtral (E8 k2)"),
+                       ("traffic", "traffic DeepSeek-V3 (EP64, 8 nodes)")):
+        r = result[key]
+        rows.append([label, f"{r['tokens_per_s']:.3e}", f"{r['numpy_tokens_per_s']:.3e}",
+                     f"{r['speedup_vs_numpy']:.1f}", f"{r['rng_floor_tokens_per_s']:.3e}", f"{r['ratio_to_rng_floor']:.2f}"])
+    return "\n".join([f"# moesim bench kernels: {tokens:,} tokens per timed run, one core, best of repeats", "",
+                      table(["kernel", "tokens/s", "numpy tokens/s", "speedup x", "RNG floor tokens/s",
+                             "floor/kernel"], rows, align="lrrrrr")])
