@@ -242,3 +242,75 @@ def bench_kernels(tokens: int, repeats: int, as_json: bool) -> None:
         _echo_json(result)
     else:
         click.echo(bench_table(result, tokens))
+
+
+@main.command()
+@click.option("--system", "system_name", default="dgx-h100", show_default=True, help="System name or YAML path.")
+@click.option("--gpus", type=int, default=8, show_default=True, help="GPUs taking part.")
+@click.option("--op", type=click.Choice(["all_to_all", "all_reduce", "all_gather", "reduce_scatter", "send_recv"]),
+              default="all_reduce", show_default=True, help="Collective.")
+@click.option("--bytes", "size", default="1G", show_default=True,
+              help="Per-rank size as nccl-tests prints it (1M, 8G), or a doubling sweep 1K:8G.")
+@click.option("--algo", help="Algorithm (ring, nvls, direct, p2p); default: NCCL's choice for the size.")
+@click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
+def comm(system_name: str, gpus: int, op: str, size: str, algo: Optional[str], as_json: bool) -> None:
+    """Time, algbw and busbw of one collective (nccl-tests definitions), from the topology.
+
+    \b
+    Examples:
+      moesim comm --system dgx-h100 --gpus 16 --op all_to_all --bytes 1G
+      moesim comm --system gb200-nvl72 --gpus 72 --op all_reduce --bytes 1K:8G
+    """
+    from .comm_sweep import comm_rows
+    from .tables import comm_table
+
+    rows = comm_rows(system_name, gpus, op, size, algo)
+    if as_json:
+        _echo_json({"system": system_name, "gpus": gpus, "op": op, "rows": rows})
+    else:
+        click.echo(comm_table(system_name, gpus, op, rows))
+
+
+@main.command()
+@click.option("--cases", "cases_file", required=True, type=click.Path(dir_okay=False),
+              help="Validation cases YAML (schema of the open validation set).")
+@click.option("--json", "as_json", is_flag=True, help="Print cases, MAPE per what, and skipped cases as JSON.")
+def validate(cases_file: str, as_json: bool) -> None:
+    """Predict published measurements and report signed errors and MAPE per `what`.
+
+    \b
+    Example:
+      moesim validate --cases ../shared/validation/cases.yaml
+    """
+    from .tables import validation_table
+    from .validation import load_cases, validate as run
+
+    result = run(load_cases(cases_file))
+    if as_json:
+        _echo_json(result)
+    else:
+        click.echo(validation_table(result))
+
+
+@bench.command(name="network")
+@click.option("--gpus", "sizes", default="8,72,256,1024", show_default=True,
+              help="Comma-separated GPU counts of the uniform all-to-all.")
+@click.option("--repeats", type=int, default=2, show_default=True, help="Timed solves (best is kept).")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON contract.")
+def bench_network(sizes: str, repeats: int, as_json: bool) -> None:
+    """Max-min solve of a uniform all-to-all: Numba kernel vs NumPy twin, same run."""
+    from .errors import MoesimError
+    from .kernels.bench_network import network_benchmark
+    from .tables import network_bench_table
+
+    try:
+        counts = tuple(int(s) for s in sizes.split(","))
+    except ValueError:
+        raise MoesimError(f"cannot read {sizes!r}", field="--gpus", fix="give GPU counts like 8,72,256") from None
+    if any(c < 2 for c in counts):
+        raise MoesimError("every GPU count must be >= 2", field="--gpus", fix="give GPU counts like 8,72,256")
+    result = network_benchmark(sizes=counts, repeats=repeats)
+    if as_json:
+        _echo_json(result)
+    else:
+        click.echo(network_bench_table(result))

@@ -135,6 +135,7 @@ class ScaleOut(Record):
     nic: str
     nics_per_gpu: Required[int]
     nic_Gbps: RequiredPositive
+    nic_effective_GBps: Optional[PositiveNumber] = None
     oversubscription: RequiredPositive
 
     @property

@@ -93,3 +93,35 @@ def bench_table(result: dict, tokens: int) -> str:
     return "\n".join([f"# moesim bench kernels: {tokens:,} tokens per timed run, one core, best of repeats", "",
                       table(["kernel", "tokens/s", "numpy tokens/s", "speedup x", "RNG floor tokens/s",
                              "floor/kernel"], rows, align="lrrrrr")])
+
+
+def comm_table(system: str, gpus: int, op: str, rows: list[dict]) -> str:
+    """nccl-tests style: parameters, then size / time / algbw / busbw."""
+    head = [f"# moesim comm: {op} on {gpus} x {system} (predicted; nccl-tests definitions of algbw/busbw)"]
+    head += [f"# {n}" for n in rows[0]["notes"]] if rows else []
+    body = table(["size (B)", "time (us)", "algbw (GB/s)", "busbw (GB/s)", "algo", "proto", "bottleneck"],
+                 [[f"{r['bytes']}", f"{r['time_us']:.2f}", f"{r['algbw_GBps']:.2f}", f"{r['busbw_GBps']:.2f}",
+                   r["algo"], r["protocol"], r["bottleneck"]] for r in rows], align="rrrrlll")
+    return "\n".join(head + ["", body])
+
+
+def validation_table(result: dict) -> str:
+    rows = [[c["id"], c["what"], c["metric"], f"{c['measured']:.4g}", f"{c['predicted']:.4g}",
+             f"{100 * c['rel_error']:+.1f}%"] for c in result["cases"]]
+    out = [table(["case", "what", "metric", "measured", "predicted", "error"], rows, align="lllrrr"), ""]
+    out.append(table(["what", "MAPE"], [[k, f"{100 * v:.1f}%"] for k, v in result["mape"].items()], align="lr"))
+    if result["skipped"]:
+        reasons: dict[str, int] = {}
+        for s in result["skipped"]:
+            reasons[s["reason"]] = reasons.get(s["reason"], 0) + 1
+        out += ["", f"skipped {len(result['skipped'])} cases:"]
+        out += [f"  {n:3d} x {r}" for r, n in sorted(reasons.items(), key=lambda x: -x[1])]
+    return "\n".join(out)
+
+
+def network_bench_table(result: dict) -> str:
+    rows = [[r["gpus"], f"{r['flows']:,}", f"{r['solve_s']:.4f}",
+             "-" if r.get("numpy_solve_s") is None else f"{r['numpy_solve_s']:.4f}",
+             "-" if r.get("speedup_vs_numpy") is None else f"{r['speedup_vs_numpy']:.1f}"] for r in result["network"]]
+    return "\n".join(["# moesim bench network: max-min solve of a uniform all-to-all, one core, best of repeats", "",
+                      table(["GPUs", "flows", "solve (s)", "numpy solve (s)", "speedup x"], rows, align="rrrrr")])

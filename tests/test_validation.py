@@ -1,0 +1,74 @@
+"""`moesim validate`: the schema's output, skips with reasons, errors for malformed files."""
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from moesim.cli import main
+from moesim.validation import load_cases, validate
+
+OPEN_CASES = Path(__file__).resolve().parents[2] / "shared" / "validation" / "cases.yaml"
+
+SMALL = {"cases": [
+    {"id": "ar", "what": "collective", "system": "dgx-h100", "gpus": 8, "metric": "busbw_GBps", "measured": 368.0,
+     "params": {"op": "all_reduce", "bytes": 8589934592, "dtype": "fp32"}, "source": "test"},
+    {"id": "ep", "what": "ep_combine", "system": "dgx-h800", "gpus": 8, "metric": "bottleneck_GBps",
+     "measured": 158, "params": {"experts": 256, "tokens_per_gpu": 4096, "hidden": 7168, "topk": 8,
+                                 "dtype": "bf16", "mode": "normal", "bottleneck": "nvlink", "sms": 24},
+     "source": "test"},
+    {"id": "g", "what": "gemm", "system": "dgx-h100", "gpus": 1, "metric": "tflops", "measured": 1.0,
+     "params": {}, "source": "test"},
+    {"id": "s", "what": "collective", "system": "dgx-h999", "gpus": 8, "metric": "busbw_GBps", "measured": 1.0,
+     "params": {"op": "all_reduce", "bytes": 1024}, "source": "test"},
+    {"id": "m", "what": "collective", "system": "dgx-h100", "gpus": 8, "metric": "furlongs", "measured": 1.0,
+     "params": {"op": "all_reduce", "bytes": 1024}, "source": "test"},
+]}
+
+
+def write(tmp_path, data, name="cases.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def test_output_follows_the_schema(tmp_path):
+    result = validate(load_cases(write(tmp_path, SMALL)))
+    assert {c["id"] for c in result["cases"]} == {"ar", "ep"}
+    for case in result["cases"]:
+        assert set(case) >= {"id", "what", "metric", "measured", "predicted", "rel_error"}
+        assert case["rel_error"] == pytest.approx((case["predicted"] - case["measured"]) / case["measured"])
+    assert set(result["mape"]) == {"overall", "collective", "ep_combine"}
+    skipped = {s["id"]: s["reason"] for s in result["skipped"]}
+    assert "not modelled yet" in skipped["g"] and "unknown system" in skipped["s"] and "metric" in skipped["m"]
+    ep = next(c for c in result["cases"] if c["id"] == "ep")
+    assert "sms" in ep["ignored_params"]
+
+
+def test_cli_json_and_table(tmp_path):
+    path = write(tmp_path, SMALL)
+    runner = CliRunner()
+    data = json.loads(runner.invoke(main, ["validate", "--cases", path, "--json"]).output)
+    assert set(data) == {"cases", "mape", "skipped"}
+    table = runner.invoke(main, ["validate", "--cases", path])
+    assert table.exit_code == 0 and "MAPE" in table.output and "skipped 3 cases" in table.output
+
+
+@pytest.mark.parametrize("text,field", [("cases: [1, 2", "line"), ("cases:\n  - id: x\n", "cases.0.what"),
+                                        ("- 1\n- 2\n", "(top level)")])
+def test_malformed_cases_file_is_an_error(tmp_path, text, field):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    result = CliRunner().invoke(main, ["validate", "--cases", str(path)])
+    assert result.exit_code == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and field in lines[0]
+
+
+@pytest.mark.skipif(not OPEN_CASES.is_file(), reason="shared/validation/cases.yaml not beside the checkout")
+def test_open_cases_run_and_every_case_is_accounted_for():
+    cases = load_cases(str(OPEN_CASES))
+    result = validate(cases)
+    assert len(result["cases"]) + len(result["skipped"]) == len(cases)
+    print({k: f"{100 * v:.1f}%" for k, v in result["mape"].items()})
