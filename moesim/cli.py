@@ -300,7 +300,7 @@ def validate(cases_file: str, as_json: bool) -> None:
 def bench_network(sizes: str, repeats: int, as_json: bool) -> None:
     """Max-min solve of a uniform all-to-all: Numba kernel vs NumPy twin, same run."""
     from .errors import MoesimError
-    from .kernels.bench_network import network_benchmark
+    from .network_bench import network_benchmark
     from .tables import network_bench_table
 
     try:
@@ -314,3 +314,38 @@ def bench_network(sizes: str, repeats: int, as_json: bool) -> None:
         _echo_json(result)
     else:
         click.echo(network_bench_table(result))
+
+
+@main.command()
+@SCENARIO_ARG
+@override_options
+@click.option("--overlap", type=click.Choice(["none", "two_batch"]), default="none", show_default=True,
+              help="Two-batch overlap hides one micro-batch's all-to-all behind the other's compute.")
+@click.option("--skew", default="uniform", show_default=True, help="Routing skew (as in `moesim route`).")
+@click.option("--placement", help="Expert placement (as in `moesim route`).")
+@click.option("--trace", "trace_file", type=click.Path(dir_okay=False), help="Write a Chrome/Perfetto trace JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the Result as JSON.")
+def simulate(scenario: Optional[str], overlap: str, skew: str, placement: Optional[str], trace_file: Optional[str],
+             as_json: bool, **flags: Any) -> None:
+    """Simulate one serving step: tokens/s per GPU, TPOT or TTFT, where the time goes.
+
+    \b
+    Examples:
+      moesim simulate
+      moesim simulate --overlap two_batch --trace step.json
+      moesim simulate --gpus 32 --ep 32 --skew zipf:1.0 --placement eplb:32 --json
+    """
+    from .result import to_json, write_atomic
+    from .scenario import load_scenario
+    from .simulate import simulate as run
+    from .tables import simulate_table
+
+    sc = load_scenario(scenario, _overrides(flags))
+    result = run(sc, overlap=overlap, skew=skew, placement=placement, trace=trace_file is not None)
+    trace = result.pop("_trace", None)
+    if trace_file:
+        write_atomic(trace_file, to_json(trace, indent=None))
+    if as_json:
+        _echo_json(result)
+    else:
+        click.echo(simulate_table(result))

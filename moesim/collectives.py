@@ -27,7 +27,7 @@ from .errors import MoesimError
 from .hardware import Sourced, System
 from .loader import Record, data_root, load_record
 from .network import solve_rates
-from .topology import LinkTable, build_cluster, link_table, routes
+from .topology import LinkTable, build_cluster, link_table, path_latency, routes
 
 BUSBW_FACTOR = {
     "all_reduce": lambda n: 2 * (n - 1) / n,
@@ -265,6 +265,38 @@ def bandwidth_time(fabric: Fabric, plan: Plan) -> tuple[float, str]:
     path = links[ptr[slowest]:ptr[slowest + 1]]
     kind = min((fabric.table.kind[i] for i in path), key=lambda k: 0 if k in ("ib", "roce") else 1)
     return float(times[slowest]), kind
+
+
+def flows_time(fabric: Fabric, src, dst, nbytes) -> float:
+    """Seconds until the slowest of these concurrent flows (global GPU indices) completes under
+    max-min sharing, plus that flow's path latency. Zero-byte and GPU-local flows cost nothing."""
+    src, dst, nbytes = np.asarray(src), np.asarray(dst), np.asarray(nbytes, dtype=np.float64)
+    keep = (nbytes > 0) & (src != dst)
+    src, dst, nbytes = src[keep], dst[keep], nbytes[keep]
+    if len(src) == 0:
+        return 0.0
+    ptr, links = routes(fabric.graph, fabric.table, np.stack([src, dst], axis=1))
+    rates = solve_rates(fabric.capacity_Bps, ptr, links)
+    times = nbytes / rates
+    slowest = int(np.argmax(times))
+    return float(times[slowest] + path_latency(fabric.table, links[ptr[slowest]:ptr[slowest + 1]]))
+
+
+def ep_exchange_time(fabric: Fabric, direct: np.ndarray, rdma: np.ndarray, forward: np.ndarray,
+                     domain: int) -> float:
+    """One EP all-to-all (dispatch or combine) as DeepEP's normal kernels run it: direct flows
+    inside an NVLink domain; across domains one RDMA transfer per destination node to the rail
+    peer plus NVLink forwarding, all concurrent (DeepEP pipelines them in chunks)."""
+    g = direct.shape[0]
+    if g <= domain:
+        src, dst = np.nonzero(direct)
+        return flows_time(fabric, src, dst, direct[src, dst])
+    node = np.arange(g) // domain
+    mats = [np.where(node[:, None] == node[None, :], direct, 0.0), rdma, forward]
+    src = np.concatenate([np.nonzero(m)[0] for m in mats])
+    dst = np.concatenate([np.nonzero(m)[1] for m in mats])
+    nbytes = np.concatenate([m[np.nonzero(m)] for m in mats])
+    return flows_time(fabric, src, dst, nbytes)
 
 
 def latency(fabric: Fabric, plan: Plan, protocol: str) -> float:

@@ -80,7 +80,7 @@ def _check_link_ids(flow_links: np.ndarray, n_links: int) -> None:
                           fix=f"use link ids in [0, {n_links - 1}], one per capacity entry")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Flows:
     """F flows: paths (`flow_ptr[F+1]`, `flow_links[nnz]`) and `size_bytes`, `start_s`, `latency_s`
     (each float64[F]; a scalar is broadcast). Validated and converted to contiguous arrays on creation."""

@@ -120,8 +120,26 @@ def validation_table(result: dict) -> str:
 
 
 def network_bench_table(result: dict) -> str:
-    rows = [[r["gpus"], f"{r['flows']:,}", f"{r['solve_s']:.4f}",
+    rows = [[r["gpus"], r.get("system", "synthetic"), f"{r['flows']:,}", f"{r['solve_s']:.4f}",
              "-" if r.get("numpy_solve_s") is None else f"{r['numpy_solve_s']:.4f}",
              "-" if r.get("speedup_vs_numpy") is None else f"{r['speedup_vs_numpy']:.1f}"] for r in result["network"]]
     return "\n".join(["# moesim bench network: max-min solve of a uniform all-to-all, one core, best of repeats", "",
-                      table(["GPUs", "flows", "solve (s)", "numpy solve (s)", "speedup x"], rows, align="rrrrr")])
+                      table(["GPUs", "system", "flows", "solve (s)", "numpy solve (s)", "speedup x"], rows,
+                            align="rlrrrr")])
+
+
+def simulate_table(r: dict) -> str:
+    m = r["metrics"]
+    p = r["parallel"]
+    head = (f"{r['scenario']}: {r['model']} {r['phase']} on {r['gpus']} x {r['system']} "
+            f"(tp={p['tp']} dp={p['dp']} ep={p['ep']}), overlap {r['overlap']}, seed {r['seed']}")
+    lines = [head, ""]
+    lat = f"TPOT {m['tpot_ms']:.2f} ms" if "tpot_ms" in m else f"TTFT {m['ttft_ms']:.2f} ms"
+    lines.append(f"step {m['step_time_s'] * 1e3:.3f} ms; {lat}; {m['tokens_per_s_per_gpu']:,.0f} tokens/s per GPU; "
+                 f"{m['tokens_per_s_per_node']:,.0f} per node")
+    rows = [[k, f"{v['compute_s'] * 1e3:.3f}", f"{v['comm_s'] * 1e3:.3f}", f"{v['exposed_comm_s'] * 1e3:.3f}"]
+            for k, v in sorted(r["breakdown"].items(), key=lambda kv: -(kv[1]["compute_s"] + kv[1]["comm_s"]))]
+    lines += ["", table(["op class (critical GPU)", "compute ms", "comm ms", "exposed comm ms"], rows, align="lrrr")]
+    lines.append(f"\nmemory: {r['memory']['per_gpu']['total_bytes'] / 2**30:.2f} GiB per GPU, fits: "
+                 f"{'yes' if r['memory']['fits'] else 'NO'}")
+    return "\n".join(lines)

@@ -14,15 +14,13 @@ import numpy as np
 from pydantic import ConfigDict
 
 from . import units
-from .collectives import ALGORITHMS, Fabric, build_fabric, collective_time
+from .collectives import ALGORITHMS, build_fabric, collective_time, ep_exchange_time, flows_time
 from .errors import MoesimError
 from .hardware import system_names
 from .kernels import routing as routing_kernels
 from .kernels import traffic as traffic_kernels
 from .loader import Record, parse_record, read_yaml
 from .model import model_names
-from .network import solve_rates
-from .topology import path_latency, routes
 
 
 class Case(Record):
@@ -84,19 +82,6 @@ def _ep_choices(case: Case, n_experts: int, seed: int = 0) -> np.ndarray:
     return routing_kernels.sample_topk(pop, expert_group, limit, tokens, int(p["topk"]), seed)
 
 
-def _flows_time(fabric: Fabric, src, dst, nbytes) -> float:
-    keep = nbytes > 0
-    src, dst, nbytes = src[keep], dst[keep], nbytes[keep]
-    if len(src) == 0:
-        return 0.0
-    ptr, links = routes(fabric.graph, fabric.table, np.stack([src, dst], axis=1))
-    rates = solve_rates(fabric.capacity_Bps, ptr, links)
-    finite = np.isfinite(rates)
-    times = np.where(finite, nbytes / np.where(finite, rates, 1.0), 0.0)
-    slowest = int(np.argmax(times))
-    return float(times[slowest] + path_latency(fabric.table, links[ptr[slowest]:ptr[slowest + 1]]))
-
-
 def predict_ep(case: Case) -> tuple[float, list[str]]:
     """DeepEP-style dispatch/combine of uniformly routed tokens over the system's topology.
 
@@ -132,22 +117,12 @@ def predict_ep(case: Case) -> tuple[float, list[str]]:
         pairs = np.bincount((token_gpu[:, None] * ranks + dst_gpu).ravel(), minlength=ranks * ranks)
         counts = pairs.reshape(ranks, ranks).astype(np.float64)
         src, dst = np.nonzero(counts)
-        time_s = _flows_time(fabric, src, dst, counts[src, dst] * (per_token if fp8 else 2.0 * h))
+        time_s = flows_time(fabric, src, dst, counts[src, dst] * (per_token if fp8 else 2.0 * h))
         logical = counts[0].sum()
     else:
         counts = traffic_kernels.dispatch_counts(choices, token_gpu, ptr, slots, slot_gpu, ranks).astype(float)
-        if ranks <= domain:
-            src, dst = np.nonzero(counts)
-            time_s = _flows_time(fabric, src, dst, counts[src, dst] * per_token)
-        else:
-            rdma, forward = traffic_kernels.internode_counts(choices, token_gpu, ptr, slots, slot_gpu, ranks, domain)
-            node = np.arange(ranks) // domain
-            local = counts * (node[:, None] == node[None, :])
-            mats = [rdma.astype(float), forward.astype(float), local]
-            src = np.concatenate([np.nonzero(m)[0] for m in mats])
-            dst = np.concatenate([np.nonzero(m)[1] for m in mats])
-            nbytes = np.concatenate([m[np.nonzero(m)] for m in mats]) * per_token
-            time_s = _flows_time(fabric, src, dst, nbytes)
+        rdma, forward = traffic_kernels.internode_counts(choices, token_gpu, ptr, slots, slot_gpu, ranks, domain)
+        time_s = ep_exchange_time(fabric, counts * per_token, rdma * per_token, forward * per_token, domain)
         if p.get("bottleneck") == "rdma" and ranks > domain:
             dst_node = slot_gpu[choices] // domain
             mine = token_gpu == 0

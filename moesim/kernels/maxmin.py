@@ -15,18 +15,20 @@ Conventions shared with the NumPy twin in `maxmin_reference.py`:
   freeze at `level` (never below the previous level, which rounding could otherwise produce;
   the first link with the smallest share always saturates, so every iteration freezes a flow).
   One iteration per distinct bottleneck level.
-- Finding the flows to freeze has two modes with the same result. Scan mode walks the paths of
-  all unfrozen flows; it is the fast one when a level freezes many flows (a uniform all-to-all
-  freezes almost every flow at the first level) and needs no link->flow incidence. It then
-  updates the per-link counts of unfrozen flows by decrementing for each flow it freezes, or,
-  when the saturated links carry more than half the flows left, by recounting the flows it kept
-  (decrements of consecutive flows hit the same link, a serial chain through memory that cost
-  6 of 15 ms of a 1M-flow all-to-all). Once an
-  iteration freezes less than `SCAN_MIN_FROZEN` of the entries it scanned, the kernel builds the
-  link->flow CSR transpose of the flows still unfrozen, once, and from then on visits only the
-  flows of saturated links. Scanning thus costs at most 1/SCAN_MIN_FROZEN times the entries it
-  freezes plus one pass, so a solve is O(nnz + iterations x active links) either way; building the
-  transpose up front took 60% of a 1M-flow all-to-all solve (bench_network.py).
+- Finding the flows to freeze has two modes with the same result.
+  Scan mode (`freeze_scan`) walks the paths of all unfrozen flows and needs no link->flow
+  incidence; it wins when a level freezes many flows (a uniform all-to-all freezes almost every
+  flow at its first level). It keeps the per-link counts of unfrozen flows by decrementing for
+  each flow it freezes or, when the saturated links carry more than half the flows left, by
+  recounting the flows it kept: decrements of consecutive flows hit the same link, a serial
+  chain through memory that cost 6 of 15 ms of a 1M-flow all-to-all.
+  Once an iteration freezes less than `SCAN_MIN_FROZEN` of the entries it scanned, the kernel
+  builds the link->flow CSR transpose of the flows still unfrozen, once, and from then on visits
+  only the flows of saturated links. Scans therefore cost at most 1/SCAN_MIN_FROZEN times the
+  entries they freeze plus one pass: a solve is O(nnz + iterations x active links) either way.
+  Building the transpose of all flows up front took 60% of the 1M-flow all-to-all solve.
+- Hot loops index with unsigned link ids, so Numba skips the negative-index test (as in
+  `traffic.py`); timings in `bench_network.py`.
 - `frozen_sum` grows by `level * (flows frozen on the link this iteration)` so kernel and twin
   round identically. Indices are trusted (the caller validates), so nothing is bounds-checked.
 """
@@ -63,6 +65,43 @@ def link_incidence(n_links, flow_ptr, flow_links, flows):
 
 
 @kernel
+def freeze_scan(flow_ptr, flow_links, is_saturated, level, decrement, flows, n_scan, pending, rates, n_unfrozen):
+    """Scan mode: freeze at `level` every flow among `flows[:n_scan]` (or flows 0..n_scan-1 when
+    `flows` is None, the first scan) that crosses a saturated link, decrementing `n_unfrozen` if
+    `decrement`; write the others, in order, to `pending` (which may be `flows` itself) and return
+    (kept flows, their entries, entries of the flows frozen). A flow with no links gets +inf.
+
+    Passing None compiles a separate loop without the indirection (Numba specialises on the type),
+    which made the first scan of a 1M-flow all-to-all 1.8x faster than a runtime branch."""
+    kept = 0
+    kept_entries = 0
+    froze_entries = 0
+    for j in range(n_scan):
+        f = j if flows is None else flows[j]
+        lo = flow_ptr[f]
+        hi = flow_ptr[f + 1]
+        if lo == hi:
+            rates[f] = np.inf
+            continue
+        hit = False
+        for i in range(lo, hi):
+            if is_saturated[np.uint32(flow_links[i])]:
+                hit = True
+                break
+        if hit:
+            rates[f] = level
+            froze_entries += hi - lo
+            if decrement:
+                for i in range(lo, hi):
+                    n_unfrozen[np.uint32(flow_links[i])] -= 1
+        else:
+            pending[kept] = f
+            kept += 1
+            kept_entries += hi - lo
+    return kept, kept_entries, froze_entries
+
+
+@kernel
 def maxmin_rates(capacity, flow_ptr, flow_links):
     """float64[F]: the max-min fair rate of every flow (+inf for a flow that crosses no link)."""
     n_links = capacity.shape[0]
@@ -82,6 +121,8 @@ def maxmin_rates(capacity, flow_ptr, flow_links):
         if n_unfrozen[l] > 0:
             active[n_active] = l
             n_active += 1
+    if n_active == 0:  # no flow crosses a link, so no scan will write the rates
+        rates[:] = np.inf
     saturated = np.empty(n_links, dtype=np.int64)
     is_saturated = np.zeros(n_links, dtype=np.bool_)
     transposed = False
@@ -124,34 +165,16 @@ def maxmin_rates(capacity, flow_ptr, flow_links):
             crossings = 0
             for j in range(n_sat):
                 crossings += n_unfrozen[saturated[j]]
-            n_scan = n_flows if first_scan else n_pending
-            decrement = 2 * crossings <= n_scan
-            kept = 0
-            kept_entries = 0
-            froze_entries = 0
-            for j in range(n_scan):
-                f = j if first_scan else pending[j]
-                lo = flow_ptr[f]
-                hi = flow_ptr[f + 1]
-                if lo == hi:  # only in the first scan: a flow with no links
-                    rates[f] = np.inf
-                    continue
-                hit = False
-                for i in range(lo, hi):
-                    if is_saturated[np.uint32(flow_links[i])]:
-                        hit = True
-                        break
-                if hit:
-                    rates[f] = level
-                    froze_entries += hi - lo
-                    if decrement:
-                        for i in range(lo, hi):
-                            n_unfrozen[np.uint32(flow_links[i])] -= 1
-                else:
-                    pending[kept] = f
-                    kept += 1
-                    kept_entries += hi - lo
-            first_scan = False
+            if first_scan:
+                decrement = 2 * crossings <= n_flows
+                kept, kept_entries, froze_entries = freeze_scan(
+                    flow_ptr, flow_links, is_saturated, level, decrement, None, n_flows, pending, rates, n_unfrozen)
+                first_scan = False
+            else:
+                decrement = 2 * crossings <= n_pending
+                kept, kept_entries, froze_entries = freeze_scan(
+                    flow_ptr, flow_links, is_saturated, level, decrement, pending, n_pending, pending, rates,
+                    n_unfrozen)
             n_pending = kept
             for j in range(n_sat):
                 is_saturated[saturated[j]] = False

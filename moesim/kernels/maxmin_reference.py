@@ -2,7 +2,9 @@
 
 They exist to be read and to check the kernel (tests compare rates to 1e-9); see the kernel
 module for the conventions (CSR paths, +inf for a flow with no links, progressive filling).
-Each iteration works on the (link, flow) entries of the flows not yet frozen.
+Each iteration works on the (link, flow) entries of the flows not yet frozen; the kernel's two
+ways of finding the flows to freeze (scan, link->flow incidence) give the same sets, so the twin
+needs only one.
 """
 from __future__ import annotations
 
@@ -11,12 +13,15 @@ import numpy as np
 SATURATION_RTOL = 1e-12
 
 
-def link_incidence(n_links, flow_ptr, flow_links):
-    """(link_ptr int64[L+1], link_flows int64[nnz]): the CSR transpose, flows in ascending order."""
-    flow_of = np.repeat(np.arange(len(flow_ptr) - 1, dtype=np.int64), np.diff(flow_ptr))
-    counts = np.bincount(flow_links, minlength=n_links)
-    link_ptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    return link_ptr, flow_of[np.argsort(flow_links, kind="stable")]
+def link_incidence(n_links, flow_ptr, flow_links, flows):
+    """(link_ptr int64[L+1], link_flows int64[nnz']): the CSR transpose restricted to the flows
+    `flows` (int64[K]), each link's flows in the order of `flows`, a flow once per crossing."""
+    flows = np.asarray(flows, dtype=np.int64)
+    lengths = flow_ptr[flows + 1] - flow_ptr[flows]
+    entries = np.repeat(flow_ptr[flows] - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
+    links = np.asarray(flow_links, dtype=np.int64)[entries]
+    link_ptr = np.concatenate([[0], np.cumsum(np.bincount(links, minlength=n_links))]).astype(np.int64)
+    return link_ptr, np.repeat(flows, lengths)[np.argsort(links, kind="stable")]
 
 
 def maxmin_rates(capacity, flow_ptr, flow_links):

@@ -1,0 +1,124 @@
+"""The SimPy engine: per-GPU compute and communication streams running the layers of one step.
+
+The engine holds no cost formulas: it receives, per layer, what each GPU computes (seconds per
+op, per GPU) and what each collective costs (seconds, from the network model), and it schedules
+them. Each GPU has a compute stream and a communication stream (SimPy resources of capacity 1);
+a collective starts when every participant has reached it and holds each participant's comm
+stream for its duration, so the slowest GPU of an MoE layer sets the pace of all. The time a GPU
+spends waiting for the others is recorded as an `idle_wait` span on its comm stream.
+
+Overlap modes:
+- `none`: one micro-batch; every op waits for the previous one.
+- `two_batch`: the batch is split into two micro-batches that alternate (DeepSeek/SGLang
+  two-batch overlap): while one micro-batch's dispatch/combine holds the comm stream, the other's
+  attention or experts use the compute stream.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+import simpy
+
+OpKind = Literal["compute", "comm"]
+
+
+@dataclass(frozen=True)
+class Op:
+    """One step of a layer: `durations[g]` seconds on GPU g (compute), or one collective (comm)."""
+
+    name: str
+    op_class: str
+    kind: OpKind
+    durations: tuple[float, ...]  # per GPU for compute; a single value for comm
+
+
+@dataclass
+class TraceEvent:
+    gpu: int
+    stream: str
+    name: str
+    op_class: str
+    microbatch: int
+    start_s: float
+    end_s: float
+
+
+@dataclass
+class EngineResult:
+    makespan_s: float
+    events: list[TraceEvent] = field(default_factory=list)
+
+
+class _Collective:
+    """Barrier + shared duration: every participant waits for all, then for the collective."""
+
+    def __init__(self, env: simpy.Environment, participants: int, duration: float):
+        self.env, self.n, self.duration = env, participants, duration
+        self.arrived = 0
+        self.all_here = env.event()
+        self.start: Optional[float] = None
+
+    def join(self):
+        self.arrived += 1
+        if self.arrived == self.n:
+            self.start = self.env.now
+            self.all_here.succeed()
+        yield self.all_here
+        yield self.env.timeout(self.duration)
+
+
+def run_step(layers: list[list[Op]], gpus: int, *, microbatches: int = 1, record: bool = True) -> EngineResult:
+    """Simulate one forward step: `layers[l]` is the op list of layer l (same for every
+    micro-batch; durations are per micro-batch). Returns the makespan and the trace."""
+    env = simpy.Environment()
+    compute = [simpy.Resource(env, capacity=1) for _ in range(gpus)]
+    comm = [simpy.Resource(env, capacity=1) for _ in range(gpus)]
+    collectives: dict[tuple[int, int, int], _Collective] = {}
+    events: list[TraceEvent] = []
+
+    def collective(mb: int, layer: int, index: int, op: Op) -> _Collective:
+        key = (mb, layer, index)
+        if key not in collectives:
+            collectives[key] = _Collective(env, gpus, op.durations[0])
+        return collectives[key]
+
+    def microbatch_on_gpu(gpu: int, mb: int):
+        for li, ops in enumerate(layers):
+            for oi, op in enumerate(ops):
+                stream = compute[gpu] if op.kind == "compute" else comm[gpu]
+                with stream.request() as req:
+                    yield req
+                    start = env.now
+                    if op.kind == "compute":
+                        yield env.timeout(op.durations[gpu])
+                    else:
+                        coll = collective(mb, li, oi, op)
+                        yield from coll.join()
+                        if record and coll.start > start:
+                            events.append(TraceEvent(gpu, "comm", f"wait for {op.name}", "idle_wait", mb,
+                                                     start, coll.start))
+                        start = coll.start
+                    if record:
+                        events.append(TraceEvent(gpu, op.kind, op.name, op.op_class, mb, start, env.now))
+
+    for gpu in range(gpus):
+        for mb in range(microbatches):
+            env.process(microbatch_on_gpu(gpu, mb))
+    env.run()
+    return EngineResult(makespan_s=env.now, events=events)
+
+
+def chrome_trace(result: EngineResult, *, name: str) -> dict:
+    """Chrome/Perfetto trace JSON: one process per GPU, one thread per stream, times in us."""
+    trace = [{"ph": "M", "pid": 0, "name": "process_name", "args": {"name": name}}]
+    gpus = sorted({e.gpu for e in result.events})
+    for gpu in gpus:
+        trace.append({"ph": "M", "pid": gpu, "name": "process_name", "args": {"name": f"GPU {gpu}"}})
+        for tid, stream in ((0, "compute"), (1, "comm")):
+            trace.append({"ph": "M", "pid": gpu, "tid": tid, "name": "thread_name", "args": {"name": stream}})
+    for e in result.events:
+        trace.append({"ph": "X", "pid": e.gpu, "tid": 0 if e.stream == "compute" else 1, "name": e.name,
+                      "cat": e.op_class, "ts": e.start_s * 1e6, "dur": (e.end_s - e.start_s) * 1e6,
+                      "args": {"microbatch": e.microbatch}})
+    return {"traceEvents": trace, "displayTimeUnit": "ms"}

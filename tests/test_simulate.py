@@ -1,0 +1,78 @@
+"""simulate(): the Result contract, determinism, traces, and the physics the engine must respect."""
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from moesim.cli import main
+from moesim.scenario import load_scenario
+from moesim.simulate import simulate
+
+
+@pytest.fixture(scope="module")
+def default_result():
+    return simulate(load_scenario(), trace=True)
+
+
+def test_result_contract(default_result):
+    r = default_result
+    for key in ("tokens_per_s_per_gpu", "tpot_ms", "step_time_s"):
+        assert r["metrics"][key] > 0
+    for row in r["breakdown"].values():
+        assert set(row) == {"compute_s", "comm_s", "exposed_comm_s", "idle_s"}
+        assert 0 <= row["exposed_comm_s"] <= row["comm_s"] + 1e-15
+    assert r["memory"]["fits"] is True
+
+
+def test_step_is_at_least_the_critical_gpus_compute_plus_exposed_comm(default_result):
+    r = default_result
+    compute = sum(v["compute_s"] for v in r["breakdown"].values())
+    exposed = sum(v["exposed_comm_s"] for v in r["breakdown"].values())
+    assert r["metrics"]["step_time_s"] >= compute + exposed - 1e-12
+    assert r["metrics"]["step_time_s"] == pytest.approx(
+        compute + exposed + sum(v["idle_s"] for v in r["breakdown"].values()), rel=1e-9)
+
+
+def test_trace_has_one_track_per_gpu_stream(default_result):
+    trace = default_result["_trace"]
+    spans = [e for e in trace["traceEvents"] if e["ph"] == "X"]
+    assert {e["pid"] for e in spans} == set(range(16))
+    assert {e["tid"] for e in spans} == {0, 1}
+    json.dumps(trace)
+
+
+def test_deterministic():
+    a = simulate(load_scenario(None, {"workload.batch": 16}))
+    b = simulate(load_scenario(None, {"workload.batch": 16}))
+    a["simulation"].pop("wall_s"), b["simulation"].pop("wall_s")
+    assert a == b
+
+
+def test_more_gpus_same_split_never_increase_expert_compute():
+    small = simulate(load_scenario(None, {"gpus": 16, "parallel.ep": 16, "workload.batch": 32}))
+    large = simulate(load_scenario(None, {"gpus": 32, "parallel.ep": 32, "workload.batch": 32}))
+    assert large["breakdown"]["routed_experts"]["compute_s"] <= small["breakdown"]["routed_experts"]["compute_s"]
+
+
+def test_hot_experts_slow_the_step_and_eplb_recovers():
+    base = {"gpus": 32, "parallel.ep": 32, "workload.batch": 128}
+    uniform = simulate(load_scenario(None, base))["metrics"]["step_time_s"]
+    skewed = simulate(load_scenario(None, base), skew="zipf:1.2")["metrics"]["step_time_s"]
+    balanced = simulate(load_scenario(None, dict(base, **{"experts.redundant": 32})), skew="zipf:1.2",
+                        placement="eplb")["metrics"]["step_time_s"]
+    assert skewed > uniform and balanced < skewed
+
+
+def test_cli_simulate_json_and_trace_file(tmp_path):
+    trace = tmp_path / "step.json"
+    result = CliRunner().invoke(main, ["simulate", "--batch", "8", "--json", "--trace", str(trace)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert "metrics" in data and "breakdown" in data and "memory" in data
+    assert json.loads(trace.read_text())["traceEvents"]
+
+
+def test_cli_simulate_bad_overlap_and_training():
+    runner = CliRunner()
+    bad = runner.invoke(main, ["simulate", "--overlap", "three_batch"])
+    assert bad.exit_code == 2
