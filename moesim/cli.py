@@ -214,6 +214,7 @@ def route(scenario: Optional[str], tokens: Optional[int], skew: str, placement: 
     sc = load_scenario(scenario, overrides)
     summary = route_summary(sc, skew=skew, placement=placement, tokens=tokens, layer=layer,
                             node_limit=node_limit, capacity_factor=capacity_factor, dispatch_dtype=dispatch_dtype)
+    summary = {k: v for k, v in summary.items() if not k.startswith("_")}
     if as_json:
         _echo_json(summary)
     else:
@@ -245,25 +246,49 @@ def bench_kernels(tokens: int, repeats: int, as_json: bool) -> None:
 
 
 @main.command()
-@click.option("--system", "system_name", default="dgx-h100", show_default=True, help="System name or YAML path.")
-@click.option("--gpus", type=int, default=8, show_default=True, help="GPUs taking part.")
+@click.option("--system", "system_name", help="System name or YAML path (default dgx-h100; with --ep, the scenario's).")
+@click.option("--gpus", type=int, help="GPUs taking part (default 8; with --ep, the scenario's EP size).")
 @click.option("--op", type=click.Choice(["all_to_all", "all_reduce", "all_gather", "reduce_scatter", "send_recv"]),
               default="all_reduce", show_default=True, help="Collective.")
 @click.option("--bytes", "size", default="1G", show_default=True,
               help="Per-rank size as nccl-tests prints it (1M, 8G), or a doubling sweep 1K:8G.")
 @click.option("--algo", help="Algorithm (ring, nvls, direct, p2p); default: NCCL's choice for the size.")
+@click.option("--ep", "ep_mode", is_flag=True,
+              help="Time one MoE layer's dispatch and combine from routed traffic instead (uses SCENARIO options).")
+@click.option("--scenario", "scenario", type=click.Path(dir_okay=False), help="With --ep: scenario YAML (default: built-in).")
+@click.option("--skew", default="uniform", show_default=True, help="With --ep: routing skew.")
+@click.option("--placement", help="With --ep: expert placement.")
+@click.option("--tokens", type=int, help="With --ep: tokens routed by the EP group.")
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
-def comm(system_name: str, gpus: int, op: str, size: str, algo: Optional[str], as_json: bool) -> None:
+def comm(system_name: Optional[str], gpus: Optional[int], op: str, size: str, algo: Optional[str], ep_mode: bool,
+         scenario: Optional[str], skew: str, placement: Optional[str], tokens: Optional[int], as_json: bool) -> None:
     """Time, algbw and busbw of one collective (nccl-tests definitions), from the topology.
 
     \b
     Examples:
       moesim comm --system dgx-h100 --gpus 16 --op all_to_all --bytes 1G
       moesim comm --system gb200-nvl72 --gpus 72 --op all_reduce --bytes 1K:8G
+      moesim comm --ep --gpus 64 --skew zipf:1.0 --placement eplb:64
     """
-    from .comm_sweep import comm_rows
-    from .tables import comm_table
+    from .tables import comm_table, ep_comm_table
 
+    if ep_mode:
+        from .ep_summary import ep_comm_summary
+        from .scenario import load_scenario
+        overrides = {"system": system_name, "gpus": gpus, "parallel.ep": gpus}
+        redundant = (placement or "").partition(":")[2]
+        if redundant.isdigit():
+            overrides["experts.redundant"] = int(redundant)
+        sc = load_scenario(scenario, overrides)
+        result = ep_comm_summary(sc, skew=skew, placement=placement, tokens=tokens)
+        if as_json:
+            _echo_json(result)
+        else:
+            click.echo(ep_comm_table(result))
+        return
+    from .comm_sweep import comm_rows
+
+    system_name, gpus = system_name or "dgx-h100", gpus if gpus is not None else 8
     rows = comm_rows(system_name, gpus, op, size, algo)
     if as_json:
         _echo_json({"system": system_name, "gpus": gpus, "op": op, "rows": rows})

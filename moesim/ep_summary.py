@@ -15,6 +15,7 @@ from .placement import PLACEMENTS, gpu_load, imbalance, replica_bytes
 from .routing import parse_skew, sample_routing
 from .scenario import Scenario, Serving
 from .traffic import ep_traffic, token_source_gpus
+from .collectives import build_fabric, ep_exchange_time
 
 
 def parse_placement(text: str, redundant: int, *, field: str = "placement") -> tuple[str, int]:
@@ -92,4 +93,34 @@ def route_summary(sc: Scenario, *, skew: str = "uniform", placement: Optional[st
         "combine_bytes_matrix": traffic.combine_bytes.tolist(),
         "dispatch_totals": traffic.totals(),
         "dispatch_dtype": dispatch_dtype,
+        "_rdma_bytes": traffic.rdma_bytes.tolist(),
+        "_nvlink_forward_bytes": traffic.nvlink_forward_bytes.tolist(),
     }
+
+
+def ep_comm_summary(sc: Scenario, *, skew: str = "uniform", placement: Optional[str] = None,
+                    tokens: Optional[int] = None, layer: int = 0, dispatch_dtype: str = "fp8") -> dict:
+    """Dispatch and combine time of one MoE layer's routed traffic on the topology (`moesim comm --ep`).
+
+    Bandwidth is reported per GPU as DeepEP does: bytes a GPU receives (dispatch) or sends
+    (combine), its own share included, over the time."""
+    summary = route_summary(sc, skew=skew, placement=placement, tokens=tokens, layer=layer,
+                            dispatch_dtype=dispatch_dtype)
+    fabric = build_fabric(sc.system.id, summary["ep"])
+    domain = summary["nvlink_domain_gpus"]
+    dispatch = np.array(summary["dispatch_bytes_matrix"])
+    combine = np.array(summary["combine_bytes_matrix"])
+    totals = summary["dispatch_totals"]
+    ratio = combine.sum() / max(dispatch.sum(), 1.0)
+    rdma = np.array(summary["_rdma_bytes"])
+    forward = np.array(summary["_nvlink_forward_bytes"])
+    t_dispatch = ep_exchange_time(fabric, dispatch, rdma, forward, domain)
+    t_combine = ep_exchange_time(fabric, combine, rdma.T * ratio, forward.T * ratio, domain)
+    recv = dispatch.sum(axis=0).max()
+    return {"scenario": summary["scenario"], "model": summary["model"], "system": summary["system"],
+            "ep": summary["ep"], "tokens": summary["tokens"], "skew": summary["skew"],
+            "placement": summary["placement"], "imbalance": summary["imbalance"],
+            "dispatch_time_us": t_dispatch * 1e6, "combine_time_us": t_combine * 1e6,
+            "dispatch_GBps_per_gpu": recv / t_dispatch / 1e9 if t_dispatch else None,
+            "combine_GBps_per_gpu": combine.sum(axis=1).max() / t_combine / 1e9 if t_combine else None,
+            "dispatch_totals": totals, "notes": fabric.efficiency_notes}

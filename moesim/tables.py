@@ -143,3 +143,12 @@ def simulate_table(r: dict) -> str:
     lines.append(f"\nmemory: {r['memory']['per_gpu']['total_bytes'] / 2**30:.2f} GiB per GPU, fits: "
                  f"{'yes' if r['memory']['fits'] else 'NO'}")
     return "\n".join(lines)
+
+
+def ep_comm_table(r: dict) -> str:
+    lines = [f"# moesim comm --ep: {r['model']} MoE layer on EP {r['ep']} x {r['system']}, {r['tokens']:,} tokens, "
+             f"skew {r['skew']}, placement {r['placement']} (GPU load imbalance {r['imbalance']:.3f})"]
+    lines += [f"# {n}" for n in r["notes"]]
+    rows = [["dispatch", f"{r['dispatch_time_us']:.1f}", f"{r['dispatch_GBps_per_gpu'] or 0:.1f}"],
+            ["combine", f"{r['combine_time_us']:.1f}", f"{r['combine_GBps_per_gpu'] or 0:.1f}"]]
+    return "\n".join(lines + ["", table(["phase", "time (us)", "GB/s per GPU (incl. local)"], rows, align="lrr")])

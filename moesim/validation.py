@@ -13,7 +13,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 from pydantic import ConfigDict
 
-from . import units
+from . import units, validation_compute
 from .collectives import ALGORITHMS, build_fabric, collective_time, ep_exchange_time, flows_time
 from .errors import MoesimError
 from .hardware import system_names
@@ -140,13 +140,72 @@ def predict_ep(case: Case) -> tuple[float, list[str]]:
     return value, ignored
 
 
+SERVING_USED = {"model", "phase", "parallel", "batch_per_gpu", "batch_tokens_per_gpu", "input_len", "context_len",
+                "dtype", "attn_dtype", "kv_cache_dtype", "overlap", "eplb", "redundant_experts"}
+
+
+def predict_serving(case: Case) -> tuple[float, list[str]]:
+    """One serving step of the deployment the case describes, simulated by the engine."""
+    from .scenario import load_scenario
+    from .simulate import simulate
+
+    p = case.params
+    phase = p.get("phase")
+    if phase not in ("prefill", "decode"):
+        raise Skip(f"phase {phase!r} (continuous batching of mixed prefill/decode) is not simulated yet")
+    if case.metric not in ("tokens_per_s_per_gpu", "tokens_per_s_per_node", "tpot_ms", "ttft_ms"):
+        raise Skip(f"unknown metric {case.metric!r} for serving")
+    par = p.get("parallel") or {}
+    if "ep" not in par:
+        raise Skip("parallel split not stated by the source")
+    if phase == "decode":
+        if "batch_per_gpu" not in p or "context_len" not in p:
+            raise Skip("decode batch per GPU or context length not stated by the source")
+        batch, input_len, output_len = int(p["batch_per_gpu"]), int(p["context_len"]) - 1, 1
+    else:
+        tokens = p.get("batch_tokens_per_gpu")
+        if not tokens or "input_len" not in p:
+            raise Skip("prefill tokens per GPU or input length not stated by the source")
+        input_len = int(p["input_len"])
+        batch, output_len = max(int(tokens) // input_len, 1), 1
+    tp, ep = int(par.get("tp", 1)), int(par["ep"])
+    model = p["model"]
+    from .model import load_model
+    experts = load_model(model).moe.num_experts
+    redundant = int(p.get("redundant_experts", 0))
+    if (experts + redundant) % ep:
+        if not p.get("eplb"):
+            raise Skip(f"{experts} experts do not divide over ep {ep} and the source names no redundant experts")
+        redundant += (-(experts + redundant)) % ep
+    weights = p.get("dtype", "bf16")
+    overrides = {"model": model, "system": case.system, "gpus": case.gpus, "parallel.tp": tp, "parallel.ep": ep,
+                 "experts.redundant": redundant, "dtypes.weights": weights,
+                 "dtypes.attention_weights": p.get("attn_dtype"), "dtypes.kv_cache": p.get("kv_cache_dtype", "bf16"),
+                 "workload": {"kind": "serving", "phase": phase, "batch": batch, "input_len": input_len,
+                              "output_len": output_len}}
+    overlap = "two_batch" if p.get("overlap") == "two_batch" else "none"
+    placement = "eplb" if (p.get("eplb") or redundant) else None
+    result = simulate(load_scenario(None, overrides), overlap=overlap, placement=placement)
+    m = result["metrics"]
+    value = {"tokens_per_s_per_gpu": m["tokens_per_s_per_gpu"], "tokens_per_s_per_node": m["tokens_per_s_per_node"],
+             "tpot_ms": m.get("tpot_ms"), "ttft_ms": m.get("ttft_ms")}[case.metric]
+    if value is None:
+        raise Skip(f"metric {case.metric} does not apply to a {phase} step")
+    ignored = [k for k in p if k not in SERVING_USED]
+    if p.get("overlap") not in (None, "none", "two_batch"):
+        ignored.append(f"overlap={p['overlap']} (simulated without overlap)")
+    return value, ignored
+
+
 PREDICTORS: dict[str, Callable[[Case], tuple[float, list[str]]]] = {
+    "serving": predict_serving,
     "collective": predict_collective,
     "ep_dispatch": predict_ep,
     "ep_combine": predict_ep,
+    "gemm": validation_compute.predict_gemm,
+    "grouped_gemm": validation_compute.predict_grouped_gemm,
 }
-LATER = {"gemm": "compute model (engine issue)", "grouped_gemm": "compute model (engine issue)",
-         "serving": "SimPy engine (engine issue)", "training": "SimPy engine (engine issue)",
+LATER = {"training": "training steps are not simulated yet (engine issue)",
          "memcpy": "microbenchmark calibration (microbenchmark issue)",
          "memory": "framework KV budgets land with the engine issue; weights are checked in tests/test_validation_memory.py"}
 
@@ -167,7 +226,7 @@ def validate(cases: list[Case]) -> dict:
         if reason is None:
             try:
                 predicted, ignored = PREDICTORS[case.what](case)
-            except Skip as exc:
+            except (Skip, validation_compute.Skip) as exc:
                 reason = str(exc)
             except MoesimError as exc:
                 reason = f"cannot model: {exc.one_line()}"

@@ -93,3 +93,12 @@ def test_comm_cli_bad_input(args, field):
     assert result.exit_code == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and field in lines[0]
+
+
+def test_comm_ep_mode_times_routed_traffic():
+    result = CliRunner().invoke(main, ["comm", "--ep", "--gpus", "32", "--skew", "zipf:1.0", "--placement",
+                                       "eplb:32", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["ep"] == 32 and data["dispatch_time_us"] > 0 and data["combine_time_us"] > data["dispatch_time_us"]
+    assert data["dispatch_totals"]["scale_out_dedup_bytes"] < data["dispatch_totals"]["scale_out_direct_bytes"]

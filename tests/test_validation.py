@@ -20,6 +20,8 @@ SMALL = {"cases": [
      "source": "test"},
     {"id": "g", "what": "gemm", "system": "dgx-h100", "gpus": 1, "metric": "tflops", "measured": 1.0,
      "params": {}, "source": "test"},
+    {"id": "t", "what": "training", "system": "dgx-h100", "gpus": 8, "metric": "mfu", "measured": 0.4,
+     "params": {"model": "qwen3-30b-a3b"}, "source": "test"},
     {"id": "s", "what": "collective", "system": "dgx-h999", "gpus": 8, "metric": "busbw_GBps", "measured": 1.0,
      "params": {"op": "all_reduce", "bytes": 1024}, "source": "test"},
     {"id": "m", "what": "collective", "system": "dgx-h100", "gpus": 8, "metric": "furlongs", "measured": 1.0,
@@ -41,7 +43,8 @@ def test_output_follows_the_schema(tmp_path):
         assert case["rel_error"] == pytest.approx((case["predicted"] - case["measured"]) / case["measured"])
     assert set(result["mape"]) == {"overall", "collective", "ep_combine"}
     skipped = {s["id"]: s["reason"] for s in result["skipped"]}
-    assert "not modelled yet" in skipped["g"] and "unknown system" in skipped["s"] and "metric" in skipped["m"]
+    assert "missing params" in skipped["g"] and "not modelled yet" in skipped["t"]
+    assert "unknown system" in skipped["s"] and "metric" in skipped["m"]
     ep = next(c for c in result["cases"] if c["id"] == "ep")
     assert "sms" in ep["ignored_params"]
 
@@ -52,7 +55,7 @@ def test_cli_json_and_table(tmp_path):
     data = json.loads(runner.invoke(main, ["validate", "--cases", path, "--json"]).output)
     assert set(data) == {"cases", "mape", "skipped"}
     table = runner.invoke(main, ["validate", "--cases", path])
-    assert table.exit_code == 0 and "MAPE" in table.output and "skipped 3 cases" in table.output
+    assert table.exit_code == 0 and "MAPE" in table.output and "skipped 4 cases" in table.output
 
 
 @pytest.mark.parametrize("text,field", [("cases: [1, 2", "line"), ("cases:\n  - id: x\n", "cases.0.what"),
