@@ -374,3 +374,22 @@ def simulate(scenario: Optional[str], overlap: str, skew: str, placement: Option
         _echo_json(result)
     else:
         click.echo(simulate_table(result))
+
+
+@bench.command(name="engine")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON contract.")
+def bench_engine(as_json: bool) -> None:
+    """Wall time of one DeepSeek-V3 decode step at EP144 and one 2048-GPU training step."""
+    from .engine_bench import engine_benchmark
+
+    result = engine_benchmark()
+    if as_json:
+        _echo_json(result)
+        return
+    e = result["engine"]
+    click.echo("# moesim bench engine (one core)\n"
+               f"decode step, DeepSeek-V3 EP144 on 18 x 8 H800, two-batch overlap: {e['decode_step_wall_s']:.2f} s wall "
+               f"(TPOT {e['decode_tpot_ms']:.1f} ms, {e['decode_tokens_per_s_per_gpu']:,.0f} tokens/s/GPU)\n"
+               f"training step, DeepSeek-V3 on 2048 H800 (PP16 x EP64 x DP128): {e['train_step_wall_s']:.2f} s wall "
+               f"({e['train_tokens_per_s_per_gpu']:,.0f} tokens/s/GPU, MFU {e['train_mfu']:.3f})\n"
+               f"simulated seconds per wall second: {e['simulated_s_per_wall_s']:.3f}")

@@ -122,3 +122,58 @@ def chrome_trace(result: EngineResult, *, name: str) -> dict:
                       "cat": e.op_class, "ts": e.start_s * 1e6, "dur": (e.end_s - e.start_s) * 1e6,
                       "args": {"microbatch": e.microbatch}})
     return {"traceEvents": trace, "displayTimeUnit": "ms"}
+
+
+def one_f_one_b(stage: int, stages: int, microbatches: int) -> list[tuple[str, int]]:
+    """The 1F1B order of one pipeline stage (Narayanan et al. 2021, PipeDream-Flush): warm-up
+    forwards, then alternate one forward and one backward, then drain the backwards."""
+    warmup = min(stages - stage - 1, microbatches)
+    order = [("F", mb) for mb in range(warmup)]
+    fwd, bwd = warmup, 0
+    while fwd < microbatches:
+        order += [("F", fwd), ("B", bwd)]
+        fwd, bwd = fwd + 1, bwd + 1
+    order += [("B", mb) for mb in range(bwd, microbatches)]
+    return order
+
+
+def run_pipeline(forward_s: list[float], backward_s: list[float], microbatches: int, p2p_s: float,
+                 *, record: bool = True) -> EngineResult:
+    """Simulate one training step's pipeline: stage s spends `forward_s[s]` / `backward_s[s]` per
+    micro-batch (all its layers, communication inside them included); activations and gradients
+    cross between stages in `p2p_s`. One representative GPU per stage (stages are symmetric
+    across their data- and expert-parallel ranks); trace pid = stage."""
+    env = simpy.Environment()
+    stages = len(forward_s)
+    fwd_ready = [[env.event() for _ in range(microbatches)] for _ in range(stages)]
+    bwd_ready = [[env.event() for _ in range(microbatches)] for _ in range(stages)]
+    events: list[TraceEvent] = []
+
+    def deliver(event: simpy.Event, delay: float):
+        yield env.timeout(delay)
+        event.succeed()
+
+    def stage_process(s: int):
+        for kind, mb in one_f_one_b(s, stages, microbatches):
+            if kind == "F":
+                if s > 0:
+                    yield fwd_ready[s][mb]
+                start = env.now
+                yield env.timeout(forward_s[s])
+                if s + 1 < stages:
+                    env.process(deliver(fwd_ready[s + 1][mb], p2p_s))
+            else:
+                if s + 1 < stages:
+                    yield bwd_ready[s][mb]
+                start = env.now
+                yield env.timeout(backward_s[s])
+                if s > 0:
+                    env.process(deliver(bwd_ready[s - 1][mb], p2p_s))
+            if record:
+                name = "forward" if kind == "F" else "backward"
+                events.append(TraceEvent(s, "compute", f"{name} mb{mb}", name, mb, start, env.now))
+
+    for s in range(stages):
+        env.process(stage_process(s))
+    env.run()
+    return EngineResult(makespan_s=env.now, events=events)

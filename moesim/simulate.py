@@ -20,13 +20,14 @@ from . import precision, units
 from . import rng as seeds
 from .collectives import build_fabric, collective_time, ep_exchange_time
 from .compute import gemm_time, grouped_gemm_time, load_compute_profile, memory_bound_time
-from .engine import Op, chrome_trace, run_step
+from .engine import Op, chrome_trace, run_pipeline, run_step
 from .errors import MoesimError
 from .memory import kv_share_per_gpu, memory_ledger
 from .opcosts import attention_core_flops
 from .placement import PLACEMENTS
 from .routing import parse_skew, sample_routing
-from .scenario import Scenario, Serving
+from .parallelism import stage_layers
+from .scenario import Scenario, Serving, Training
 from .traffic import ep_traffic, token_source_gpus
 
 OVERLAPS = ("none", "two_batch")
@@ -40,6 +41,26 @@ def ep_comm_times(fabric, traffic, domain: int) -> tuple[float, float]:
     combine = ep_exchange_time(fabric, traffic.combine_bytes, traffic.rdma_bytes.T * ratio,
                                traffic.nvlink_forward_bytes.T * ratio, domain)
     return dispatch, combine
+
+
+def elementwise_time(sc: Scenario, gpu, prof, tokens: float, *, moe_layer: bool) -> float:
+    """Memory-bound time of the non-GEMM work of one layer (norms, activations, residual adds,
+    router softmax/top-k, token permutation): the activation elements each operator class reads
+    and writes (`opcosts`), in the activation dtype, over the achievable HBM bandwidth - the
+    roofline of kernels with no data reuse. Per GPU: routed-expert work per token scales with the
+    token-expert pairs the GPU holds; TP splits the per-head and per-channel parts."""
+    m, p = sc.model, sc.plan
+    a = precision.bytes_per_element(sc.input.dtypes.activations)
+    d = m.hidden_size
+    per_token = 4 * d + 2 * d * m.norms_per_layer + 2 * d / p.tp  # projections in/out, norms, core in/out
+    if moe_layer:
+        mo = m.moe
+        pairs = mo.num_experts_per_tok * p.dp / (p.ep * p.edp)
+        per_token += d + mo.num_experts + pairs * (2 * d + 3 * mo.moe_intermediate_size / p.etp)
+        per_token += mo.num_shared_experts * (2 * d + 3 * (mo.shared_expert_intermediate_size or 0) / p.tp)
+    else:
+        per_token += 2 * d + 3 * (m.layers.dense_intermediate_size or 0) / p.tp
+    return memory_bound_time(gpu, prof, tokens * per_token * a)
 
 
 def _tokens_per_rank(w: Serving) -> int:
@@ -107,7 +128,9 @@ def serving_layers(sc: Scenario, *, microbatches: int, skew: str, placement: Opt
     dispatch_dtype = "fp8" if precision.get(exp_dtype).family in ("fp8", "fp4") else "bf16"
     layers, loads = [], []
     for layer in range(m.num_hidden_layers):
-        ops = [Op("attention", "attention", "compute", (t_attn_proj + attention_core(layer),) * group)]
+        ops = [Op("attention", "attention", "compute", (t_attn_proj + attention_core(layer),) * group),
+               Op("elementwise", "elementwise", "compute",
+                  (elementwise_time(sc, gpu, prof, tokens, moe_layer=layer in moe_index),) * group)]
         if p.tp > 1:
             ops.append(Op("tp all-reduce", "tp_allreduce", "comm", (t_allreduce,)))
         if layer not in moe_index:
@@ -171,15 +194,155 @@ def _breakdown(events, critical_gpu: int) -> dict:
     return out
 
 
+def model_flops_per_token(sc: Scenario, seq_len: int) -> float:
+    """Training FLOPs per token: 6 x active parameters (matmuls, forward + backward; LM head in,
+    input embedding out) + 3 x the causal attention-score FLOPs (forward + 2x backward), the
+    convention of Megatron-LM's MFU (Narayanan et al. 2021) with MoE active parameters."""
+    m = sc.model
+    core = sum(attention_core_flops(m, (min(t, seq_len) + 1) / 2, absorbed=False) for t in m.kv_tokens_held(seq_len))
+    return 6.0 * m.active_params + 3.0 * core
+
+
+def training_stage_costs(sc: Scenario, w: Training) -> dict:
+    """Forward and backward seconds per micro-batch of every pipeline stage, plus the step's
+    pipeline transfer, data-parallel gradient sync and optimizer times."""
+    m, p = sc.model, sc.plan
+    gpu = sc.system.gpu
+    prof = load_compute_profile(gpu.id)
+    dt = sc.input.dtypes
+    dtype = dt.weights
+    exp_dtype = dt.expert_weights or dt.weights
+    d = m.hidden_size
+    tokens = w.micro_batch * w.seq_len  # per DP rank per micro-batch
+    if w.global_batch % (p.dp * w.micro_batch):
+        raise MoesimError(f"global batch {w.global_batch} is not a multiple of dp x micro_batch = "
+                          f"{p.dp * w.micro_batch}", field="workload.global_batch",
+                          fix=f"use a multiple of {p.dp * w.micro_batch}")
+    microbatches = w.global_batch // (p.dp * w.micro_batch)
+    peak = gpu.peak_flops(precision.get(dtype).family)
+    eff = prof.matmul_efficiency(dtype)
+    group = p.ep * p.etp
+    fabric = build_fabric(sc.system.id, max(group, 2))
+    domain = min(sc.system.domain_gpus, group)
+    # balanced routing (the validation cases run force-balanced, dropless MoE): equal tokens per slot
+    group_tokens = tokens * max(group // p.tp, 1)
+    slots = (m.moe.num_experts + sc.input.experts.redundant) // p.ep
+    per_slot = group_tokens * m.moe.num_experts_per_tok / (m.moe.num_experts + sc.input.experts.redundant)
+    inter = m.moe.moe_intermediate_size // p.etp
+    t_experts = grouped_gemm_time(gpu, prof, np.full(slots, per_slot), 2 * inter, d, exp_dtype) + \
+        grouped_gemm_time(gpu, prof, np.full(slots, per_slot), d, inter, exp_dtype)
+    t_router = gemm_time(gpu, prof, tokens, m.moe.num_experts, d, "bf16")
+    shared_i = m.moe.num_shared_experts * (m.moe.shared_expert_intermediate_size or 0) // p.tp
+    t_shared = (gemm_time(gpu, prof, tokens, 2 * shared_i, d, dtype) + gemm_time(gpu, prof, tokens, d, shared_i, dtype)) \
+        if shared_i else 0.0
+    dense_i = (m.layers.dense_intermediate_size or 0) // p.tp
+    t_dense = (gemm_time(gpu, prof, tokens, 2 * dense_i, d, dtype) + gemm_time(gpu, prof, tokens, d, dense_i, dtype)) \
+        if dense_i else 0.0
+    t_attn_proj = gemm_time(gpu, prof, tokens, int(m.attention_params / (d * p.tp)), d, dtype)
+    held = m.kv_tokens_held(w.seq_len)
+    t_tp = collective_time(sc.system.id, max(group, 2), "all_reduce", tokens * d * 2,
+                           participants=list(range(p.tp))).time_s if p.tp > 1 else 0.0
+    if group > 1:
+        sample = sample_routing(m, parse_skew("uniform"), group_tokens, seed=sc.input.seed, layers=[0],
+                                nodes=max(group // domain, 1))
+        place = PLACEMENTS["contiguous"](np.ones(m.moe.num_experts), p.ep, 0, domain) \
+            if not sc.input.experts.redundant else PLACEMENTS["eplb"](np.ones(m.moe.num_experts), p.ep,
+                                                                      sc.input.experts.redundant, domain)
+        traffic = ep_traffic(sample.choices[0], token_source_gpus(group_tokens, p.ep), place, gpus_per_node=domain,
+                             hidden=d, dispatch_dtype="fp8" if precision.get(dtype).family in ("fp8", "fp4") else "bf16")
+        t_dispatch, t_combine = ep_comm_times(fabric, traffic, domain)
+    else:
+        t_dispatch = t_combine = 0.0
+    moe = set(m.moe_layer_indices)
+    recompute = {"none": 0.0, "selective": 0.0, "full": 1.0}[w.recompute]
+    forward, backward = [], []
+    ranges = stage_layers(m.num_hidden_layers, p.pp)
+    for s, layers in enumerate(ranges):
+        f_compute = f_comm = core_total = 0.0
+        for i in layers:
+            core = tokens * attention_core_flops(m, (min(held[i], w.seq_len) + 1) / 2, absorbed=False) / p.tp
+            t_core = core / (peak * eff)
+            core_total += t_core
+            f_compute += t_attn_proj + t_core + elementwise_time(sc, gpu, prof, tokens, moe_layer=i in moe)
+            f_comm += 2 * t_tp
+            if i in moe:
+                f_compute += t_router + t_experts + t_shared
+                f_comm += t_dispatch + t_combine
+            else:
+                f_compute += t_dense
+        if s == len(ranges) - 1:
+            f_compute += gemm_time(gpu, prof, tokens, m.vocab_size // p.tp, d, "bf16")
+        selective = core_total if w.recompute == "selective" else 0.0
+        forward.append(f_compute + f_comm)
+        backward.append(2 * f_compute + recompute * f_compute + selective + f_comm)
+    # pipeline transfer of one micro-batch's activations (BF16, split by TP) between stages
+    p2p = collective_time(sc.system.id, 2 * sc.system.domain_gpus, "send_recv", tokens * d * 2 / p.tp,
+                          participants=[0, sc.system.domain_gpus]).time_s if p.pp > 1 else 0.0
+    # gradient sync (ZeRO-1: reduce-scatter of BF16 gradients + all-gather of BF16 parameters),
+    # dense over dp ranks, experts over expert-dp ranks, each through one NIC per GPU (ring bound)
+    ledger = memory_ledger(sc)
+    params = ledger.weight_params_per_gpu
+    expert_params = sum(slots * m.routed_expert_params / p.etp for i in ranges[0] if i in moe)
+    nic = sc.system.spec.scale_out
+    nic_Bps = (nic.nic_effective_GBps.value if nic.nic_effective_GBps else nic.nic_Gbps.value / 8) * units.GBps \
+        * nic.nics_per_gpu.value
+    def ring(nbytes: float, ranks: int) -> float:
+        return 0.0 if ranks <= 1 else 2 * 2 * nbytes * (ranks - 1) / ranks / nic_Bps
+    t_dp = ring(params - expert_params, p.dp) + ring(expert_params, p.edp)
+    states = (params - expert_params) / max(p.dp, 1) + expert_params / max(p.edp, 1)
+    t_opt = memory_bound_time(gpu, prof, states * (12 * 2 + 4 + 2))
+    return {"forward_s": forward, "backward_s": backward, "microbatches": microbatches, "p2p_s": p2p,
+            "dp_sync_s": t_dp, "optimizer_s": t_opt, "dispatch_s": t_dispatch, "combine_s": t_combine,
+            "tokens_per_microbatch": tokens}
+
+
+def simulate_training(sc: Scenario, w: Training, *, trace: bool) -> dict:
+    wall = time.perf_counter()
+    costs = training_stage_costs(sc, w)
+    result = run_pipeline(costs["forward_s"], costs["backward_s"], costs["microbatches"], costs["p2p_s"])
+    # Megatron overlaps the gradient reduce with the last backward of each stage and the
+    # parameter gather with the next step's first forward: only the excess is exposed
+    exposed_dp = max(0.0, costs["dp_sync_s"] - max(costs["backward_s"]) - max(costs["forward_s"]))
+    step = result.makespan_s + exposed_dp + costs["optimizer_s"]
+    tokens = w.global_batch * w.seq_len
+    flops = model_flops_per_token(sc, w.seq_len) * tokens
+    peak = sc.system.gpu.peak_flops(precision.get(sc.input.dtypes.weights).family)
+    per_gpu_flops = flops / step / sc.gpus
+    ideal = sum(costs["forward_s"]) + sum(costs["backward_s"])
+    metrics = {"step_time_s": step, "tokens_per_s_per_gpu": tokens / step / sc.gpus,
+               "tflops_per_gpu": per_gpu_flops / 1e12, "mfu": per_gpu_flops / peak,
+               "pipeline_bubble_fraction": 1 - costs["microbatches"] * ideal / len(costs["forward_s"]) / result.makespan_s}
+    stage0 = {"forward_s": costs["forward_s"][0], "backward_s": costs["backward_s"][0]}
+    out = {"scenario": sc.input.name, "model": sc.model.id, "system": sc.system.id, "gpus": sc.gpus,
+           "parallel": sc.plan.model_dump(), "phase": "training", "overlap": "1f1b", "seed": sc.input.seed,
+           "metrics": metrics,
+           "breakdown": {"pipeline": {"compute_s": result.makespan_s, "comm_s": 0.0, "exposed_comm_s": 0.0,
+                                      "idle_s": 0.0},
+                         "ep_all_to_all_per_layer": {"compute_s": 0.0,
+                                                     "comm_s": costs["dispatch_s"] + costs["combine_s"],
+                                                     "exposed_comm_s": costs["dispatch_s"] + costs["combine_s"],
+                                                     "idle_s": 0.0},
+                         "dp_gradient_sync": {"compute_s": 0.0, "comm_s": costs["dp_sync_s"],
+                                              "exposed_comm_s": exposed_dp, "idle_s": 0.0},
+                         "optimizer": {"compute_s": costs["optimizer_s"], "comm_s": 0.0, "exposed_comm_s": 0.0,
+                                       "idle_s": 0.0}},
+           "memory": memory_ledger(sc).to_json(),
+           "simulation": {"microbatches": costs["microbatches"], "stage0_per_microbatch": stage0,
+                          "p2p_s": costs["p2p_s"], "flop_convention": "6 x active params + 3 x causal attention scores",
+                          "engine_events": len(result.events), "wall_s": time.perf_counter() - wall}}
+    if trace:
+        out["_trace"] = chrome_trace(result, name=sc.input.name)
+    return out
+
+
 def simulate(sc: Scenario, *, overlap: str = "none", skew: str = "uniform", placement: Optional[str] = None,
              trace: bool = False) -> dict:
     """Simulate one step of the scenario and return the Result (plain data)."""
     if overlap not in OVERLAPS:
         raise MoesimError(f"unknown overlap {overlap!r}", field="overlap", fix=f"use one of: {', '.join(OVERLAPS)}")
     w = sc.input.workload
-    if not isinstance(w, Serving):
-        raise MoesimError("training steps are not simulated yet", field="workload.kind",
-                          fix="use a serving workload (training lands in a later increment)")
+    if isinstance(w, Training):
+        return simulate_training(sc, w, trace=trace)
     wall = time.perf_counter()
     micro = 2 if overlap == "two_batch" else 1
     layers, group, info = serving_layers(sc, microbatches=micro, skew=skew, placement=placement)

@@ -53,3 +53,32 @@ def test_deterministic_and_trace_well_formed(tmp_path):
     spans = [e for e in loaded["traceEvents"] if e["ph"] == "X"]
     assert len(spans) == len(a.events) and all(e["dur"] >= 0 for e in spans)
     assert {e["tid"] for e in spans} == {0, 1}
+
+
+from moesim.engine import one_f_one_b, run_pipeline
+
+
+@pytest.mark.parametrize("stages,micro", [(1, 4), (4, 4), (4, 8), (8, 3)])
+def test_one_f_one_b_runs_every_microbatch_once_each_way(stages, micro):
+    for s in range(stages):
+        order = one_f_one_b(s, stages, micro)
+        assert sorted(mb for k, mb in order if k == "F") == list(range(micro))
+        assert sorted(mb for k, mb in order if k == "B") == list(range(micro))
+        # a backward never precedes its own forward on the stage
+        seen = set()
+        for k, mb in order:
+            if k == "F":
+                seen.add(mb)
+            else:
+                assert mb in seen
+
+
+def test_pipeline_makespan_has_the_1f1b_bubble():
+    # equal stages, no transfer cost: (m + p - 1) x (f + b)
+    result = run_pipeline([1.0] * 4, [2.0] * 4, 8, 0.0)
+    assert result.makespan_s == pytest.approx((8 + 4 - 1) * 3.0)
+    assert run_pipeline([1.0], [2.0], 8, 0.0).makespan_s == pytest.approx(24.0)
+
+
+def test_pipeline_transfers_add_to_the_critical_path():
+    assert run_pipeline([1.0] * 4, [2.0] * 4, 8, 0.1).makespan_s > run_pipeline([1.0] * 4, [2.0] * 4, 8, 0.0).makespan_s

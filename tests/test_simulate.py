@@ -76,3 +76,39 @@ def test_cli_simulate_bad_overlap_and_training():
     runner = CliRunner()
     bad = runner.invoke(main, ["simulate", "--overlap", "three_batch"])
     assert bad.exit_code == 2
+
+
+TRAIN = {"model": "qwen3-30b-a3b", "gpus": 16, "parallel.ep": 16, "runtime.framework": "megatron",
+         "dtypes.weights": "bf16", "dtypes.kv_cache": "bf16",
+         "workload": {"kind": "training", "seq_len": 4096, "micro_batch": 1, "global_batch": 64}}
+
+
+def test_training_step_metrics_are_consistent():
+    r = simulate(load_scenario(None, TRAIN))
+    m = r["metrics"]
+    assert 0 < m["mfu"] < 1
+    assert m["tokens_per_s_per_gpu"] == pytest.approx(64 * 4096 / m["step_time_s"] / 16)
+    assert r["simulation"]["microbatches"] == 4
+
+
+def test_pipeline_parallelism_adds_a_bubble():
+    flat = simulate(load_scenario(None, TRAIN))["metrics"]
+    piped = simulate(load_scenario(None, dict(TRAIN, **{"parallel.pp": 4, "parallel.ep": 4})))["metrics"]
+    assert flat["pipeline_bubble_fraction"] == pytest.approx(0, abs=1e-9)
+    assert piped["pipeline_bubble_fraction"] > 0.1
+
+
+def test_training_global_batch_must_divide():
+    from moesim.errors import MoesimError
+    bad = dict(TRAIN, workload=dict(TRAIN["workload"], global_batch=10))
+    with pytest.raises(MoesimError) as err:
+        simulate(load_scenario(None, bad))
+    assert err.value.field == "workload.global_batch"
+
+
+def test_bench_engine_json_contract():
+    result = CliRunner().invoke(main, ["bench", "engine", "--json"])
+    assert result.exit_code == 0, result.output
+    engine = json.loads(result.output)["engine"]
+    for key in ("decode_step_wall_s", "train_step_wall_s", "simulated_s_per_wall_s"):
+        assert engine[key] > 0

@@ -22,6 +22,8 @@ SMALL = {"cases": [
      "params": {}, "source": "test"},
     {"id": "t", "what": "training", "system": "dgx-h100", "gpus": 8, "metric": "mfu", "measured": 0.4,
      "params": {"model": "qwen3-30b-a3b"}, "source": "test"},
+    {"id": "c", "what": "memcpy", "system": "dgx-h100", "gpus": 1, "metric": "GBps", "measured": 2900.0,
+     "params": {"path": "hbm"}, "source": "test"},
     {"id": "s", "what": "collective", "system": "dgx-h999", "gpus": 8, "metric": "busbw_GBps", "measured": 1.0,
      "params": {"op": "all_reduce", "bytes": 1024}, "source": "test"},
     {"id": "m", "what": "collective", "system": "dgx-h100", "gpus": 8, "metric": "furlongs", "measured": 1.0,
@@ -43,7 +45,8 @@ def test_output_follows_the_schema(tmp_path):
         assert case["rel_error"] == pytest.approx((case["predicted"] - case["measured"]) / case["measured"])
     assert set(result["mape"]) == {"overall", "collective", "ep_combine"}
     skipped = {s["id"]: s["reason"] for s in result["skipped"]}
-    assert "missing params" in skipped["g"] and "not modelled yet" in skipped["t"]
+    assert "missing params" in skipped["g"] and "missing params" in skipped["t"]
+    assert "not modelled yet" in skipped["c"]
     assert "unknown system" in skipped["s"] and "metric" in skipped["m"]
     ep = next(c for c in result["cases"] if c["id"] == "ep")
     assert "sms" in ep["ignored_params"]
@@ -55,7 +58,7 @@ def test_cli_json_and_table(tmp_path):
     data = json.loads(runner.invoke(main, ["validate", "--cases", path, "--json"]).output)
     assert set(data) == {"cases", "mape", "skipped"}
     table = runner.invoke(main, ["validate", "--cases", path])
-    assert table.exit_code == 0 and "MAPE" in table.output and "skipped 4 cases" in table.output
+    assert table.exit_code == 0 and "MAPE" in table.output and "skipped 5 cases" in table.output
 
 
 @pytest.mark.parametrize("text,field", [("cases: [1, 2", "line"), ("cases:\n  - id: x\n", "cases.0.what"),
