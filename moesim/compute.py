@@ -214,27 +214,34 @@ def memory_bound_time(gpu: GPUSpec, profile: ComputeProfile, nbytes: float) -> f
     return nbytes / hbm_effective_Bps(gpu, profile) + profile.kernel_launch_s.value
 
 
-def _gemm(gpu: GPUSpec, profile: ComputeProfile, rows: np.ndarray, n: float, k: float, dtype: str,
-          out_dtype: str) -> GemmEstimate:
-    """One kernel over groups with `rows[g]` > 0 output rows each, sharing n and k (all float64)."""
+def _gemm_parts(gpu: GPUSpec, profile: ComputeProfile, rows: np.ndarray, n: float, k: float, dtype: str,
+                out_dtype: str) -> tuple:
+    """(compute_s, memory_s, flops, bytes, tile, tiles, waves) of one kernel over groups with
+    `rows[g]` > 0 output rows each, sharing n and k. Plain tuple: this runs per GPU per layer."""
     rate = tensor_peak_flops(gpu, profile, dtype)
     sms = gpu.sm_count.value
     per_sm = rate / sms
     best = None
     for tm, tn in profile.gemm_tiles.value:
-        tiles = int(np.sum(np.ceil(rows / tm))) * math.ceil(n / tn)
+        tiles = int(np.ceil(rows / tm).sum()) * math.ceil(n / tn)
         waves = math.ceil(tiles / sms)
         compute = waves * 2.0 * tm * tn * k / per_sm
         if best is None or compute < best[0]:
             best = (compute, (tm, tn), tiles, waves)
     compute, tile, tiles, waves = best
     total_rows = float(rows.sum())
-    flops = 2.0 * total_rows * n * k
     a = precision.bytes_per_element(dtype)
     c = precision.bytes_per_element(out_dtype, field="out_dtype")
     nbytes = total_rows * k * a + len(rows) * n * k * a + total_rows * n * c
-    memory = nbytes / hbm_effective_Bps(gpu, profile)
+    return compute, nbytes / hbm_effective_Bps(gpu, profile), 2.0 * total_rows * n * k, nbytes, tile, tiles, waves
+
+
+def _gemm(gpu: GPUSpec, profile: ComputeProfile, rows: np.ndarray, n: float, k: float, dtype: str,
+          out_dtype: str) -> GemmEstimate:
+    """One kernel over groups with `rows[g]` > 0 output rows each, sharing n and k (all float64)."""
+    compute, memory, flops, nbytes, tile, tiles, waves = _gemm_parts(gpu, profile, rows, n, k, dtype, out_dtype)
     launch = profile.kernel_launch_s.value
+    rate = tensor_peak_flops(gpu, profile, dtype)
     return GemmEstimate(time_s=max(compute, memory) + launch, compute_s=compute, memory_s=memory,
                         launch_s=launch, flops=flops, bytes=nbytes, tile=tile, tiles=tiles, waves=waves,
                         shape_efficiency=flops / (compute * rate))
@@ -284,8 +291,43 @@ def grouped_gemm_estimate(gpu: GPUSpec, profile: ComputeProfile, tokens_per_grou
 def grouped_gemm_time(gpu: GPUSpec, profile: ComputeProfile, tokens_per_group: Sequence[float] | np.ndarray,
                       n: float, k: float, dtype: str, *, out_dtype: str = OUTPUT_DTYPE) -> float:
     """Seconds of a grouped GEMM over experts (see `grouped_gemm_estimate`); 0 when all groups are empty."""
+    counts = np.asarray(tokens_per_group, dtype=np.float64)
+    if counts.ndim == 1 and counts.size and np.all(np.isfinite(counts)) and counts.min() >= 0 and n > 0 and k > 0:
+        rows = counts[counts > 0]  # fast path for valid input (the simulator calls this per GPU per layer)
+        if rows.size == 0:
+            _family(dtype)
+            return 0.0
+        compute, memory = _gemm_parts(gpu, profile, rows, float(n), float(k), dtype, out_dtype)[:2]
+        return max(compute, memory) + profile.kernel_launch_s.value
     est = grouped_gemm_estimate(gpu, profile, tokens_per_group, n, k, dtype, out_dtype=out_dtype)
     return 0.0 if est is None else est.time_s
+
+
+def grouped_gemm_times_per_owner(gpu: GPUSpec, profile: ComputeProfile, tokens_per_group: np.ndarray,
+                                 owner: np.ndarray, owners: int, n: float, k: float, dtype: str,
+                                 *, out_dtype: str = OUTPUT_DTYPE) -> np.ndarray:
+    """`grouped_gemm_time` of every owner (GPU) at once: owner o runs one grouped GEMM over the
+    groups g with owner[g] == o. Same model, vectorised over owners (the simulator's hot path)."""
+    counts = np.asarray(tokens_per_group, dtype=np.float64)
+    owner = np.asarray(owner, dtype=np.int64)
+    if counts.shape != owner.shape or counts.ndim != 1 or np.any(counts < 0) or not np.all(np.isfinite(counts)):
+        raise MoesimError("tokens_per_group and owner must be equal-length 1-D arrays of counts >= 0",
+                          field="tokens_per_group", fix="pass one count and one owner per group")
+    n, k = _positive("n", n), _positive("k", k)
+    rate = tensor_peak_flops(gpu, profile, dtype)
+    sms = gpu.sm_count.value
+    active = counts > 0
+    best = None
+    for tm, tn in profile.gemm_tiles.value:
+        tiles = np.bincount(owner, weights=np.ceil(counts / tm) * active, minlength=owners) * math.ceil(n / tn)
+        compute = np.ceil(tiles / sms) * 2.0 * tm * tn * k / (rate / sms)
+        best = compute if best is None else np.minimum(best, compute)
+    rows = np.bincount(owner, weights=counts, minlength=owners)
+    groups = np.bincount(owner, weights=active.astype(float), minlength=owners)
+    a = precision.bytes_per_element(dtype)
+    c = precision.bytes_per_element(out_dtype, field="out_dtype")
+    memory = (rows * k * a + groups * n * k * a + rows * n * c) / hbm_effective_Bps(gpu, profile)
+    return np.where(groups > 0, np.maximum(best, memory) + profile.kernel_launch_s.value, 0.0)
 
 
 # ---------------------------------------------------------------- achieved throughput

@@ -19,8 +19,9 @@ import numpy as np
 from . import precision, units
 from . import rng as seeds
 from .collectives import build_fabric, collective_time, ep_exchange_time
-from .compute import gemm_time, grouped_gemm_time, load_compute_profile, memory_bound_time
-from .engine import Op, chrome_trace, run_pipeline, run_step
+from .compute import (gemm_time, grouped_gemm_time, grouped_gemm_times_per_owner, load_compute_profile,
+                      memory_bound_time)
+from .engine import Op, chrome_trace, fuse, run_pipeline, run_step
 from .errors import MoesimError
 from .memory import kv_share_per_gpu, memory_ledger
 from .opcosts import attention_core_flops
@@ -128,16 +129,16 @@ def serving_layers(sc: Scenario, *, microbatches: int, skew: str, placement: Opt
     dispatch_dtype = "fp8" if precision.get(exp_dtype).family in ("fp8", "fp4") else "bf16"
     layers, loads = [], []
     for layer in range(m.num_hidden_layers):
-        ops = [Op("attention", "attention", "compute", (t_attn_proj + attention_core(layer),) * group),
-               Op("elementwise", "elementwise", "compute",
-                  (elementwise_time(sc, gpu, prof, tokens, moe_layer=layer in moe_index),) * group)]
-        if p.tp > 1:
-            ops.append(Op("tp all-reduce", "tp_allreduce", "comm", (t_allreduce,)))
+        attention = [Op("attention", "attention", "compute", (t_attn_proj + attention_core(layer),) * group),
+                     Op("elementwise", "elementwise", "compute",
+                        (elementwise_time(sc, gpu, prof, tokens, moe_layer=layer in moe_index),) * group)]
         if layer not in moe_index:
-            ops.append(Op("dense mlp", "dense_mlp", "compute", (t_dense,) * group))
+            dense = [Op("dense mlp", "dense_mlp", "compute", (t_dense,) * group)]
             if p.tp > 1:
-                ops.append(Op("tp all-reduce", "tp_allreduce", "comm", (t_allreduce,)))
-            layers.append(ops)
+                layers.append([fuse(attention), Op("tp all-reduce", "tp_allreduce", "comm", (t_allreduce,)),
+                               fuse(dense), Op("tp all-reduce", "tp_allreduce", "comm", (t_allreduce,))])
+            else:
+                layers.append([fuse(attention + dense)])
             continue
         i = sample_layers.index(moe_index[layer])
         place = PLACEMENTS[name](history.expert_load[i].astype(float), p.ep, redundant, domain)
@@ -151,17 +152,18 @@ def serving_layers(sc: Scenario, *, microbatches: int, skew: str, placement: Opt
         experts = choice.ravel()
         reps = ptr[experts + 1] - ptr[experts]
         slot_tokens = np.bincount(slots[ptr[experts] + rows % reps], minlength=len(place.slot_expert)).astype(float)
-        per_gpu = []
-        for g in range(p.ep):
-            local = slot_tokens[place.slot_gpu == g]
-            t = grouped_gemm_time(gpu, prof, local, 2 * inter, d, exp_dtype) + \
-                grouped_gemm_time(gpu, prof, local, d, inter, exp_dtype)
-            per_gpu.extend([t] * p.etp)
+        per_rank = grouped_gemm_times_per_owner(gpu, prof, slot_tokens, place.slot_gpu, p.ep, 2 * inter, d, exp_dtype) \
+            + grouped_gemm_times_per_owner(gpu, prof, slot_tokens, place.slot_gpu, p.ep, d, inter, exp_dtype)
+        per_gpu = np.repeat(per_rank, p.etp).tolist()
         loads.append(slot_tokens)
-        ops += [Op("router", "router", "compute", (t_router,) * group),
-                Op("dispatch", "dispatch", "comm", (t_dispatch,)),
-                Op("experts", "routed_experts", "compute", tuple(per_gpu)),
-                Op("shared experts", "shared_experts", "compute", (t_shared,) * group),
+        router = Op("router", "router", "compute", (t_router,) * group)
+        if p.tp > 1:
+            ops = [fuse(attention), Op("tp all-reduce", "tp_allreduce", "comm", (t_allreduce,)), router]
+        else:
+            ops = [fuse(attention + [router])]
+        ops += [Op("dispatch", "dispatch", "comm", (t_dispatch,)),
+                fuse([Op("experts", "routed_experts", "compute", tuple(per_gpu)),
+                      Op("shared experts", "shared_experts", "compute", (t_shared,) * group)]),
                 Op("combine", "combine", "comm", (t_combine,))]
         layers.append(ops)
     head_rows = tokens if decode else max(w.batch // microbatches, 1)

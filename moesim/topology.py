@@ -488,7 +488,17 @@ def route(graph: nx.DiGraph, table: LinkTable, src_gpu: int, dst_gpu: int) -> np
 
 
 def _structure_arrays(graph: nx.DiGraph, table: LinkTable) -> dict:
-    """Per-GPU and per-leaf link indices that make every structured route arithmetic."""
+    """Per-GPU and per-leaf link indices that make every structured route arithmetic (computed
+    once per graph and link table, then kept in the graph's metadata)."""
+    cached = graph.graph.get("_route_arrays")
+    if cached is not None and cached[0] is table:
+        return cached[1]
+    out = _build_structure_arrays(graph, table)
+    graph.graph["_route_arrays"] = (table, out)
+    return out
+
+
+def _build_structure_arrays(graph: nx.DiGraph, table: LinkTable) -> dict:
     gpus = gpu_nodes(graph)
     G, K = len(gpus), graph.graph["nics_per_gpu"]
     ix = table.index

@@ -283,3 +283,16 @@ def test_compute_imports_no_owned_packages():
 
 def test_profile_record_forbids_extra_fields():
     assert ComputeProfile.model_config["extra"] == "forbid"
+
+
+def test_grouped_gemm_per_owner_matches_the_scalar_model():
+    from moesim.compute import grouped_gemm_time, grouped_gemm_times_per_owner, load_compute_profile
+    from moesim.hardware import load_gpu
+    gpu, prof = load_gpu("h100-sxm"), load_compute_profile("h100-sxm")
+    rng = np.random.default_rng(0)
+    counts = rng.integers(0, 300, size=64).astype(float)
+    counts[::7] = 0
+    owner = np.repeat(np.arange(8), 8)
+    vector = grouped_gemm_times_per_owner(gpu, prof, counts, owner, 8, 4096, 7168, "fp8")
+    for o in range(8):
+        assert vector[o] == pytest.approx(grouped_gemm_time(gpu, prof, counts[owner == o], 4096, 7168, "fp8"), rel=1e-12)
