@@ -349,9 +349,11 @@ def bench_network(sizes: str, repeats: int, as_json: bool) -> None:
 @click.option("--skew", default="uniform", show_default=True, help="Routing skew (as in `moesim route`).")
 @click.option("--placement", help="Expert placement (as in `moesim route`).")
 @click.option("--trace", "trace_file", type=click.Path(dir_okay=False), help="Write a Chrome/Perfetto trace JSON.")
+@click.option("--prefill", "prefill_file", type=click.Path(dir_okay=False),
+              help="Prefill-pool scenario: simulate prefill/decode disaggregation (SCENARIO is the decode pool).")
 @click.option("--json", "as_json", is_flag=True, help="Print the Result as JSON.")
 def simulate(scenario: Optional[str], overlap: str, skew: str, placement: Optional[str], trace_file: Optional[str],
-             as_json: bool, **flags: Any) -> None:
+             prefill_file: Optional[str], as_json: bool, **flags: Any) -> None:
     """Simulate one serving step: tokens/s per GPU, TPOT or TTFT, where the time goes.
 
     \b
@@ -366,6 +368,17 @@ def simulate(scenario: Optional[str], overlap: str, skew: str, placement: Option
     from .tables import simulate_table
 
     sc = load_scenario(scenario, _overrides(flags))
+    if prefill_file:
+        from .simulate import simulate_disaggregated
+        result = simulate_disaggregated(load_scenario(prefill_file), sc, overlap=overlap, skew=skew, placement=placement)
+        if as_json:
+            _echo_json(result)
+        else:
+            m = result["metrics"]
+            click.echo(f"disaggregated: {m['requests_per_s']:,.1f} requests/s, {m['output_tokens_per_s_per_gpu']:,.0f} "
+                       f"output tokens/s per GPU over both pools, TTFT {m['ttft_ms']:.1f} ms, TPOT {m['tpot_ms']:.2f} ms, "
+                       f"bound by the {m['bound_by']} pool")
+        return
     result = run(sc, overlap=overlap, skew=skew, placement=placement, trace=trace_file is not None)
     trace = result.pop("_trace", None)
     if trace_file:

@@ -81,9 +81,28 @@ class _Collective:
         yield self.env.timeout(self.duration)
 
 
+def fuse_runs(ops: list[Op]) -> list[Op]:
+    """Merge every run of consecutive compute ops into one step: a micro-batch keeps its compute
+    stream for back-to-back kernels (one CUDA stream), so how finely a caller splits its ops
+    cannot change the schedule."""
+    out: list[Op] = []
+    run: list[Op] = []
+    for op in ops + [None]:
+        if op is not None and op.kind == "compute":
+            run.extend(op.parts if isinstance(op, FusedOp) else [op])
+            continue
+        if run:
+            out.append(run[0] if len(run) == 1 else fuse(run))
+            run = []
+        if op is not None:
+            out.append(op)
+    return out
+
+
 def run_step(layers: list[list[Op]], gpus: int, *, microbatches: int = 1, record: bool = True) -> EngineResult:
     """Simulate one forward step: `layers[l]` is the op list of layer l (same for every
     micro-batch; durations are per micro-batch). Returns the makespan and the trace."""
+    layers = [fuse_runs(ops) for ops in layers]
     env = simpy.Environment()
     compute = [simpy.Resource(env, capacity=1) for _ in range(gpus)]
     comm = [simpy.Resource(env, capacity=1) for _ in range(gpus)]

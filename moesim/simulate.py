@@ -375,3 +375,29 @@ def simulate(sc: Scenario, *, overlap: str = "none", skew: str = "uniform", plac
     if trace:
         out["_trace"] = chrome_trace(result, name=sc.input.name)
     return out
+
+
+def simulate_disaggregated(prefill: Scenario, decode: Scenario, **kwargs) -> dict:
+    """Prefill/decode disaggregation as two pools (DeepSeek / SGLang / Dynamo): each pool is
+    simulated on its own; a request needs `input_len` prefill tokens and `output_len` decode
+    tokens, so the pair serves min(prefill rate / input_len, decode rate / output_len) requests/s.
+    KV transfer between pools is not modelled yet (it overlaps with decode in these systems)."""
+    wp, wd = prefill.input.workload, decode.input.workload
+    if not (isinstance(wp, Serving) and wp.phase == "prefill" and isinstance(wd, Serving) and wd.phase == "decode"):
+        raise MoesimError("disaggregation needs a prefill scenario and a decode scenario", field="workload.phase",
+                          fix="give --prefill a scenario with phase: prefill and SCENARIO one with phase: decode")
+    if prefill.model.id != decode.model.id:
+        raise MoesimError(f"pools serve different models ({prefill.model.id} vs {decode.model.id})", field="model",
+                          fix="use the same model in both scenarios")
+    p, d = simulate(prefill, **kwargs), simulate(decode, **kwargs)
+    prefill_tps = p["metrics"]["tokens_per_s_per_gpu"] * prefill.gpus
+    decode_tps = d["metrics"]["tokens_per_s_per_gpu"] * decode.gpus
+    requests = min(prefill_tps / wd.input_len, decode_tps / wd.output_len)
+    gpus = prefill.gpus + decode.gpus
+    return {"pools": {"prefill": p, "decode": d},
+            "metrics": {"requests_per_s": requests, "output_tokens_per_s_per_gpu": requests * wd.output_len / gpus,
+                        "ttft_ms": p["metrics"]["ttft_ms"], "tpot_ms": d["metrics"]["tpot_ms"],
+                        "bound_by": "prefill" if prefill_tps / wd.input_len < decode_tps / wd.output_len else "decode",
+                        "prefill_to_decode_gpu_ratio_balanced": (decode.gpus * wd.input_len / wd.output_len)
+                        * (p["metrics"]["tokens_per_s_per_gpu"] ** -1) * d["metrics"]["tokens_per_s_per_gpu"]
+                        / max(decode.gpus, 1)}}

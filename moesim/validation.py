@@ -13,7 +13,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 from pydantic import ConfigDict
 
-from . import units, validation_compute
+from . import units, validation_compute, validation_memory
 from .collectives import ALGORITHMS, build_fabric, collective_time, ep_exchange_time, flows_time
 from .errors import MoesimError
 from .hardware import system_names
@@ -231,6 +231,7 @@ def predict_training(case: Case) -> tuple[float, list[str]]:
 
 PREDICTORS: dict[str, Callable[[Case], tuple[float, list[str]]]] = {
     "training": predict_training,
+    "memory": validation_memory.predict_memory,
     "serving": predict_serving,
     "collective": predict_collective,
     "ep_dispatch": predict_ep,
@@ -238,8 +239,7 @@ PREDICTORS: dict[str, Callable[[Case], tuple[float, list[str]]]] = {
     "gemm": validation_compute.predict_gemm,
     "grouped_gemm": validation_compute.predict_grouped_gemm,
 }
-LATER = {"memcpy": "microbenchmark calibration (microbenchmark issue)",
-         "memory": "framework KV budgets land with the engine issue; weights are checked in tests/test_validation_memory.py"}
+LATER = {"memcpy": "microbenchmark calibration (microbenchmark issue)"}
 
 
 def validate(cases: list[Case]) -> dict:
@@ -258,7 +258,7 @@ def validate(cases: list[Case]) -> dict:
         if reason is None:
             try:
                 predicted, ignored = PREDICTORS[case.what](case)
-            except (Skip, validation_compute.Skip) as exc:
+            except (Skip, validation_compute.Skip, validation_memory.Skip) as exc:
                 reason = str(exc)
             except MoesimError as exc:
                 reason = f"cannot model: {exc.one_line()}"

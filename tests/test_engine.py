@@ -82,3 +82,12 @@ def test_pipeline_makespan_has_the_1f1b_bubble():
 
 def test_pipeline_transfers_add_to_the_critical_path():
     assert run_pipeline([1.0] * 4, [2.0] * 4, 8, 0.1).makespan_s > run_pipeline([1.0] * 4, [2.0] * 4, 8, 0.0).makespan_s
+
+
+def test_splitting_compute_ops_does_not_change_the_schedule():
+    coarse = [moe_layer(attn=1.0) for _ in range(3)]
+    fine = [[Op("attn a", "attention", "compute", (0.4, 0.4)), Op("attn b", "attention", "compute", (0.6, 0.6))]
+            + moe_layer(attn=1.0)[1:] for _ in range(3)]
+    for micro in (1, 2):
+        assert run_step(fine, 2, microbatches=micro).makespan_s == pytest.approx(
+            run_step(coarse, 2, microbatches=micro).makespan_s)

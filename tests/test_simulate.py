@@ -112,3 +112,20 @@ def test_bench_engine_json_contract():
     engine = json.loads(result.output)["engine"]
     for key in ("decode_step_wall_s", "train_step_wall_s", "simulated_s_per_wall_s"):
         assert engine[key] > 0
+
+
+def test_disaggregated_pools_are_bound_by_the_slower_pool(tmp_path):
+    from moesim.simulate import simulate_disaggregated
+    decode = load_scenario(None, {"workload.batch": 16})
+    prefill = load_scenario(None, {"workload": {"kind": "serving", "phase": "prefill", "batch": 1,
+                                                "input_len": 1024, "output_len": 1}})
+    r = simulate_disaggregated(prefill, decode)
+    m = r["metrics"]
+    wd = decode.input.workload
+    prefill_rate = r["pools"]["prefill"]["metrics"]["tokens_per_s_per_gpu"] * prefill.gpus / wd.input_len
+    decode_rate = r["pools"]["decode"]["metrics"]["tokens_per_s_per_gpu"] * decode.gpus / wd.output_len
+    assert m["requests_per_s"] == pytest.approx(min(prefill_rate, decode_rate))
+    assert m["bound_by"] == ("prefill" if prefill_rate < decode_rate else "decode")
+    from moesim.errors import MoesimError
+    with pytest.raises(MoesimError):
+        simulate_disaggregated(decode, decode)
