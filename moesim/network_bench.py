@@ -7,24 +7,17 @@ agree before timing (nccl-tests style: correctness first).
 """
 from __future__ import annotations
 
-import time
 
 import numpy as np
 
 from .hardware import load_system
+from .timing import best_seconds
 from .kernels import maxmin, maxmin_reference
 from .topology import build_cluster, link_table, routes
 
 SYSTEM_FOR = {72: "gb200-nvl72"}
 
 
-def _best(fn, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def network_benchmark(sizes=(8, 72, 256, 1024), repeats: int = 2) -> dict:
@@ -42,8 +35,8 @@ def network_benchmark(sizes=(8, 72, 256, 1024), repeats: int = 2) -> dict:
         twin = maxmin_reference.maxmin_rates(cap, ptr, links)
         if not np.allclose(rates, twin, rtol=1e-9, atol=0):
             raise RuntimeError(f"max-min kernel and NumPy twin disagree at {n} GPUs")
-        solve = _best(lambda: maxmin.maxmin_rates(cap, ptr, links), repeats)
-        numpy_solve = _best(lambda: maxmin_reference.maxmin_rates(cap, ptr, links), repeats)
+        solve = best_seconds(lambda: maxmin.maxmin_rates(cap, ptr, links), repeats)
+        numpy_solve = best_seconds(lambda: maxmin_reference.maxmin_rates(cap, ptr, links), repeats)
         rows.append({"gpus": n, "system": system_id, "flows": int(len(ptr) - 1), "links": int(len(cap)),
                      "link_entries": int(len(links)), "solve_s": solve, "numpy_solve_s": numpy_solve,
                      "speedup_vs_numpy": numpy_solve / solve})

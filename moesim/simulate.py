@@ -17,7 +17,6 @@ from typing import Optional
 import numpy as np
 
 from . import precision, units
-from . import rng as seeds
 from .collectives import build_fabric, collective_time, ep_exchange_time
 from .compute import (gemm_time, grouped_gemm_time, grouped_gemm_times_per_owner, load_compute_profile,
                       memory_bound_time)
@@ -64,6 +63,26 @@ def elementwise_time(sc: Scenario, gpu, prof, tokens: float, *, moe_layer: bool)
     return memory_bound_time(gpu, prof, tokens * per_token * a)
 
 
+def dense_op_times(sc: Scenario, gpu, prof, tokens: int, group: int, *, dtype: str, attention_dtype: str) -> dict:
+    """Seconds of the per-DP-rank GEMMs of one layer (identical on every GPU of the group) and of
+    the TP all-reduce after attention or MLP: attention projections, router, shared experts,
+    dense MLP (gate+up then down)."""
+    m, p = sc.model, sc.plan
+    d = m.hidden_size
+
+    def ffn(inter: int, fmt: str) -> float:
+        return gemm_time(gpu, prof, tokens, 2 * inter, d, fmt) + gemm_time(gpu, prof, tokens, d, inter, fmt) \
+            if inter else 0.0
+
+    shared_i = m.moe.num_shared_experts * (m.moe.shared_expert_intermediate_size or 0) // p.tp
+    return {"attention_proj": gemm_time(gpu, prof, tokens, int(m.attention_params / (d * p.tp)), d, attention_dtype),
+            "router": gemm_time(gpu, prof, tokens, m.moe.num_experts, d, "bf16"),
+            "shared": ffn(shared_i, dtype),
+            "dense": ffn((m.layers.dense_intermediate_size or 0) // p.tp, dtype),
+            "tp_allreduce": collective_time(sc.system.id, max(group, 2), "all_reduce", tokens * d * 2,
+                                            participants=list(range(p.tp))).time_s if p.tp > 1 else 0.0}
+
+
 def _tokens_per_rank(w: Serving) -> int:
     return w.batch if w.phase == "decode" else (w.prefill_chunk_tokens or w.batch * w.input_len)
 
@@ -95,19 +114,10 @@ def serving_layers(sc: Scenario, *, microbatches: int, skew: str, placement: Opt
     held = m.kv_tokens_held(ctx)
     kv_bytes = precision.bytes_per_element(dt.kv_cache) * kv_share_per_gpu(m, p.tp)
 
-    # dense parts per DP rank (identical on every GPU of the group)
-    att_n = m.attention_params / (d * p.tp)
-    t_attn_proj = gemm_time(gpu, prof, tokens, int(att_n), d, att_dtype)
-    t_router = gemm_time(gpu, prof, tokens, m.moe.num_experts, d, "bf16")
-    shared_i = m.moe.num_shared_experts * (m.moe.shared_expert_intermediate_size or 0) // p.tp
-    t_shared = (gemm_time(gpu, prof, tokens, 2 * shared_i, d, w_dtype) + gemm_time(gpu, prof, tokens, d, shared_i, w_dtype)) \
-        if shared_i else 0.0
-    dense_i = (m.layers.dense_intermediate_size or 0) // p.tp
-    t_dense = (gemm_time(gpu, prof, tokens, 2 * dense_i, d, w_dtype) + gemm_time(gpu, prof, tokens, d, dense_i, w_dtype)) \
-        if dense_i else 0.0
+    dense = dense_op_times(sc, gpu, prof, tokens, group, dtype=w_dtype, attention_dtype=att_dtype)
+    t_attn_proj, t_router, t_shared = dense["attention_proj"], dense["router"], dense["shared"]
+    t_dense, t_allreduce = dense["dense"], dense["tp_allreduce"]
     peak = gpu.peak_flops(precision.get("bf16").family)
-    t_allreduce = collective_time(sc.system.id, group, "all_reduce", tokens * d * 2,
-                                  participants=list(range(p.tp))).time_s if p.tp > 1 else 0.0
 
     def attention_core(layer: int) -> float:
         if decode:
@@ -233,17 +243,10 @@ def training_stage_costs(sc: Scenario, w: Training) -> dict:
     inter = m.moe.moe_intermediate_size // p.etp
     t_experts = grouped_gemm_time(gpu, prof, np.full(slots, per_slot), 2 * inter, d, exp_dtype) + \
         grouped_gemm_time(gpu, prof, np.full(slots, per_slot), d, inter, exp_dtype)
-    t_router = gemm_time(gpu, prof, tokens, m.moe.num_experts, d, "bf16")
-    shared_i = m.moe.num_shared_experts * (m.moe.shared_expert_intermediate_size or 0) // p.tp
-    t_shared = (gemm_time(gpu, prof, tokens, 2 * shared_i, d, dtype) + gemm_time(gpu, prof, tokens, d, shared_i, dtype)) \
-        if shared_i else 0.0
-    dense_i = (m.layers.dense_intermediate_size or 0) // p.tp
-    t_dense = (gemm_time(gpu, prof, tokens, 2 * dense_i, d, dtype) + gemm_time(gpu, prof, tokens, d, dense_i, dtype)) \
-        if dense_i else 0.0
-    t_attn_proj = gemm_time(gpu, prof, tokens, int(m.attention_params / (d * p.tp)), d, dtype)
+    dense = dense_op_times(sc, gpu, prof, tokens, group, dtype=dtype, attention_dtype=dt.attention_weights or dtype)
+    t_attn_proj, t_router, t_shared = dense["attention_proj"], dense["router"], dense["shared"]
+    t_dense, t_tp = dense["dense"], dense["tp_allreduce"]
     held = m.kv_tokens_held(w.seq_len)
-    t_tp = collective_time(sc.system.id, max(group, 2), "all_reduce", tokens * d * 2,
-                           participants=list(range(p.tp))).time_s if p.tp > 1 else 0.0
     if group > 1:
         sample = sample_routing(m, parse_skew("uniform"), group_tokens, seed=sc.input.seed, layers=[0],
                                 nodes=max(group // domain, 1))

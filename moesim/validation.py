@@ -100,7 +100,7 @@ def predict_ep(case: Case) -> tuple[float, list[str]]:
     experts = int(experts)
     if experts % ranks:
         raise Skip(f"{experts} experts do not divide over {ranks} ranks")
-    h, k, tpg = int(p["hidden"]), int(p["topk"]), int(p["tokens_per_gpu"])
+    h, tpg = int(p["hidden"]), int(p["tokens_per_gpu"])
     fp8 = p.get("dtype") == "fp8"
     per_token = h + 4 * h / 128 if fp8 else 2.0 * h
     fabric = build_fabric(case.system, ranks)

@@ -6,9 +6,10 @@ All numbers of one call are measured in the same process, so the ratios compare 
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
+
+from ..timing import best_seconds
 
 from . import reference, routing
 
@@ -20,14 +21,6 @@ SHAPES = {
 NUMPY_TOKENS = 100_000  # the twin is timed on at most this many tokens; tokens/s is a rate
 _SEED = 1
 
-
-def _best_seconds(func, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(max(repeats, 1)):
-        start = time.perf_counter()
-        func()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def routing_benchmark(n_tokens: int = 1_000_000, repeats: int = 3) -> dict:
@@ -44,12 +37,12 @@ def routing_benchmark(n_tokens: int = 1_000_000, repeats: int = 3) -> dict:
         twin_tokens = min(n_tokens, NUMPY_TOKENS)
         routing.sample_topk(popularity, group, topk_group, 16, k, _SEED)  # compile (or load)
         routing.rng_floor(16, k, _SEED)
-        kernel_s = _best_seconds(
+        kernel_s = best_seconds(
             lambda: routing.sample_topk(popularity, group, topk_group, n_tokens, k, _SEED), repeats)
-        twin_s = _best_seconds(
+        twin_s = best_seconds(
             lambda: reference.sample_topk(popularity, group, topk_group, twin_tokens, k, _SEED),
             repeats)
-        floor_s = _best_seconds(lambda: routing.rng_floor(n_tokens, k, _SEED), repeats)
+        floor_s = best_seconds(lambda: routing.rng_floor(n_tokens, k, _SEED), repeats)
         tokens_per_s = n_tokens / kernel_s
         numpy_tokens_per_s = twin_tokens / twin_s
         floor_tokens_per_s = n_tokens / floor_s

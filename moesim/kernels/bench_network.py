@@ -15,9 +15,10 @@ Run: `python -m moesim.kernels.bench_network` (prints a table, then JSON).
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
+
+from ..timing import best_seconds
 
 from . import maxmin, maxmin_reference
 
@@ -25,13 +26,6 @@ NVLINK_BPS, NIC_BPS = 450e9, 50e9
 NUMPY_MAX_GPUS = 1024  # the twin is timed at every size up to this many GPUs
 
 
-def _best_seconds(fn, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def all_to_all_fabric(n_gpus: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
@@ -78,8 +72,8 @@ def network_benchmark(sizes=(8, 72, 256, 1024), repeats: int = 2) -> dict:
             twin = maxmin_reference.maxmin_rates(capacity, flow_ptr, flow_links)
             if not np.allclose(rates, twin, rtol=1e-9, atol=0):
                 raise RuntimeError(f"maxmin_rates differs from its NumPy twin at {n} GPUs")
-        solve_s = _best_seconds(lambda: maxmin.maxmin_rates(capacity, flow_ptr, flow_links), repeats)
-        numpy_s = (_best_seconds(lambda: maxmin_reference.maxmin_rates(capacity, flow_ptr, flow_links), repeats)
+        solve_s = best_seconds(lambda: maxmin.maxmin_rates(capacity, flow_ptr, flow_links), repeats)
+        numpy_s = (best_seconds(lambda: maxmin_reference.maxmin_rates(capacity, flow_ptr, flow_links), repeats)
                    if time_twin else None)
         rows.append({"gpus": n, "flows": int(flow_ptr.size - 1), "link_entries": int(flow_links.size),
                      **{k: params[k] for k in ("gpus_per_node", "nodes", "spines", "links")},

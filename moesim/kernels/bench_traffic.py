@@ -9,9 +9,10 @@ Run: `python -m moesim.kernels.bench_traffic` (prints JSON).
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
+
+from ..timing import best_seconds
 
 from . import traffic, traffic_reference
 
@@ -19,13 +20,6 @@ N_EXPERTS, TOP_K, N_GPUS, GPUS_PER_NODE = 256, 8, 64, 8
 NUMPY_MAX_TOKENS = 1_000_000  # the twin runs on at most this many tokens; its rate is per token
 
 
-def _best_seconds(fn, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def traffic_benchmark(n_tokens: int = 1_000_000, repeats: int = 3) -> dict:
@@ -50,11 +44,11 @@ def traffic_benchmark(n_tokens: int = 1_000_000, repeats: int = 3) -> dict:
     if not np.array_equal(traffic.dispatch_counts(*small, *args), traffic_reference.dispatch_counts(*small, *args)):
         raise RuntimeError("dispatch_counts differs from its NumPy twin")
 
-    numba_s = _best_seconds(lambda: traffic.dispatch_counts(choices, token_gpu, *args), repeats)
+    numba_s = best_seconds(lambda: traffic.dispatch_counts(choices, token_gpu, *args), repeats)
     single = traffic.single_gpu(ptr, slots, slot_gpu)
-    general_s = _best_seconds(lambda: traffic.dispatch_counts_general(choices, token_gpu, single, *args), repeats)
-    numpy_s = _best_seconds(lambda: traffic_reference.dispatch_counts(*small, *args), repeats)
-    rng_s = _best_seconds(lambda: rng.random(n_tokens * TOP_K), repeats)
+    general_s = best_seconds(lambda: traffic.dispatch_counts_general(choices, token_gpu, single, *args), repeats)
+    numpy_s = best_seconds(lambda: traffic_reference.dispatch_counts(*small, *args), repeats)
+    rng_s = best_seconds(lambda: rng.random(n_tokens * TOP_K), repeats)
 
     tokens_per_s = n_tokens / numba_s
     numpy_tokens_per_s = n_numpy / numpy_s
