@@ -299,8 +299,11 @@ def comm(system_name: Optional[str], gpus: Optional[int], op: str, size: str, al
 @main.command()
 @click.option("--cases", "cases_file", required=True, type=click.Path(dir_okay=False),
               help="Validation cases YAML (schema of the open validation set).")
+@click.option("--profile", help="Calibration profile applied to the cases on the GPU it was fitted on.")
+@click.option("--write-residuals", "residuals_file", type=click.Path(dir_okay=False),
+              help="Write the residual summary per `what` (what simulate's error bars rest on) as YAML.")
 @click.option("--json", "as_json", is_flag=True, help="Print cases, MAPE per what, and skipped cases as JSON.")
-def validate(cases_file: str, as_json: bool) -> None:
+def validate(cases_file: str, profile: Optional[str], residuals_file: Optional[str], as_json: bool) -> None:
     """Predict published measurements and report signed errors and MAPE per `what`.
 
     \b
@@ -310,7 +313,10 @@ def validate(cases_file: str, as_json: bool) -> None:
     from .tables import validation_table
     from .validation import load_cases, validate as run
 
-    result = run(load_cases(cases_file))
+    result = run(load_cases(cases_file), profile=profile)
+    if residuals_file:
+        from .uncertainty import write_residuals
+        write_residuals(residuals_file, result, cases_file=cases_file, profile=profile)
     if as_json:
         _echo_json(result)
     else:
@@ -351,9 +357,10 @@ def bench_network(sizes: str, repeats: int, as_json: bool) -> None:
 @click.option("--trace", "trace_file", type=click.Path(dir_okay=False), help="Write a Chrome/Perfetto trace JSON.")
 @click.option("--prefill", "prefill_file", type=click.Path(dir_okay=False),
               help="Prefill-pool scenario: simulate prefill/decode disaggregation (SCENARIO is the decode pool).")
+@click.option("--profile", help="Calibration profile (from `moesim calibrate`): path or name in topologies/calibration/.")
 @click.option("--json", "as_json", is_flag=True, help="Print the Result as JSON.")
 def simulate(scenario: Optional[str], overlap: str, skew: str, placement: Optional[str], trace_file: Optional[str],
-             prefill_file: Optional[str], as_json: bool, **flags: Any) -> None:
+             prefill_file: Optional[str], profile: Optional[str], as_json: bool, **flags: Any) -> None:
     """Simulate one serving step: tokens/s per GPU, TPOT or TTFT, where the time goes.
 
     \b
@@ -367,7 +374,10 @@ def simulate(scenario: Optional[str], overlap: str, skew: str, placement: Option
     from .simulate import simulate as run
     from .tables import simulate_table
 
-    sc = load_scenario(scenario, _overrides(flags))
+    overrides = _overrides(flags)
+    if profile:
+        overrides["runtime.profile"] = profile
+    sc = load_scenario(scenario, overrides)
     if prefill_file:
         from .simulate import simulate_disaggregated
         result = simulate_disaggregated(load_scenario(prefill_file), sc, overlap=overlap, skew=skew, placement=placement)
@@ -406,3 +416,55 @@ def bench_engine(as_json: bool) -> None:
                f"training step, DeepSeek-V3 on 2048 H800 (PP16 x EP64 x DP128): {e['train_step_wall_s']:.2f} s wall "
                f"({e['train_tokens_per_s_per_gpu']:,.0f} tokens/s/GPU, MFU {e['train_mfu']:.3f})\n"
                f"simulated seconds per wall second: {e['simulated_s_per_wall_s']:.3f}")
+
+
+@bench.command(name="micro")
+@click.argument("name", type=click.Choice(["gemm", "grouped_gemm", "memcpy", "collective", "ep_dispatch"]))
+@click.option("--backend", type=click.Choice(["cuda", "cpu"]), default="cuda", show_default=True,
+              help="cuda on a GPU machine; cpu runs the same logic and checks (torch CPU, gloo).")
+@click.option("--ranks", type=int, help="Processes for collective / ep_dispatch (default: every GPU, or 2 on CPU).")
+@click.option("--quick", is_flag=True, help="Small sizes (seconds on a CPU).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the results JSON (only if the check passed).")
+@click.option("--json", "as_json", is_flag=True, help="Print the results record as JSON instead of the table.")
+def bench_micro(name: str, backend: str, ranks: Optional[int], quick: bool, output: Optional[str], as_json: bool) -> None:
+    """Microbenchmarks for calibration (PyTorch harness; needs `pip install -e .[bench]`).
+
+    Each prints its parameters, checks the data it moved, then a fixed table; exit 1 if the check failed.
+
+    \b
+    Examples:
+      moesim bench micro collective --backend cpu --quick
+      moesim bench micro gemm -o results/gemm.json          # on a GPU machine
+    """
+    from .microbench.run import format_table, run_benchmark
+
+    data = run_benchmark(name, backend=backend, ranks=ranks, quick=quick, json_path=output)
+    if as_json:
+        _echo_json(data)
+    else:
+        click.echo(format_table(data))
+    if not data["check"]["passed"]:
+        click.echo(f"error: {name}: the benchmark's own correctness check failed; no results file written", err=True)
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("results", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Profile YAML to write.")
+@click.option("--gpu", "gpu_id", help="GPU id (default: inferred from the results' device name).")
+@click.option("--system", "system_id", help="System id (default: the one system built from that GPU).")
+def calibrate(results: tuple[str, ...], output: str, gpu_id: Optional[str], system_id: Optional[str]) -> None:
+    """Fit a hardware profile from microbenchmark results (GEMM efficiency, HBM, link alpha-beta).
+
+    \b
+    Examples:
+      moesim calibrate results/gemm.json results/memcpy.json results/collective.json -o profile.yaml
+      moesim simulate --profile profile.yaml
+    """
+    from .calibration import fit_profile, infer_ids, load_results, write_profile
+
+    data = load_results(results)
+    gpu_id, system_id = infer_ids(data, gpu_id=gpu_id, system_id=system_id)
+    profile = fit_profile(data, gpu_id=gpu_id, system_id=system_id)
+    write_profile(profile, output, sources=list(results), command=" ".join(["moesim calibrate", *sys.argv[2:]]))
+    click.echo(f"wrote {output} ({gpu_id}, {system_id})")

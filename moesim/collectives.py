@@ -94,12 +94,17 @@ def link_efficiency(system: System) -> tuple[dict[str, float], list[str]]:
 
 
 @lru_cache(maxsize=32)
-def build_fabric(system_id: str, gpus: int) -> Fabric:
+def build_fabric(system_id: str, gpus: int, link_overrides: tuple[tuple[str, float], ...] = ()) -> Fabric:
+    """The cluster of `gpus` GPUs of a system with achievable link rates; `link_overrides`
+    ((kind, efficiency), ...) replace the system file's efficiencies, e.g. from a calibration."""
     from .hardware import load_system
     system = load_system(system_id)
     graph = build_cluster(system, gpus)
     table = link_table(graph)
     eff, notes = link_efficiency(system)
+    for kind, value in link_overrides:
+        eff[kind] = value
+        notes.append(f"{kind} at {value:.3f} of spec: calibrated profile")
     scale = np.array([eff.get(k, 1.0) for k in table.kind])
     return Fabric(system=system, gpus=gpus, graph=graph, table=table, capacity_Bps=table.capacity_Bps * scale,
                   efficiency_notes=notes)
@@ -324,13 +329,14 @@ def time_plan(fabric: Fabric, plan: Plan, op: str, size: float, n: int) -> Timin
 
 
 def collective_time(system_id: str, gpus: int, op: str, size: float, *, algo: Optional[str] = None,
-                    participants: Optional[list[int]] = None) -> Timing:
+                    participants: Optional[list[int]] = None,
+                    link_overrides: tuple[tuple[str, float], ...] = ()) -> Timing:
     """Time of one collective of `size` bytes per rank over `participants` (default: all GPUs)."""
     if op not in ALGORITHMS:
         raise MoesimError(f"unknown collective {op!r}", field="op", fix=f"use one of: {', '.join(ALGORITHMS)}")
     if size <= 0:
         raise MoesimError(f"size must be positive, got {size}", field="bytes", fix="give a size such as 1M or 8G")
-    fabric = build_fabric(system_id, gpus)
+    fabric = build_fabric(system_id, gpus, link_overrides)
     members = list(range(gpus)) if participants is None else list(participants)
     if len(members) < 2:
         raise MoesimError("a collective needs at least 2 GPUs", field="gpus", fix="give --gpus 2 or more")

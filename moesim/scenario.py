@@ -65,6 +65,7 @@ class Training(Record):
 class Runtime(Record):
     framework: str = "sglang"
     memory_fraction: Optional[Annotated[float, Field(gt=0, le=1)]] = None
+    profile: Optional[str] = Field(None, description="calibration profile (path or name in topologies/calibration/)")
 
 
 class ScenarioInput(Record):

@@ -63,7 +63,8 @@ def elementwise_time(sc: Scenario, gpu, prof, tokens: float, *, moe_layer: bool)
     return memory_bound_time(gpu, prof, tokens * per_token * a)
 
 
-def dense_op_times(sc: Scenario, gpu, prof, tokens: int, group: int, *, dtype: str, attention_dtype: str) -> dict:
+def dense_op_times(sc: Scenario, gpu, prof, tokens: int, group: int, *, dtype: str, attention_dtype: str,
+                   links: tuple = ()) -> dict:
     """Seconds of the per-DP-rank GEMMs of one layer (identical on every GPU of the group) and of
     the TP all-reduce after attention or MLP: attention projections, router, shared experts,
     dense MLP (gate+up then down)."""
@@ -80,18 +81,33 @@ def dense_op_times(sc: Scenario, gpu, prof, tokens: int, group: int, *, dtype: s
             "shared": ffn(shared_i, dtype),
             "dense": ffn((m.layers.dense_intermediate_size or 0) // p.tp, dtype),
             "tp_allreduce": collective_time(sc.system.id, max(group, 2), "all_reduce", tokens * d * 2,
-                                            participants=list(range(p.tp))).time_s if p.tp > 1 else 0.0}
+                                            participants=list(range(p.tp)), link_overrides=links).time_s
+            if p.tp > 1 else 0.0}
 
 
 def _tokens_per_rank(w: Serving) -> int:
     return w.batch if w.phase == "decode" else (w.prefill_chunk_tokens or w.batch * w.input_len)
 
 
+def hardware_for(sc: Scenario) -> tuple:
+    """(gpu spec, compute profile, link overrides) for the scenario, calibrated when the scenario
+    names a profile (`runtime.profile`, or `--profile`)."""
+    gpu = sc.system.gpu
+    prof = load_compute_profile(gpu.id)
+    if not sc.input.runtime.profile:
+        return gpu, prof, ()
+    from .calibration import apply_to_compute, apply_to_gpu, link_efficiency_overrides, load_calibration
+    cal = load_calibration(sc.input.runtime.profile)
+    if cal.gpu != gpu.id:
+        raise MoesimError(f"profile is calibrated for {cal.gpu}, the scenario runs on {gpu.id}",
+                          field="runtime.profile", fix="calibrate on this GPU or pick the matching system")
+    return apply_to_gpu(gpu, cal), apply_to_compute(prof, cal), tuple(sorted(link_efficiency_overrides(cal).items()))
+
+
 def serving_layers(sc: Scenario, *, microbatches: int, skew: str, placement: Optional[str]) -> tuple[list, int, dict]:
     """Per-layer op lists for one micro-batch of a serving step of one EP group."""
     m, p, w = sc.model, sc.plan, sc.input.workload
-    gpu = sc.system.gpu
-    prof = load_compute_profile(gpu.id)
+    gpu, prof, links = hardware_for(sc)
     dt = sc.input.dtypes
     w_dtype = dt.weights
     att_dtype = dt.attention_weights or dt.weights
@@ -104,7 +120,7 @@ def serving_layers(sc: Scenario, *, microbatches: int, skew: str, placement: Opt
     tokens = max(_tokens_per_rank(w) // microbatches, 1)
     group_tokens = tokens * ranks
     d = m.hidden_size
-    fabric = build_fabric(sc.system.id, group)
+    fabric = build_fabric(sc.system.id, group, links)
     domain = min(sc.system.domain_gpus, group)
     redundant = sc.input.experts.redundant
     name = placement or ("eplb" if redundant else "contiguous")
@@ -114,7 +130,7 @@ def serving_layers(sc: Scenario, *, microbatches: int, skew: str, placement: Opt
     held = m.kv_tokens_held(ctx)
     kv_bytes = precision.bytes_per_element(dt.kv_cache) * kv_share_per_gpu(m, p.tp)
 
-    dense = dense_op_times(sc, gpu, prof, tokens, group, dtype=w_dtype, attention_dtype=att_dtype)
+    dense = dense_op_times(sc, gpu, prof, tokens, group, dtype=w_dtype, attention_dtype=att_dtype, links=links)
     t_attn_proj, t_router, t_shared = dense["attention_proj"], dense["router"], dense["shared"]
     t_dense, t_allreduce = dense["dense"], dense["tp_allreduce"]
     peak = gpu.peak_flops(precision.get("bf16").family)
@@ -219,8 +235,7 @@ def training_stage_costs(sc: Scenario, w: Training) -> dict:
     """Forward and backward seconds per micro-batch of every pipeline stage, plus the step's
     pipeline transfer, data-parallel gradient sync and optimizer times."""
     m, p = sc.model, sc.plan
-    gpu = sc.system.gpu
-    prof = load_compute_profile(gpu.id)
+    gpu, prof, links = hardware_for(sc)
     dt = sc.input.dtypes
     dtype = dt.weights
     exp_dtype = dt.expert_weights or dt.weights
@@ -234,7 +249,7 @@ def training_stage_costs(sc: Scenario, w: Training) -> dict:
     peak = gpu.peak_flops(precision.get(dtype).family)
     eff = prof.matmul_efficiency(dtype)
     group = p.ep * p.etp
-    fabric = build_fabric(sc.system.id, max(group, 2))
+    fabric = build_fabric(sc.system.id, max(group, 2), links)
     domain = min(sc.system.domain_gpus, group)
     # balanced routing (the validation cases run force-balanced, dropless MoE): equal tokens per slot
     group_tokens = tokens * max(group // p.tp, 1)
@@ -243,7 +258,8 @@ def training_stage_costs(sc: Scenario, w: Training) -> dict:
     inter = m.moe.moe_intermediate_size // p.etp
     t_experts = grouped_gemm_time(gpu, prof, np.full(slots, per_slot), 2 * inter, d, exp_dtype) + \
         grouped_gemm_time(gpu, prof, np.full(slots, per_slot), d, inter, exp_dtype)
-    dense = dense_op_times(sc, gpu, prof, tokens, group, dtype=dtype, attention_dtype=dt.attention_weights or dtype)
+    dense = dense_op_times(sc, gpu, prof, tokens, group, dtype=dtype, attention_dtype=dt.attention_weights or dtype,
+                           links=links)
     t_attn_proj, t_router, t_shared = dense["attention_proj"], dense["router"], dense["shared"]
     t_dense, t_tp = dense["dense"], dense["tp_allreduce"]
     held = m.kv_tokens_held(w.seq_len)
@@ -282,7 +298,7 @@ def training_stage_costs(sc: Scenario, w: Training) -> dict:
         backward.append(2 * f_compute + recompute * f_compute + selective + f_comm)
     # pipeline transfer of one micro-batch's activations (BF16, split by TP) between stages
     p2p = collective_time(sc.system.id, 2 * sc.system.domain_gpus, "send_recv", tokens * d * 2 / p.tp,
-                          participants=[0, sc.system.domain_gpus]).time_s if p.pp > 1 else 0.0
+                          participants=[0, sc.system.domain_gpus], link_overrides=links).time_s if p.pp > 1 else 0.0
     # gradient sync (ZeRO-1: reduce-scatter of BF16 gradients + all-gather of BF16 parameters),
     # dense over dp ranks, experts over expert-dp ranks, each through one NIC per GPU (ring bound)
     ledger = memory_ledger(sc)
@@ -335,9 +351,21 @@ def simulate_training(sc: Scenario, w: Training, *, trace: bool) -> dict:
            "simulation": {"microbatches": costs["microbatches"], "stage0_per_microbatch": stage0,
                           "p2p_s": costs["p2p_s"], "flop_convention": "6 x active params + 3 x causal attention scores",
                           "engine_events": len(result.events), "wall_s": time.perf_counter() - wall}}
+    out["uncertainty"] = metric_bands(sc, metrics, "training")
+    out["uncertainty"] = metric_bands(sc, metrics, "serving")
     if trace:
         out["_trace"] = chrome_trace(result, name=sc.input.name)
     return out
+
+
+def metric_bands(sc: Scenario, metrics: dict, kind: str) -> dict:
+    """Error bars of the headline metrics (moesim.uncertainty), with what they rest on."""
+    from .uncertainty import bands, load_residuals
+    rms = 0.0
+    if sc.input.runtime.profile:
+        from .calibration import load_calibration, profile_rms
+        rms = profile_rms(load_calibration(sc.input.runtime.profile))
+    return bands(metrics, kind, calibration_rms=rms, residuals=load_residuals())
 
 
 def simulate(sc: Scenario, *, overlap: str = "none", skew: str = "uniform", placement: Optional[str] = None,
@@ -375,6 +403,7 @@ def simulate(sc: Scenario, *, overlap: str = "none", skew: str = "uniform", plac
                                                                   engine_events=len(result.events),
                                                                   wall_s=time.perf_counter() - wall),
     }
+    out["uncertainty"] = metric_bands(sc, metrics, "serving")
     if trace:
         out["_trace"] = chrome_trace(result, name=sc.input.name)
     return out

@@ -140,6 +140,9 @@ def simulate_table(r: dict) -> str:
     rows = [[k, f"{v['compute_s'] * 1e3:.3f}", f"{v['comm_s'] * 1e3:.3f}", f"{v['exposed_comm_s'] * 1e3:.3f}"]
             for k, v in sorted(r["breakdown"].items(), key=lambda kv: -(kv[1]["compute_s"] + kv[1]["comm_s"]))]
     lines += ["", table(["op class (critical GPU)", "compute ms", "comm ms", "exposed comm ms"], rows, align="lrrr")]
+    band = r.get("uncertainty", {}).get("tokens_per_s_per_gpu")
+    if band and band["low"] is not None:
+        lines.append(f"\ntokens/s per GPU, error band: {band['low']:,.0f} .. {band['high']:,.0f} ({band['rests_on']})")
     lines.append(f"\nmemory: {r['memory']['per_gpu']['total_bytes'] / 2**30:.2f} GiB per GPU, fits: "
                  f"{'yes' if r['memory']['fits'] else 'NO'}")
     return "\n".join(lines)

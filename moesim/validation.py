@@ -7,6 +7,7 @@ fitted to a case. A case moesim cannot model yet is skipped with the reason, nev
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -53,14 +54,41 @@ def load_cases(path: str) -> list[Case]:
 COLLECTIVE_METRICS = {"busbw_GBps", "algbw_GBps", "time_us"}
 
 
-def predict_collective(case: Case) -> tuple[float, list[str]]:
+@dataclass(frozen=True)
+class Calibrated:
+    """A calibration profile and the file it came from (scenarios name the file)."""
+
+    path: str
+    profile: Any
+
+
+def _links(calibration: Optional[Calibrated], system_id: str) -> tuple:
+    """Calibrated link efficiencies when the profile belongs to this system's GPU."""
+    if calibration is None:
+        return ()
+    from .calibration import link_efficiency_overrides
+    from .hardware import load_system
+    if load_system(system_id).gpu.id != calibration.profile.gpu:
+        return ()
+    return tuple(sorted(link_efficiency_overrides(calibration.profile).items()))
+
+
+def _profile_override(calibration: Optional[Calibrated], system_id: str) -> dict:
+    from .hardware import load_system
+    if calibration is None or load_system(system_id).gpu.id != calibration.profile.gpu:
+        return {}
+    return {"runtime.profile": calibration.path}
+
+
+def predict_collective(case: Case, calibration=None) -> tuple[float, list[str]]:
     p = case.params
     op = p.get("op")
     if op not in ALGORITHMS:
         raise Skip(f"unknown collective op {op!r}")
     if case.metric not in COLLECTIVE_METRICS:
         raise Skip(f"unknown metric {case.metric!r} for a collective")
-    timing = collective_time(case.system, case.gpus, op, float(p["bytes"]))
+    timing = collective_time(case.system, case.gpus, op, float(p["bytes"]),
+                             link_overrides=_links(calibration, case.system))
     value = {"busbw_GBps": timing.busbw_GBps, "algbw_GBps": timing.algbw_GBps,
              "time_us": timing.time_s / units.us}[case.metric]
     ignored = [k for k in p if k not in ("op", "bytes")]
@@ -82,7 +110,7 @@ def _ep_choices(case: Case, n_experts: int, seed: int = 0) -> np.ndarray:
     return routing_kernels.sample_topk(pop, expert_group, limit, tokens, int(p["topk"]), seed)
 
 
-def predict_ep(case: Case) -> tuple[float, list[str]]:
+def predict_ep(case: Case, calibration=None) -> tuple[float, list[str]]:
     """DeepEP-style dispatch/combine of uniformly routed tokens over the system's topology.
 
     Normal mode: tokens deduplicated per destination GPU; across NVLink domains the hierarchical
@@ -103,7 +131,7 @@ def predict_ep(case: Case) -> tuple[float, list[str]]:
     h, tpg = int(p["hidden"]), int(p["tokens_per_gpu"])
     fp8 = p.get("dtype") == "fp8"
     per_token = h + 4 * h / 128 if fp8 else 2.0 * h
-    fabric = build_fabric(case.system, ranks)
+    fabric = build_fabric(case.system, ranks, _links(calibration, case.system))
     choices = _ep_choices(case, experts)
     token_gpu = (np.arange(len(choices)) // tpg).astype(np.int32)
     per_gpu = experts // ranks
@@ -144,7 +172,7 @@ SERVING_USED = {"model", "phase", "parallel", "batch_per_gpu", "batch_tokens_per
                 "dtype", "attn_dtype", "kv_cache_dtype", "overlap", "eplb", "redundant_experts"}
 
 
-def predict_serving(case: Case) -> tuple[float, list[str]]:
+def predict_serving(case: Case, calibration=None) -> tuple[float, list[str]]:
     """One serving step of the deployment the case describes, simulated by the engine."""
     from .scenario import load_scenario
     from .simulate import simulate
@@ -183,6 +211,7 @@ def predict_serving(case: Case) -> tuple[float, list[str]]:
                  "dtypes.attention_weights": p.get("attn_dtype"), "dtypes.kv_cache": p.get("kv_cache_dtype", "bf16"),
                  "workload": {"kind": "serving", "phase": phase, "batch": batch, "input_len": input_len,
                               "output_len": output_len}}
+    overrides.update(_profile_override(calibration, case.system))
     overlap = "two_batch" if p.get("overlap") == "two_batch" else "none"
     placement = "eplb" if (p.get("eplb") or redundant) else None
     result = simulate(load_scenario(None, overrides), overlap=overlap, placement=placement)
@@ -200,7 +229,7 @@ def predict_serving(case: Case) -> tuple[float, list[str]]:
 TRAINING_USED = {"model", "parallel", "seq_len", "global_batch_seqs", "micro_batch", "dtype", "recompute"}
 
 
-def predict_training(case: Case) -> tuple[float, list[str]]:
+def predict_training(case: Case, calibration=None) -> tuple[float, list[str]]:
     """One training step of the case's Megatron-style split, simulated with the 1F1B pipeline."""
     from .scenario import load_scenario
     from .simulate import simulate
@@ -223,27 +252,33 @@ def predict_training(case: Case) -> tuple[float, list[str]]:
                               "global_batch": int(p["global_batch_seqs"]),
                               "recompute": p.get("recompute", "none") if p.get("recompute") in ("none", "selective", "full")
                               else "none"}}
+    overrides.update(_profile_override(calibration, case.system))
     result = simulate(load_scenario(None, overrides))
     value = result["metrics"][case.metric]
     ignored = [k for k in p if k not in TRAINING_USED] + [f"parallel.{k}" for k in par if k not in ("tp", "pp", "ep", "cp")]
     return value, ignored
 
 
-PREDICTORS: dict[str, Callable[[Case], tuple[float, list[str]]]] = {
+PREDICTORS: dict[str, Callable[[Case, Optional[Calibrated]], tuple[float, list[str]]]] = {
     "training": predict_training,
-    "memory": validation_memory.predict_memory,
+    "memory": lambda case, cal: validation_memory.predict_memory(case),
     "serving": predict_serving,
     "collective": predict_collective,
     "ep_dispatch": predict_ep,
     "ep_combine": predict_ep,
-    "gemm": validation_compute.predict_gemm,
-    "grouped_gemm": validation_compute.predict_grouped_gemm,
+    "gemm": lambda case, cal: validation_compute.predict_gemm(case, cal.profile if cal else None),
+    "grouped_gemm": lambda case, cal: validation_compute.predict_grouped_gemm(case, cal.profile if cal else None),
 }
 LATER = {"memcpy": "microbenchmark calibration (microbenchmark issue)"}
 
 
-def validate(cases: list[Case]) -> dict:
-    """Predict every case; MAPE per `what` and overall over the cases predicted."""
+def validate(cases: list[Case], *, profile: Optional[str] = None) -> dict:
+    """Predict every case; MAPE per `what` and overall over the cases predicted. A calibration
+    profile applies to the cases on the GPU it was fitted on."""
+    calibration = None
+    if profile:
+        from .calibration import load_calibration
+        calibration = Calibrated(path=profile, profile=load_calibration(profile))
     systems = set(system_names())
     models = set(model_names())
     rows, skipped = [], []
@@ -257,7 +292,7 @@ def validate(cases: list[Case]) -> dict:
             reason = f"unknown model {case.params['model']!r}"
         if reason is None:
             try:
-                predicted, ignored = PREDICTORS[case.what](case)
+                predicted, ignored = PREDICTORS[case.what](case, calibration)
             except (Skip, validation_compute.Skip, validation_memory.Skip) as exc:
                 reason = str(exc)
             except MoesimError as exc:
@@ -274,3 +309,4 @@ def validate(cases: list[Case]) -> dict:
         for what in sorted({r["what"] for r in rows}):
             mape[what] = float(np.mean([abs(r["rel_error"]) for r in rows if r["what"] == what]))
     return {"cases": rows, "mape": mape, "skipped": skipped}
+

@@ -38,18 +38,24 @@ def _params(case: Any, names: tuple[str, ...]) -> dict:
     return p
 
 
-def _gpu(case: Any):
+def _gpu(case: Any, calibration: Any = None):
+    """GPU spec and compute profile of the case's system, calibrated when a profile is given and
+    was fitted on this GPU (other GPUs keep their defaults)."""
     try:
         gpu = load_system(case.system).gpu
-        return gpu, load_compute_profile(gpu.id)
+        profile = load_compute_profile(gpu.id)
     except MoesimError as exc:
         raise Skip(f"system {case.system!r}: {exc.one_line()}") from None
+    if calibration is not None and calibration.gpu == gpu.id:
+        from .calibration import apply_to_compute, apply_to_gpu
+        return apply_to_gpu(gpu, calibration), apply_to_compute(profile, calibration)
+    return gpu, profile
 
 
-def predict_gemm(case: Any) -> tuple[float, list[str]]:
+def predict_gemm(case: Any, calibration: Any = None) -> tuple[float, list[str]]:
     """Predicted TFLOP/s of one dense GEMM case and the params it ignored."""
     p = _params(case, GEMM_USED)
-    gpu, profile = _gpu(case)
+    gpu, profile = _gpu(case, calibration)
     try:
         est = gemm_estimate(gpu, profile, p["m"], p["n"], p["k"], str(p["dtype"]))
     except MoesimError as exc:
@@ -57,7 +63,7 @@ def predict_gemm(case: Any) -> tuple[float, list[str]]:
     return est.tflops, [k for k in p if k not in GEMM_USED]
 
 
-def predict_grouped_gemm(case: Any) -> tuple[float, list[str]]:
+def predict_grouped_gemm(case: Any, calibration: Any = None) -> tuple[float, list[str]]:
     """Predicted TFLOP/s of a grouped GEMM case (`groups` equal groups of m x n x k) and ignored params."""
     p = _params(case, GROUPED_USED)
     layout = p.get("layout")
@@ -66,7 +72,7 @@ def predict_grouped_gemm(case: Any) -> tuple[float, list[str]]:
     groups = p["groups"]
     if isinstance(groups, bool) or not isinstance(groups, int) or groups <= 0:
         raise Skip(f"groups must be a positive integer, got {groups!r}")
-    gpu, profile = _gpu(case)
+    gpu, profile = _gpu(case, calibration)
     try:
         est = grouped_gemm_estimate(gpu, profile, np.full(groups, float(p["m"])), p["n"], p["k"], str(p["dtype"]))
     except MoesimError as exc:
