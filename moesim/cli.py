@@ -308,7 +308,7 @@ def validate(cases_file: str, profile: Optional[str], residuals_file: Optional[s
 
     \b
     Example:
-      moesim validate --cases ../shared/validation/cases.yaml
+      moesim validate --cases validation/cases.yaml --json
     """
     from .tables import validation_table
     from .validation import load_cases, validate as run
