@@ -300,10 +300,13 @@ def comm(system_name: Optional[str], gpus: Optional[int], op: str, size: str, al
 @click.option("--cases", "cases_file", required=True, type=click.Path(dir_okay=False),
               help="Validation cases YAML (schema of the open validation set).")
 @click.option("--profile", help="Calibration profile applied to the cases on the GPU it was fitted on.")
+@click.option("--report", "report_file", type=click.Path(dir_okay=False),
+              help="Write a parity plot (predicted vs measured, one marker per what) as PNG/PDF/SVG.")
 @click.option("--write-residuals", "residuals_file", type=click.Path(dir_okay=False),
               help="Write the residual summary per `what` (what simulate's error bars rest on) as YAML.")
 @click.option("--json", "as_json", is_flag=True, help="Print cases, MAPE per what, and skipped cases as JSON.")
-def validate(cases_file: str, profile: Optional[str], residuals_file: Optional[str], as_json: bool) -> None:
+def validate(cases_file: str, profile: Optional[str], report_file: Optional[str], residuals_file: Optional[str],
+             as_json: bool) -> None:
     """Predict published measurements and report signed errors and MAPE per `what`.
 
     \b
@@ -314,6 +317,9 @@ def validate(cases_file: str, profile: Optional[str], residuals_file: Optional[s
     from .validation import load_cases, validate as run
 
     result = run(load_cases(cases_file), profile=profile)
+    if report_file:
+        from .plots import parity_plot
+        parity_plot(result, report_file)
     if residuals_file:
         from .uncertainty import write_residuals
         write_residuals(residuals_file, result, cases_file=cases_file, profile=profile)

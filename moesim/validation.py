@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 from pydantic import ConfigDict
 
-from . import units, validation_compute, validation_memory
+from . import units, validation_compute, validation_memcpy, validation_memory
 from .collectives import ALGORITHMS, build_fabric, collective_time, ep_exchange_time, flows_time
 from .errors import MoesimError
 from .hardware import system_names
@@ -262,6 +262,7 @@ def predict_training(case: Case, calibration=None) -> tuple[float, list[str]]:
 PREDICTORS: dict[str, Callable[[Case, Optional[Calibrated]], tuple[float, list[str]]]] = {
     "training": predict_training,
     "memory": lambda case, cal: validation_memory.predict_memory(case),
+    "memcpy": lambda case, cal: validation_memcpy.predict_memcpy(case, cal.profile if cal else None),
     "serving": predict_serving,
     "collective": predict_collective,
     "ep_dispatch": predict_ep,
@@ -269,7 +270,7 @@ PREDICTORS: dict[str, Callable[[Case, Optional[Calibrated]], tuple[float, list[s
     "gemm": lambda case, cal: validation_compute.predict_gemm(case, cal.profile if cal else None),
     "grouped_gemm": lambda case, cal: validation_compute.predict_grouped_gemm(case, cal.profile if cal else None),
 }
-LATER = {"memcpy": "microbenchmark calibration (microbenchmark issue)"}
+LATER: dict[str, str] = {}
 
 
 def validate(cases: list[Case], *, profile: Optional[str] = None) -> dict:
@@ -293,7 +294,7 @@ def validate(cases: list[Case], *, profile: Optional[str] = None) -> dict:
         if reason is None:
             try:
                 predicted, ignored = PREDICTORS[case.what](case, calibration)
-            except (Skip, validation_compute.Skip, validation_memory.Skip) as exc:
+            except (Skip, validation_compute.Skip, validation_memory.Skip, validation_memcpy.Skip) as exc:
                 reason = str(exc)
             except MoesimError as exc:
                 reason = f"cannot model: {exc.one_line()}"

@@ -22,8 +22,8 @@ SMALL = {"cases": [
      "params": {}, "source": "test"},
     {"id": "t", "what": "training", "system": "dgx-h100", "gpus": 8, "metric": "mfu", "measured": 0.4,
      "params": {"model": "qwen3-30b-a3b"}, "source": "test"},
-    {"id": "c", "what": "memcpy", "system": "dgx-h100", "gpus": 1, "metric": "GBps", "measured": 2900.0,
-     "params": {"path": "hbm"}, "source": "test"},
+    {"id": "c", "what": "power", "system": "dgx-h100", "gpus": 1, "metric": "watts", "measured": 700.0,
+     "params": {}, "source": "test"},
     {"id": "s", "what": "collective", "system": "dgx-h999", "gpus": 8, "metric": "busbw_GBps", "measured": 1.0,
      "params": {"op": "all_reduce", "bytes": 1024}, "source": "test"},
     {"id": "m", "what": "collective", "system": "dgx-h100", "gpus": 8, "metric": "furlongs", "measured": 1.0,
@@ -46,7 +46,7 @@ def test_output_follows_the_schema(tmp_path):
     assert set(result["mape"]) == {"overall", "collective", "ep_combine"}
     skipped = {s["id"]: s["reason"] for s in result["skipped"]}
     assert "missing params" in skipped["g"] and "missing params" in skipped["t"]
-    assert "not modelled yet" in skipped["c"]
+    assert "not modelled yet" in skipped["c"] and "unknown kind" in skipped["c"]
     assert "unknown system" in skipped["s"] and "metric" in skipped["m"]
     ep = next(c for c in result["cases"] if c["id"] == "ep")
     assert "sms" in ep["ignored_params"]
@@ -78,3 +78,25 @@ def test_open_cases_run_and_every_case_is_accounted_for():
     result = validate(cases)
     assert len(result["cases"]) + len(result["skipped"]) == len(cases)
     print({k: f"{100 * v:.1f}%" for k, v in result["mape"].items()})
+
+
+def test_memcpy_from_specs_and_from_a_calibration(tmp_path):
+    cases = {"cases": [
+        {"id": "hbm", "what": "memcpy", "system": "dgx-h100", "gpus": 1, "metric": "GBps", "measured": 2900.0,
+         "params": {"path": "hbm", "op": "babelstream_copy"}, "source": "test"},
+        {"id": "p2p", "what": "memcpy", "system": "dgx-h100", "gpus": 2, "metric": "GBps", "measured": 742.0,
+         "params": {"path": "nvlink_p2p", "direction": "bidirectional"}, "source": "test"}]}
+    path = write(tmp_path, cases)
+    spec = {c["id"]: c["predicted"] for c in validate(load_cases(path))["cases"]}
+    assert spec["hbm"] == pytest.approx(3350.0) and spec["p2p"] == pytest.approx(900.0)
+    synthetic = Path(__file__).resolve().parents[1] / "topologies" / "calibration" / "synthetic-dgx-h100.yaml"
+    calibrated = {c["id"]: c["predicted"] for c in validate(load_cases(path), profile=str(synthetic))["cases"]}
+    assert calibrated["hbm"] < spec["hbm"] and calibrated["p2p"] < spec["p2p"]
+
+
+def test_report_writes_a_parity_plot(tmp_path):
+    path = write(tmp_path, SMALL)
+    png = tmp_path / "parity.png"
+    result = CliRunner().invoke(main, ["validate", "--cases", path, "--report", str(png)])
+    assert result.exit_code == 0, result.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
