@@ -93,12 +93,20 @@ def link_efficiency(system: System) -> tuple[dict[str, float], list[str]]:
     return eff, notes
 
 
-@lru_cache(maxsize=32)
-def build_fabric(system_id: str, gpus: int, link_overrides: tuple[tuple[str, float], ...] = ()) -> Fabric:
-    """The cluster of `gpus` GPUs of a system with achievable link rates; `link_overrides`
-    ((kind, efficiency), ...) replace the system file's efficiencies, e.g. from a calibration."""
+_FABRICS: dict = {}
+
+
+def build_fabric(system: "System | str", gpus: int, link_overrides: tuple[tuple[str, float], ...] = ()) -> Fabric:
+    """The cluster of `gpus` GPUs of a system (a loaded System, or a built-in name / YAML path)
+    with achievable link rates; `link_overrides` ((kind, efficiency), ...) replace the system
+    file's efficiencies, e.g. from a calibration. Built once per distinct system, size and
+    overrides (user system files with their own ids work the same way)."""
     from .hardware import load_system
-    system = load_system(system_id)
+    if isinstance(system, str):
+        system = load_system(system)
+    key = (system.model_dump_json(), gpus, link_overrides)
+    if key in _FABRICS:
+        return _FABRICS[key]
     graph = build_cluster(system, gpus)
     table = link_table(graph)
     eff, notes = link_efficiency(system)
@@ -106,8 +114,12 @@ def build_fabric(system_id: str, gpus: int, link_overrides: tuple[tuple[str, flo
         eff[kind] = value
         notes.append(f"{kind} at {value:.3f} of spec: calibrated profile")
     scale = np.array([eff.get(k, 1.0) for k in table.kind])
-    return Fabric(system=system, gpus=gpus, graph=graph, table=table, capacity_Bps=table.capacity_Bps * scale,
-                  efficiency_notes=notes)
+    fabric = Fabric(system=system, gpus=gpus, graph=graph, table=table, capacity_Bps=table.capacity_Bps * scale,
+                    efficiency_notes=notes)
+    if len(_FABRICS) > 64:
+        _FABRICS.clear()
+    _FABRICS[key] = fabric
+    return fabric
 
 
 @dataclass
@@ -328,7 +340,7 @@ def time_plan(fabric: Fabric, plan: Plan, op: str, size: float, n: int) -> Timin
                   notes=list(fabric.efficiency_notes))
 
 
-def collective_time(system_id: str, gpus: int, op: str, size: float, *, algo: Optional[str] = None,
+def collective_time(system_id: "System | str", gpus: int, op: str, size: float, *, algo: Optional[str] = None,
                     participants: Optional[list[int]] = None,
                     link_overrides: tuple[tuple[str, float], ...] = ()) -> Timing:
     """Time of one collective of `size` bytes per rank over `participants` (default: all GPUs)."""

@@ -106,7 +106,7 @@ def ep_comm_summary(sc: Scenario, *, skew: str = "uniform", placement: Optional[
     (combine), its own share included, over the time."""
     summary = route_summary(sc, skew=skew, placement=placement, tokens=tokens, layer=layer,
                             dispatch_dtype=dispatch_dtype)
-    fabric = build_fabric(sc.system.id, summary["ep"])
+    fabric = build_fabric(sc.system, summary["ep"])
     domain = summary["nvlink_domain_gpus"]
     dispatch = np.array(summary["dispatch_bytes_matrix"])
     combine = np.array(summary["combine_bytes_matrix"])

@@ -153,6 +153,8 @@ class SystemSpec(Record):
     scale_up: ScaleUp
     scale_out: ScaleOut
     description: Optional[str] = None
+    calibration: Optional[str] = None  # a profile from `moesim calibrate` (name in topologies/calibration/ or path)
+    hardware_profile: Optional[str] = None  # link latencies etc. (topologies/profiles/); default: the system id
 
 
 class System(Record):

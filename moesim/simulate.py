@@ -80,7 +80,7 @@ def dense_op_times(sc: Scenario, gpu, prof, tokens: int, group: int, *, dtype: s
             "router": gemm_time(gpu, prof, tokens, m.moe.num_experts, d, "bf16"),
             "shared": ffn(shared_i, dtype),
             "dense": ffn((m.layers.dense_intermediate_size or 0) // p.tp, dtype),
-            "tp_allreduce": collective_time(sc.system.id, max(group, 2), "all_reduce", tokens * d * 2,
+            "tp_allreduce": collective_time(sc.system, max(group, 2), "all_reduce", tokens * d * 2,
                                             participants=list(range(p.tp)), link_overrides=links).time_s
             if p.tp > 1 else 0.0}
 
@@ -89,15 +89,21 @@ def _tokens_per_rank(w: Serving) -> int:
     return w.batch if w.phase == "decode" else (w.prefill_chunk_tokens or w.batch * w.input_len)
 
 
+def calibration_name(sc: Scenario):
+    """The calibration profile in force: the scenario's (or --profile), else the system file's."""
+    return sc.input.runtime.profile or sc.system.spec.calibration
+
+
 def hardware_for(sc: Scenario) -> tuple:
     """(gpu spec, compute profile, link overrides) for the scenario, calibrated when the scenario
     names a profile (`runtime.profile`, or `--profile`)."""
     gpu = sc.system.gpu
     prof = load_compute_profile(gpu.id)
-    if not sc.input.runtime.profile:
+    name = calibration_name(sc)
+    if not name:
         return gpu, prof, ()
     from .calibration import apply_to_compute, apply_to_gpu, link_efficiency_overrides, load_calibration
-    cal = load_calibration(sc.input.runtime.profile)
+    cal = load_calibration(name)
     if cal.gpu != gpu.id:
         raise MoesimError(f"profile is calibrated for {cal.gpu}, the scenario runs on {gpu.id}",
                           field="runtime.profile", fix="calibrate on this GPU or pick the matching system")
@@ -120,7 +126,7 @@ def serving_layers(sc: Scenario, *, microbatches: int, skew: str, placement: Opt
     tokens = max(_tokens_per_rank(w) // microbatches, 1)
     group_tokens = tokens * ranks
     d = m.hidden_size
-    fabric = build_fabric(sc.system.id, group, links)
+    fabric = build_fabric(sc.system, group, links)
     domain = min(sc.system.domain_gpus, group)
     redundant = sc.input.experts.redundant
     name = placement or ("eplb" if redundant else "contiguous")
@@ -249,7 +255,7 @@ def training_stage_costs(sc: Scenario, w: Training) -> dict:
     peak = gpu.peak_flops(precision.get(dtype).family)
     eff = prof.matmul_efficiency(dtype)
     group = p.ep * p.etp
-    fabric = build_fabric(sc.system.id, max(group, 2), links)
+    fabric = build_fabric(sc.system, max(group, 2), links)
     domain = min(sc.system.domain_gpus, group)
     # balanced routing (the validation cases run force-balanced, dropless MoE): equal tokens per slot
     group_tokens = tokens * max(group // p.tp, 1)
@@ -297,7 +303,7 @@ def training_stage_costs(sc: Scenario, w: Training) -> dict:
         forward.append(f_compute + f_comm)
         backward.append(2 * f_compute + recompute * f_compute + selective + f_comm)
     # pipeline transfer of one micro-batch's activations (BF16, split by TP) between stages
-    p2p = collective_time(sc.system.id, 2 * sc.system.domain_gpus, "send_recv", tokens * d * 2 / p.tp,
+    p2p = collective_time(sc.system, 2 * sc.system.domain_gpus, "send_recv", tokens * d * 2 / p.tp,
                           participants=[0, sc.system.domain_gpus], link_overrides=links).time_s if p.pp > 1 else 0.0
     # gradient sync (ZeRO-1: reduce-scatter of BF16 gradients + all-gather of BF16 parameters),
     # dense over dp ranks, experts over expert-dp ranks, each through one NIC per GPU (ring bound)
@@ -362,9 +368,9 @@ def metric_bands(sc: Scenario, metrics: dict, kind: str) -> dict:
     """Error bars of the headline metrics (moesim.uncertainty), with what they rest on."""
     from .uncertainty import bands, load_residuals
     rms = 0.0
-    if sc.input.runtime.profile:
+    if calibration_name(sc):
         from .calibration import load_calibration, profile_rms
-        rms = profile_rms(load_calibration(sc.input.runtime.profile))
+        rms = profile_rms(load_calibration(calibration_name(sc)))
     return bands(metrics, kind, calibration_rms=rms, residuals=load_residuals())
 
 

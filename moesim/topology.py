@@ -208,14 +208,14 @@ def build_cluster(system: System, gpus: int, *, profile: str | None = None,
                           fix="give the cluster size, e.g. 16")
     gpus = int(gpus)
     try:
-        prof = load_profile(profile or system.id)
+        prof = load_profile(profile or system.spec.hardware_profile or system.id)
     except MoesimError as exc:
         if profile is not None or exc.file:
             raise
         raise MoesimError(f"no hardware profile for system {system.id!r} ({exc.problem})",
                           file=exc.file, field="profile",
-                          fix=f"create topologies/profiles/{system.id}.yaml (copy dgx-h100.yaml) "
-                              "or pass profile=<path>") from None
+                          fix=f"set hardware_profile: <name> in the system file (e.g. dgx-h100), or create "
+                              f"topologies/profiles/{system.id}.yaml") from None
     fab = load_fabric(fabric)
     lat = {k: getattr(prof.hop_latency_us, k).value * units.us for k in HopLatencies.model_fields}
     spec = system.spec

@@ -59,3 +59,31 @@ def test_validate_writes_residuals(tmp_path):
     assert result.exit_code == 0, result.output
     data = yaml.safe_load(out.read_text())
     assert data["residuals"]["collective"]["cases"] == 1 and data["provenance"]["cases_sha256"]
+
+
+def test_a_system_file_can_name_its_calibration(tmp_path):
+    import shutil
+    system = tmp_path / "my-h100.yaml"
+    text = (Path(__file__).resolve().parents[1] / "topologies" / "systems" / "dgx-h100.yaml").read_text()
+    system.write_text(text.replace("id: dgx-h100", "id: dgx-h100\ncalibration: synthetic-dgx-h100"))
+    from moesim.scenario import load_scenario
+    from moesim.simulate import calibration_name, simulate
+    sc = load_scenario(None, {"system": str(system), "gpus": 8, "parallel.ep": 8, "workload.batch": 8})
+    assert calibration_name(sc) == "synthetic-dgx-h100"
+    result = simulate(sc)
+    assert "calibration fit RMS" in result["uncertainty"]["tokens_per_s_per_gpu"]["rests_on"]
+
+
+def test_user_system_file_with_its_own_id_simulates(tmp_path):
+    system = tmp_path / "lab-cluster.yaml"
+    text = (Path(__file__).resolve().parents[1] / "topologies" / "systems" / "dgx-h100.yaml").read_text()
+    system.write_text(text.replace("id: dgx-h100", "id: lab-cluster"))
+    missing = CliRunner().invoke(main, ["simulate", "--system", str(system), "--gpus", "16", "--ep", "16"])
+    assert missing.exit_code == 2 and "hardware_profile" in missing.stderr
+    system = tmp_path / "lab-cluster-2.yaml"
+    system.write_text(text.replace("id: dgx-h100", "id: lab-cluster\nhardware_profile: dgx-h100"))
+    result = CliRunner().invoke(main, ["simulate", "--system", str(system), "--gpus", "16", "--ep", "16",
+                                       "--batch", "8", "--json"])
+    assert result.exit_code == 0, result.output
+    route = CliRunner().invoke(main, ["comm", "--ep", "--system", str(system), "--gpus", "16", "--json"])
+    assert route.exit_code == 0, route.output
