@@ -309,7 +309,8 @@ def training_stage_costs(sc: Scenario, w: Training) -> dict:
     # dense over dp ranks, experts over expert-dp ranks, each through one NIC per GPU (ring bound)
     ledger = memory_ledger(sc)
     params = ledger.weight_params_per_gpu
-    expert_params = sum(slots * m.routed_expert_params / p.etp for i in ranges[0] if i in moe)
+    # the fullest stage's parameters (the ledger's binding stage) set the sync volume
+    expert_params = sum(slots * m.routed_expert_params / p.etp for i in ranges[ledger.binding_stage] if i in moe)
     nic = sc.system.spec.scale_out
     nic_Bps = (nic.nic_effective_GBps.value if nic.nic_effective_GBps else nic.nic_Gbps.value / 8) * units.GBps \
         * nic.nics_per_gpu.value
