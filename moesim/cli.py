@@ -474,3 +474,33 @@ def calibrate(results: tuple[str, ...], output: str, gpu_id: Optional[str], syst
     profile = fit_profile(data, gpu_id=gpu_id, system_id=system_id)
     write_profile(profile, output, sources=list(results), command=" ".join(["moesim calibrate", *sys.argv[2:]]))
     click.echo(f"wrote {output} ({gpu_id}, {system_id})")
+
+
+@main.command()
+@click.argument("space_file", type=click.Path(dir_okay=False))
+@click.option("--workers", type=int, default=1, show_default=True, help="Local worker processes.")
+@click.option("--cache", "cache_dir", type=click.Path(file_okay=False),
+              help="Cache folder: finished points are kept, so an interrupted sweep resumes.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the whole plan as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+def plan(space_file: str, workers: int, cache_dir: Optional[str], output: Optional[str], as_json: bool) -> None:
+    """Search configurations under SLOs: prune by VRAM, simulate, feasible set, Pareto fronts, best.
+
+    \b
+    Example:
+      moesim plan workloads/spaces/example-dsv3-decode.yaml --workers 2 --cache .moesim-cache
+    """
+    from .errors import MoesimError
+    from .planner import load_space, plan as run_plan
+    from .result import to_json, write_atomic
+    from .tables import plan_table
+
+    if workers < 1:
+        raise MoesimError(f"workers must be >= 1, got {workers}", field="--workers", fix="give 1 or more")
+    result = run_plan(load_space(space_file), workers=workers, cache_dir=cache_dir)
+    if output:
+        write_atomic(output, to_json(result))
+    if as_json:
+        _echo_json(result)
+    else:
+        click.echo(plan_table(result))

@@ -155,3 +155,29 @@ def ep_comm_table(r: dict) -> str:
     rows = [["dispatch", f"{r['dispatch_time_us']:.1f}", f"{r['dispatch_GBps_per_gpu'] or 0:.1f}"],
             ["combine", f"{r['combine_time_us']:.1f}", f"{r['combine_GBps_per_gpu'] or 0:.1f}"]]
     return "\n".join(lines + ["", table(["phase", "time (us)", "GB/s per GPU (incl. local)"], rows, align="lrr")])
+
+
+def plan_table(r: dict) -> str:
+    """Every simulated point, then the answer: best point and why the runners-up lost."""
+    rows = []
+    for p in r.get("points", []):
+        cost = p.get("cost_per_million_tokens")
+        rows.append([p["label"], f"{p['tokens_per_s_per_gpu']:,.0f}", f"{p['latency_ms']:.1f}",
+                     "-" if cost is None else f"{cost:.3f}{'*' if p.get('cost_placeholder') else ''}",
+                     "yes" if p.get("feasible") else "no"])
+    out = [f"# moesim plan {r.get('space')}: {r.get('expanded')} points, {r.get('pruned')} pruned before "
+           f"simulation, {r.get('simulated')} simulated, {r.get('from_cache')} from cache", ""]
+    out.append(table(["configuration", "tokens/s/GPU", "latency ms", "$/M tokens", "feasible"], rows,
+                     align="lrrrl"))
+    for reason in r.get("pruned_reasons", [])[:10]:
+        out.append(f"pruned: {reason.get('label', reason.get('id'))}: {reason.get('reason')}")
+    best = r.get("best")
+    if best:
+        out += ["", f"best ({r.get('objective')}): {best['label']}"]
+        for loser in r.get("runners_up", []):
+            out.append(f"  runner-up {loser['label']}: {loser.get('text') or loser.get('metric')}")
+    elif r.get("binding_constraint"):
+        out += ["", f"no configuration meets the SLOs; hardest: {r['binding_constraint']}"]
+    if any(p.get("cost_placeholder") for p in r.get("points", [])):
+        out.append("* cost uses a placeholder price (workloads/costs.yaml): set your own")
+    return "\n".join(out)

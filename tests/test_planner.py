@@ -1,0 +1,199 @@
+"""Planner: expansion, pruning before simulation, Pareto fronts, SLO diagnosis, cache/resume,
+parallel determinism."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from moesim import planner
+from moesim.errors import MoesimError
+from moesim.loader import data_root, parse_record
+from moesim.scenario import load_scenario
+
+EXAMPLE = data_root() / "workloads" / "spaces" / "example-dsv3-decode.yaml"
+
+
+def space(**kw) -> planner.Space:
+    base = dict(models=["deepseek-v3"], systems=["dgx-h100"], gpus=[16], parallel=[{"tp": 1, "ep": "gpus"}],
+                batch=[16], input_len=512, output_len=128, dtypes={"weights": "fp8", "kv_cache": "fp8"})
+    base.update(kw)
+    return parse_record(planner.Space, base)
+
+
+def test_expansion_counts_and_order():
+    sp = space(systems=["dgx-h100", "hgx-h200"], gpus=[16, 32], batch=[8, 16, 32], overlap=["none", "two_batch"])
+    points = planner.expand(sp)
+    assert len(points) == 2 * 2 * 3 * 2
+    assert [p["id"] for p in points] == list(range(len(points)))
+    assert points == planner.expand(sp)  # deterministic
+    assert points[0]["overrides"]["parallel.ep"] == 16 and points[-1]["overrides"]["parallel.ep"] == 32
+    per_system = space(systems=[{"name": "dgx-h100", "gpus": [16, 32]}, {"name": "gb200-nvl72", "gpus": [72]}], gpus=[])
+    assert [p["overrides"]["gpus"] for p in planner.expand(per_system)] == [16, 32, 72]
+
+
+def test_example_space_loads_and_is_small():
+    sp = planner.load_space(EXAMPLE)
+    assert len(planner.expand(sp)) <= 8
+
+
+def test_all_enumeration_yields_only_valid_splits():
+    sp = space(models=["mixtral-8x7b"], gpus=[8], parallel="all", dtypes={"weights": "bf16", "kv_cache": "bf16"})
+    points = planner.expand(sp)
+    splits = {(p["overrides"]["parallel.tp"], p["overrides"]["parallel.ep"]) for p in points}
+    assert (1, 8) in splits and (8, 1) in splits and len(splits) == len(points)
+    for p in points:
+        o = p["overrides"]
+        assert o["parallel.tp"] in (1, 2, 4, 8) and o["parallel.pp"] == 1
+        assert o["parallel.dp"] * o["parallel.tp"] == o["gpus"]
+        load_scenario(None, o)  # raises if the split is invalid
+    # DeepSeek-V3 on 72 GPUs: 256 experts allow no EP beyond 8 that also divides 72
+    eps = {p["overrides"]["parallel.ep"] for p in planner.expand(space(gpus=[72], parallel="all", batch=[1]))}
+    assert eps and max(eps) == 8
+
+
+def test_empty_space_names_the_field():
+    with pytest.raises(MoesimError) as err:
+        planner.expand(space(batch=[]))
+    assert err.value.field == "batch"
+    with pytest.raises(MoesimError) as err:
+        planner.expand(space(systems=["dgx-h100"], gpus=[]))
+    assert err.value.field == "gpus"
+
+
+def test_unknown_space_field_is_rejected():
+    with pytest.raises(MoesimError) as err:
+        space(batches=[1])
+    assert "batches" in str(err.value)
+
+
+def test_prune_removes_unfit_and_invalid_with_reasons():
+    sp = space(gpus=[8, 16], parallel=[{"tp": 1, "ep": 8}], dtypes={"weights": "bf16", "kv_cache": "bf16"},
+               redundant_experts=[0, 3])
+    points = planner.expand(sp)
+    kept, pruned, reasons = planner.prune(points)
+    assert pruned == len(reasons) == len(points) - len(kept)
+    by_id = {r["id"]: r["reason"] for r in reasons}
+    # bf16 DeepSeek-V3 on 8 H100s does not fit
+    assert "does not fit in VRAM" in by_id[0]
+    # 256 + 3 redundant experts do not divide over EP8: the split error, one line
+    assert "parallel.ep" in by_id[1] and "\n" not in by_id[1]
+    assert all(p["key"] for p in kept)
+
+
+def test_pareto_front_on_synthetic_points():
+    pts = [{"t": 10, "l": 5}, {"t": 8, "l": 3}, {"t": 10, "l": 6}, {"t": 5, "l": 3}, {"t": 12, "l": 9},
+           {"t": 7, "l": 7}, {"t": 12, "l": 9}, {"t": None, "l": 1}]
+    axes = [("t", "max"), ("l", "min")]
+    front = planner.pareto_front(pts, axes)
+    assert front == [0, 1, 4, 6]
+
+    def dom(a, b):
+        return a["t"] >= b["t"] and a["l"] <= b["l"] and (a["t"] > b["t"] or a["l"] < b["l"])
+    valid = [i for i, p in enumerate(pts) if p["t"] is not None]
+    for i in front:
+        assert not any(dom(pts[j], pts[i]) for j in valid)
+    for i in set(valid) - set(front):
+        assert any(dom(pts[j], pts[i]) for j in front)
+
+
+def _result(i, system, gpus, tps, tpot):
+    return {"id": i, "label": f"p{i}", "overrides": {"workload": {"batch": 1}}, "simulate": {"overlap": "none", "skew": "uniform"},
+            "result": {"model": "m", "system": system, "gpus": gpus, "parallel": {}, "phase": "decode",
+                       "metrics": {"tokens_per_s_per_gpu": tps, "tpot_ms": tpot, "step_time_s": tpot / 1e3}}}
+
+
+COSTS = planner.CostTable(systems={"a": {"price_per_gpu_hour": 3.6, "source": "test"},
+                                   "b": {"price_per_gpu_hour": 7.2, "source": "test", "placeholder": True}})
+
+
+def test_summary_best_runners_up_cost_and_fronts():
+    results = [_result(0, "a", 16, 1000, 20), _result(1, "b", 8, 1500, 30), _result(2, "a", 32, 800, 10),
+               _result(3, "a", 16, 2000, 80)]
+    slo = planner.SLO(tpot_ms_max=50)
+    out = planner.summarize(results, slo, "max_tokens_per_s_per_gpu", COSTS)
+    assert out["feasible"] == [0, 1, 2]
+    assert out["best"]["id"] == 1
+    assert out["runners_up"][0]["id"] == 0 and out["runners_up"][0]["metric"] == "tokens_per_s_per_gpu"
+    assert out["runners_up"][0]["by_pct"] == pytest.approx(100 * 500 / 1500)
+    # cost = price / 3600 / tokens_per_s_per_gpu * 1e6
+    assert out["points"][0]["cost_per_million_tokens"] == pytest.approx(3.6 / 3600 / 1000 * 1e6)
+    assert out["points"][1]["cost_placeholder"] and out["costs_are_placeholders"]
+    assert out["pareto"]["throughput_vs_latency"] == [0, 1, 2, 3]
+    cheap = planner.summarize(results, slo, "min_cost_per_million_tokens", COSTS)
+    assert cheap["best"]["id"] == 0  # 1.0 $/M vs 1.33 for b and 1.25 for p2
+    assert planner.summarize(results, slo, "min_gpus", COSTS)["best"]["id"] == 1
+    with pytest.raises(MoesimError, match="no price"):
+        planner.summarize(results + [_result(4, "zzz", 8, 1, 1)], slo, "min_cost_per_million_tokens", COSTS)
+
+
+def test_no_feasible_point_names_binding_constraint():
+    results = [_result(0, "a", 16, 1000, 60), _result(1, "a", 16, 500, 40), _result(2, "a", 16, 800, 55)]
+    slo = planner.SLO(tpot_ms_max=30, min_tokens_per_s_per_gpu=900)
+    out = planner.summarize(results, slo, "max_tokens_per_s_per_gpu", COSTS)
+    assert out["best"] is None and out["feasible"] == []
+    bind = out["binding_constraint"]
+    assert bind["constraint"] == "tpot_ms_max" and bind["violated_by"] == 3
+    assert bind["closest_miss"]["id"] == 1 and bind["relax_to"] == 40
+    assert "tpot_ms_max" in bind["text"]
+
+
+def _counting(monkeypatch):
+    calls = []
+    real = planner.simulate
+
+    def counted(sc, **kw):
+        calls.append(sc.input.workload.batch)
+        return real(sc, **kw)
+    monkeypatch.setattr(planner, "simulate", counted)
+    return calls
+
+
+def test_cache_skips_finished_points_and_resumes(tmp_path, monkeypatch):
+    calls = _counting(monkeypatch)
+    kept, _, _ = planner.prune(planner.expand(space(batch=[4, 8, 16])))
+    first = planner.run(kept, cache_dir=tmp_path)
+    assert len(calls) == 3 and not any(r["cached"] for r in first)
+    files = sorted(tmp_path.glob("*.json"))
+    assert len(files) == 3
+    second = planner.run(kept, cache_dir=tmp_path)
+    assert len(calls) == 3 and all(r["cached"] for r in second)
+    assert [r["result"]["metrics"] for r in second] == [r["result"]["metrics"] for r in first]
+    (tmp_path / f"{kept[1]['key']}.json").unlink()
+    third = planner.run(kept, cache_dir=tmp_path)
+    assert calls == [4, 8, 16, 8]
+    assert [r["cached"] for r in third] == [True, False, True]
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_workers_give_same_results():
+    kept, _, _ = planner.prune(planner.expand(space(batch=[4, 8, 16])))
+    one = planner.run(kept, workers=1)
+    two = planner.run(kept, workers=2)
+    assert [r["id"] for r in two] == [r["id"] for r in one]
+    assert [r["result"]["metrics"] for r in two] == [r["result"]["metrics"] for r in one]
+    assert [r["result"]["breakdown"] for r in two] == [r["result"]["breakdown"] for r in one]
+
+
+def test_example_plan_end_to_end(tmp_path):
+    sp = planner.load_space(EXAMPLE)
+    out = planner.plan(sp, cache_dir=tmp_path)
+    assert out["expanded"] == 6 and out["pruned"] + len(out["points"]) == 6
+    assert out["best"] is not None and out["best"]["feasible"]
+    again = planner.plan(sp, cache_dir=tmp_path)
+    assert again["simulated"] == 0 and again["from_cache"] == len(out["points"])
+
+
+def test_cli_plan_example_space(tmp_path):
+    import json as _json
+    from click.testing import CliRunner
+    from moesim.cli import main
+    out = tmp_path / "plan.json"
+    space = Path(__file__).resolve().parents[1] / "workloads" / "spaces" / "example-dsv3-decode.yaml"
+    result = CliRunner().invoke(main, ["plan", str(space), "-o", str(out), "--cache", str(tmp_path / "cache")])
+    assert result.exit_code == 0, result.output
+    assert "best (" in result.output and "pruned:" in result.output
+    data = _json.loads(out.read_text())
+    assert data["best"] is not None and data["pruned"] >= 1
+    again = CliRunner().invoke(main, ["plan", str(space), "--cache", str(tmp_path / "cache")])
+    assert "0 simulated" in again.output
