@@ -504,3 +504,26 @@ def plan(space_file: str, workers: int, cache_dir: Optional[str], output: Option
         _echo_json(result)
     else:
         click.echo(plan_table(result))
+
+
+@main.command()
+@SCENARIO_ARG
+@click.option("--set", "sets", multiple=True,
+              help="A change PATH=VALUE (join several with ';' to apply them together); repeat for more variants.")
+@click.option("--json", "as_json", is_flag=True, help="Print base, variants and relative changes as JSON.")
+def whatif(scenario: Optional[str], sets: tuple[str, ...], as_json: bool) -> None:
+    """Run a base scenario against single changes and print the deltas side by side.
+
+    \b
+    Examples:
+      moesim whatif --set system.nvlink_GBps=900 --set workload.batch=128 --set skew=zipf:1.2
+      moesim whatif my.yaml --set system.nic_Gbps=800 --set "gpus=32;parallel.ep=32"
+    """
+    from .tables import whatif_table
+    from .whatif import whatif as run
+
+    result = run(scenario, list(sets))
+    if as_json:
+        _echo_json(result)
+    else:
+        click.echo(whatif_table(result))

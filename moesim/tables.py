@@ -181,3 +181,13 @@ def plan_table(r: dict) -> str:
     if any(p.get("cost_placeholder") for p in r.get("points", [])):
         out.append("* cost uses a placeholder price (workloads/costs.yaml): set your own")
     return "\n".join(out)
+
+
+def whatif_table(r: dict) -> str:
+    keys = [k for k in ("tokens_per_s_per_gpu", "tpot_ms", "ttft_ms", "step_time_s", "mfu") if k in r["base"]]
+    rows = [["base"] + [f"{r['base'][k]:,.4g}" for k in keys]]
+    for v in r["variants"]:
+        rows.append([v["change"]] + [f"{v['metrics'][k]:,.4g} ({100 * v['relative_change'].get(k, 0):+.1f}%)"
+                                     for k in keys])
+    return "\n".join([f"# moesim whatif: {r['scenario']} (each change alone against the base)", "",
+                      table(["change"] + keys, rows, align="l" + "r" * len(keys))])
