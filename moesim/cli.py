@@ -527,3 +527,21 @@ def whatif(scenario: Optional[str], sets: tuple[str, ...], as_json: bool) -> Non
         _echo_json(result)
     else:
         click.echo(whatif_table(result))
+
+
+@bench.command(name="planner")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON contract.")
+def bench_planner(as_json: bool) -> None:
+    """Configurations simulated per minute with 1 and 2 workers; VRAM-prune cost per configuration."""
+    from .planner_bench import planner_benchmark
+
+    result = planner_benchmark()
+    if as_json:
+        _echo_json(result)
+        return
+    p = result["planner"]
+    click.echo(f"# moesim bench planner: decode sweep of {p['configs']} configurations ({p['expanded']} expanded, "
+               f"{p['pruned']} pruned)\n"
+               f"1 worker: {p['configs_per_min_1_worker']:,.0f} configs/min; 2 workers: "
+               f"{p['configs_per_min_2_workers']:,.0f} configs/min (x{p['scaling_2_over_1']:.2f}); "
+               f"VRAM prune {p['prune_ms_per_config']:.2f} ms per configuration")

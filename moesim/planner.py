@@ -32,7 +32,7 @@ from .model import load_model
 from .parallelism import ParallelInput, divisors, resolve_plan
 from .result import to_json, write_atomic
 from .scenario import load_scenario
-from .simulate import OVERLAPS, simulate
+from .simulate import OVERLAPS, check_simulatable, simulate
 
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -221,6 +221,7 @@ def prune(points: list[dict]) -> tuple[list[dict], int, list[dict]]:
     for point in points:
         try:
             sc = load_scenario(None, point["overrides"])
+            check_simulatable(sc)
         except MoesimError as exc:
             reasons.append({"id": point["id"], "label": label(point), "reason": _reason(exc)})
             continue

@@ -110,6 +110,15 @@ def hardware_for(sc: Scenario) -> tuple:
     return apply_to_gpu(gpu, cal), apply_to_compute(prof, cal), tuple(sorted(link_efficiency_overrides(cal).items()))
 
 
+def check_simulatable(sc: Scenario) -> None:
+    """Raise for a valid split the engine cannot simulate yet (an EP group smaller than a TP group:
+    Megatron allows it, the serving engine's per-group model does not)."""
+    p = sc.plan
+    if (p.ep * p.etp) % p.tp:
+        raise MoesimError(f"EP group of {p.ep * p.etp} GPUs does not hold whole TP groups of {p.tp}",
+                          field="parallel.ep", fix="make ep x etp a multiple of tp")
+
+
 def serving_layers(sc: Scenario, *, microbatches: int, skew: str, placement: Optional[str]) -> tuple[list, int, dict]:
     """Per-layer op lists for one micro-batch of a serving step of one EP group."""
     m, p, w = sc.model, sc.plan, sc.input.workload
@@ -118,10 +127,8 @@ def serving_layers(sc: Scenario, *, microbatches: int, skew: str, placement: Opt
     w_dtype = dt.weights
     att_dtype = dt.attention_weights or dt.weights
     exp_dtype = dt.expert_weights or dt.weights
+    check_simulatable(sc)
     group = p.ep * p.etp
-    if group % p.tp:
-        raise MoesimError(f"EP group of {group} GPUs does not hold whole TP groups of {p.tp}", field="parallel.ep",
-                          fix="make ep x etp a multiple of tp")
     ranks = group // p.tp
     tokens = max(_tokens_per_rank(w) // microbatches, 1)
     group_tokens = tokens * ranks

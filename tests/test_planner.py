@@ -197,3 +197,25 @@ def test_cli_plan_example_space(tmp_path):
     assert data["best"] is not None and data["pruned"] >= 1
     again = CliRunner().invoke(main, ["plan", str(space), "--cache", str(tmp_path / "cache")])
     assert "0 simulated" in again.output
+
+
+def test_bench_planner_json_contract():
+    import json as _json
+    from click.testing import CliRunner
+    from moesim.cli import main
+    result = CliRunner().invoke(main, ["bench", "planner", "--json"])
+    assert result.exit_code == 0, result.output
+    p = _json.loads(result.output)["planner"]
+    for key in ("configs_per_min_1_worker", "configs_per_min_2_workers", "prune_ms_per_config"):
+        assert p[key] > 0
+
+
+def test_splits_the_engine_cannot_simulate_are_pruned_with_a_reason():
+    from moesim.planner import prune
+    point = {"id": 0, "overrides": {"model": "qwen3-30b-a3b", "system": "dgx-h100", "gpus": 8,
+                                    "parallel.tp": 4, "parallel.ep": 2, "dtypes.weights": "bf16",
+                                    "workload": {"kind": "serving", "phase": "decode", "batch": 8,
+                                                 "input_len": 128, "output_len": 16}},
+             "simulate": {"overlap": "none", "skew": "uniform"}}
+    kept, pruned, reasons = prune([point])
+    assert not kept and pruned == 1 and "TP groups" in reasons[0]["reason"]
