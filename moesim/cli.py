@@ -481,9 +481,11 @@ def calibrate(results: tuple[str, ...], output: str, gpu_id: Optional[str], syst
 @click.option("--workers", type=int, default=1, show_default=True, help="Local worker processes.")
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False),
               help="Cache folder: finished points are kept, so an interrupted sweep resumes.")
+@click.option("--dask", "dask_address", help="Run on a Dask cluster: scheduler address, e.g. tcp://127.0.0.1:8786.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the whole plan as JSON.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
-def plan(space_file: str, workers: int, cache_dir: Optional[str], output: Optional[str], as_json: bool) -> None:
+def plan(space_file: str, workers: int, cache_dir: Optional[str], dask_address: Optional[str],
+         output: Optional[str], as_json: bool) -> None:
     """Search configurations under SLOs: prune by VRAM, simulate, feasible set, Pareto fronts, best.
 
     \b
@@ -497,7 +499,8 @@ def plan(space_file: str, workers: int, cache_dir: Optional[str], output: Option
 
     if workers < 1:
         raise MoesimError(f"workers must be >= 1, got {workers}", field="--workers", fix="give 1 or more")
-    result = run_plan(load_space(space_file), workers=workers, cache_dir=cache_dir)
+    result = run_plan(load_space(space_file), workers=workers, cache_dir=cache_dir, dask=dask_address,
+                      progress=sys.stderr.isatty() and not as_json)
     if output:
         write_atomic(output, to_json(result))
     if as_json:

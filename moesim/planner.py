@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
@@ -251,10 +251,13 @@ def _record(point: dict, result: dict, cached: bool) -> dict:
             "simulate": point["simulate"], "result": result, "cached": cached}
 
 
-def run(points: list[dict], *, workers: int = 1, cache_dir: Optional[str | Path] = None) -> list[dict]:
+def run(points: list[dict], *, workers: int = 1, cache_dir: Optional[str | Path] = None,
+        dask: Optional[str] = None, progress: bool = False) -> list[dict]:
     """Simulate every (kept) point; results in the points' order. With a cache folder, a point
     whose `<key>.json` exists is read, not simulated, and each new result is written atomically
-    as soon as it finishes, so an interrupted sweep resumes where it stopped."""
+    as soon as it finishes, so an interrupted sweep resumes where it stopped. Execution: in this
+    process (workers=1), a local process pool (workers>1), or a Dask cluster (`dask` = scheduler
+    address, e.g. tcp://host:8786). `progress` shows a rich progress bar with ETA."""
     if workers < 1:
         raise MoesimError(f"workers must be at least 1, got {workers}", field="workers", fix="use 1 or more")
     cache = Path(cache_dir) if cache_dir else None
@@ -276,15 +279,65 @@ def run(points: list[dict], *, workers: int = 1, cache_dir: Optional[str | Path]
                                         "simulate": point["simulate"], "version": __version__, "result": result}))
         done[point["id"]] = _record(point, result, False)
 
-    if workers == 1 or len(todo) <= 1:
-        for point, path in todo:
-            finish(point, path, simulate_point(point))
-    else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            futures = [(pool.submit(simulate_point, point), point, path) for point, path in todo]
-            for future, point, path in futures:
-                finish(point, path, future.result())
+    with _progress(progress, len(todo)) as advance:
+        if dask:
+            _run_dask(dask, todo, finish, advance)
+        elif workers == 1 or len(todo) <= 1:
+            for point, path in todo:
+                finish(point, path, simulate_point(point))
+                advance()
+        else:
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                futures = {pool.submit(simulate_point, point): (point, path) for point, path in todo}
+                for future in as_completed(futures):
+                    point, path = futures[future]
+                    finish(point, path, future.result())
+                    advance()
     return [done[p["id"]] for p in points]
+
+
+def _run_dask(address: str, todo: list, finish, advance) -> None:
+    """Submit every point to a Dask scheduler; finished points are cached as they arrive."""
+    try:
+        from distributed import Client, as_completed as dask_completed
+    except ImportError:
+        raise MoesimError("dask.distributed is not installed", field="--dask",
+                          fix="pip install 'dask[distributed]' or run with --workers") from None
+    try:
+        client = Client(address, timeout=10)
+    except (OSError, TimeoutError) as exc:
+        raise MoesimError(f"cannot reach the Dask scheduler at {address} ({type(exc).__name__})", field="--dask",
+                          fix="start one (dask scheduler) or check the address, e.g. tcp://127.0.0.1:8786") from None
+    try:
+        futures = {client.submit(simulate_point, point, pure=False): (point, path) for point, path in todo}
+        for future in dask_completed(list(futures)):
+            point, path = futures[future]
+            finish(point, path, future.result())
+            advance()
+    finally:
+        client.close()
+
+
+class _progress:
+    """A rich progress bar with ETA on a terminal; nothing otherwise (context manager)."""
+
+    def __init__(self, enabled: bool, total: int):
+        self.enabled, self.total, self.bar = enabled and total > 0, total, None
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda: None
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+        self.bar = Progress(TextColumn("simulating"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                            TimeRemainingColumn(), transient=True)
+        self.bar.start()
+        task = self.bar.add_task("plan", total=self.total)
+        return lambda: self.bar.advance(task)
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.stop()
+        return False
 
 
 # ----------------------------------------------------------------------------- summary
@@ -424,11 +477,11 @@ def summarize(results: list[dict], slo: SLO, objective: str, costs: Optional[Cos
 
 
 def plan(space: Space, *, workers: int = 1, cache_dir: Optional[str | Path] = None,
-         costs: Optional[CostTable] = None) -> dict:
+         costs: Optional[CostTable] = None, dask: Optional[str] = None, progress: bool = False) -> dict:
     """The whole pipeline for one search space."""
     points = expand(space)
     kept, pruned, reasons = prune(points)
-    results = run(kept, workers=workers, cache_dir=cache_dir)
+    results = run(kept, workers=workers, cache_dir=cache_dir, dask=dask, progress=progress)
     costs = costs if costs is not None else load_costs(space.costs)
     summary = summarize(results, space.slo, space.objective, costs)
     summary.update({"space": space.name, "expanded": len(points), "pruned": pruned, "pruned_reasons": reasons,

@@ -178,7 +178,7 @@ def test_workers_give_same_results():
 def test_example_plan_end_to_end(tmp_path):
     sp = planner.load_space(EXAMPLE)
     out = planner.plan(sp, cache_dir=tmp_path)
-    assert out["expanded"] == 6 and out["pruned"] + len(out["points"]) == 6
+    assert out["expanded"] == 8 and out["pruned"] == 3 and out["pruned"] + len(out["points"]) == 8
     assert out["best"] is not None and out["best"]["feasible"]
     again = planner.plan(sp, cache_dir=tmp_path)
     assert again["simulated"] == 0 and again["from_cache"] == len(out["points"])
@@ -219,3 +219,54 @@ def test_splits_the_engine_cannot_simulate_are_pruned_with_a_reason():
              "simulate": {"overlap": "none", "skew": "uniform"}}
     kept, pruned, reasons = prune([point])
     assert not kept and pruned == 1 and "TP groups" in reasons[0]["reason"]
+
+
+SPACE = Path(__file__).resolve().parents[1] / "workloads" / "spaces" / "example-dsv3-decode.yaml"
+
+
+def test_dask_local_cluster_gives_the_local_results(tmp_path):
+    distributed = pytest.importorskip("distributed")
+    from moesim.planner import load_space, plan
+    space = load_space(SPACE)
+    local = plan(space, workers=1)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                                  host="127.0.0.1") as cluster:
+        remote = plan(space, dask=cluster.scheduler_address, cache_dir=tmp_path / "cache")
+    assert [p["tokens_per_s_per_gpu"] for p in remote["points"]] == \
+        [p["tokens_per_s_per_gpu"] for p in local["points"]]
+    assert remote["simulated"] == local["simulated"]
+
+
+def test_unreachable_dask_scheduler_is_one_line_error_and_writes_nothing(tmp_path):
+    from click.testing import CliRunner
+    from moesim.cli import main
+    out = tmp_path / "plan.json"
+    result = CliRunner().invoke(main, ["plan", str(SPACE), "--dask", "tcp://127.0.0.1:9", "-o", str(out)])
+    assert result.exit_code == 2 and "--dask" in result.stderr and not out.exists()
+
+
+def test_a_killed_sweep_resumes_without_losing_finished_points(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    cache = tmp_path / "cache"
+    proc = subprocess.Popen([sys.executable, "-m", "moesim", "plan", str(SPACE), "--cache", str(cache)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(cache.glob("*.json"))) < 1:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = {p.name: p.read_bytes() for p in cache.glob("*.json")}
+    assert finished, "no point finished before the kill"
+    for entry in finished.values():  # atomic writes: every cache file that exists is complete JSON
+        import json as _json
+        _json.loads(entry)
+    from moesim.planner import load_space, plan
+    result = plan(load_space(SPACE), cache_dir=cache)
+    assert result["from_cache"] >= len(finished)
+    assert result["simulated"] + result["from_cache"] == result["expanded"] - result["pruned"]
+    for name, content in finished.items():  # finished points were reused, not rewritten
+        assert (cache / name).read_bytes() == content
