@@ -482,15 +482,18 @@ def calibrate(results: tuple[str, ...], output: str, gpu_id: Optional[str], syst
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False),
               help="Cache folder: finished points are kept, so an interrupted sweep resumes.")
 @click.option("--dask", "dask_address", help="Run on a Dask cluster: scheduler address, e.g. tcp://127.0.0.1:8786.")
+@click.option("--set", "sets", multiple=True,
+              help="Change applied to every point: PATH=VALUE (scenario, system.<field> or skew/overlap/placement).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the whole plan as JSON.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 def plan(space_file: str, workers: int, cache_dir: Optional[str], dask_address: Optional[str],
-         output: Optional[str], as_json: bool) -> None:
+         sets: tuple[str, ...], output: Optional[str], as_json: bool) -> None:
     """Search configurations under SLOs: prune by VRAM, simulate, feasible set, Pareto fronts, best.
 
     \b
     Example:
       moesim plan workloads/spaces/example-dsv3-decode.yaml --workers 2 --cache .moesim-cache
+      moesim plan SPACE.yaml --set system.nvlink_GBps=900 --set skew=zipf:1.2
     """
     from .errors import MoesimError
     from .planner import load_space, plan as run_plan
@@ -500,7 +503,7 @@ def plan(space_file: str, workers: int, cache_dir: Optional[str], dask_address: 
     if workers < 1:
         raise MoesimError(f"workers must be >= 1, got {workers}", field="--workers", fix="give 1 or more")
     result = run_plan(load_space(space_file), workers=workers, cache_dir=cache_dir, dask=dask_address,
-                      progress=sys.stderr.isatty() and not as_json)
+                      progress=sys.stderr.isatty() and not as_json, sets=list(sets))
     if output:
         write_atomic(output, to_json(result))
     if as_json:

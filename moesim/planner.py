@@ -190,7 +190,8 @@ def label(point: dict) -> str:
     o, s = point["overrides"], point["simulate"]
     w = o["workload"]
     dp = o.get("parallel.dp", o["gpus"] // (o.get("parallel.tp", 1) * o.get("parallel.pp", 1)))
-    text = (f"{o['model']} {o['system']}x{o['gpus']} tp{o.get('parallel.tp', 1)} dp{dp} ep{o.get('parallel.ep', 1)}"
+    system = point.get("system_name", o["system"])
+    text = (f"{o['model']} {system}x{o['gpus']} tp{o.get('parallel.tp', 1)} dp{dp} ep{o.get('parallel.ep', 1)}"
             f" pp{o.get('parallel.pp', 1)} r{o.get('experts.redundant', 0)} b{w['batch']}")
     if s["overlap"] != "none":
         text += f" {s['overlap']}"
@@ -476,10 +477,60 @@ def summarize(results: list[dict], slo: SLO, objective: str, costs: Optional[Cos
     return out
 
 
+def apply_sets(points: list[dict], sets: list[str], folder: Path) -> list[dict]:
+    """Apply `--set PATH=VALUE` changes to every point: scenario fields, `system.<field>` (a
+    variant system file per base system, written to `folder`; see moesim.whatif) and the
+    simulation's `skew` / `overlap` / `placement`."""
+    from .whatif import SIMULATE_KEYS, _system_variant, parse_set
+    changes = dict(parse_set(s) for s in sets)
+    for key, value in changes.items():  # an unknown scenario path is bad input, not a pruned point
+        if key in SIMULATE_KEYS or key.startswith("system."):
+            continue
+        try:
+            load_scenario(None, {key: value})
+        except MoesimError as exc:
+            if (exc.field or "").split(".")[0] == key.split(".")[0]:
+                raise MoesimError(exc.problem, field=f"--set {key}", fix=exc.fix) from None
+    system_changes = {k[len("system."):]: v for k, v in changes.items() if k.startswith("system.")}
+    variants: dict[str, str] = {}
+    out = []
+    for point in points:
+        overrides = dict(point["overrides"])
+        sim = dict(point["simulate"])
+        for key, value in changes.items():
+            if key in SIMULATE_KEYS:
+                sim[key] = value
+            elif not key.startswith("system."):
+                overrides[key] = value
+        if system_changes:
+            base = overrides["system"]
+            if base not in variants:
+                variants[base] = _system_variant(base, system_changes, folder)
+            overrides["system"] = variants[base]
+        out.append(dict(point, overrides=overrides, simulate=sim, system_name=point.get("system_name", base)
+                        if system_changes else point.get("system_name", overrides["system"])))
+    return out
+
+
 def plan(space: Space, *, workers: int = 1, cache_dir: Optional[str | Path] = None,
-         costs: Optional[CostTable] = None, dask: Optional[str] = None, progress: bool = False) -> dict:
-    """The whole pipeline for one search space."""
-    points = expand(space)
+         costs: Optional[CostTable] = None, dask: Optional[str] = None, progress: bool = False,
+         sets: Optional[list[str]] = None) -> dict:
+    """The whole pipeline for one search space (with optional `--set` changes on every point)."""
+    if sets and cache_dir:  # variant systems beside the cache, named by their changes: resumable
+        folder = Path(cache_dir) / "systems"
+        folder.mkdir(parents=True, exist_ok=True)
+        return _plan(space, apply_sets(expand(space), sets, folder), workers=workers, cache_dir=cache_dir,
+                     costs=costs, dask=dask, progress=progress)
+    if sets:
+        import tempfile
+        with tempfile.TemporaryDirectory(prefix="moesim-plan-") as tmp:
+            return _plan(space, apply_sets(expand(space), sets, Path(tmp)), workers=workers, cache_dir=cache_dir,
+                         costs=costs, dask=dask, progress=progress)
+    return _plan(space, expand(space), workers=workers, cache_dir=cache_dir, costs=costs, dask=dask,
+                 progress=progress)
+
+
+def _plan(space: Space, points: list[dict], *, workers: int, cache_dir, costs, dask, progress) -> dict:
     kept, pruned, reasons = prune(points)
     results = run(kept, workers=workers, cache_dir=cache_dir, dask=dask, progress=progress)
     costs = costs if costs is not None else load_costs(space.costs)

@@ -6,12 +6,13 @@ A change is `PATH=VALUE`:
   with `.value` implied for a sourced spec), plus the short forms in `SYSTEM_ALIASES`
   (`system.nvlink_GBps=1800`, `system.nic_Gbps=800`, `system.oversubscription=2`); a changed spec
   rate scales the measured rate its efficiency comes from (MEASURED_WITH), so the achievable
-  fraction stays as measured; the changed system is written to a temporary file and loaded like
-  any user system, its `source:` noting the change;
+  fraction stays as measured; the changed system (same id, so prices and hardware profiles still
+  apply) is written to a temporary file and loaded like any user system, its `source:` noting the change;
 - `skew=...`, `overlap=...`, `placement=...` for the simulation itself.
 """
 from __future__ import annotations
 
+import hashlib
 import tempfile
 from pathlib import Path
 from typing import Any, Optional
@@ -85,9 +86,10 @@ def _system_variant(system_name: str, changes: dict[str, Any], folder: Path) -> 
         current = _get_value(data, measured) if measured else None
         if current and old and isinstance(value, (int, float)):
             _set_dotted(data, measured, current * value / old, field=f"system.{dotted}")
-    data["id"] = f"{data['id']}-whatif"
-    data.setdefault("hardware_profile", system_name if Path(system_name).suffix == "" else None)
-    target = folder / f"{data['id']}-{abs(hash(tuple(sorted(map(str, changes.items()))))) % 10**8}.yaml"
+    data["description"] = f"{data.get('description') or data['id']} (what-if: " + \
+        ", ".join(f"{k}={v}" for k, v in changes.items()) + ")"
+    digest = hashlib.sha256(repr(sorted((k, str(v)) for k, v in changes.items())).encode()).hexdigest()[:12]
+    target = folder / f"{data['id']}-{digest}.yaml"
     write_atomic(target, yaml.safe_dump(data, sort_keys=False))
     return str(target)
 

@@ -270,3 +270,17 @@ def test_a_killed_sweep_resumes_without_losing_finished_points(tmp_path):
     assert result["simulated"] + result["from_cache"] == result["expanded"] - result["pruned"]
     for name, content in finished.items():  # finished points were reused, not rewritten
         assert (cache / name).read_bytes() == content
+
+
+def test_plan_set_changes_every_point_and_stays_resumable(tmp_path):
+    from moesim.errors import MoesimError
+    from moesim.planner import load_space, plan
+    space = load_space(SPACE)
+    cache = tmp_path / "cache"
+    first = plan(space, cache_dir=cache, sets=["system.nic_Gbps=800", "skew=zipf:1.2"])
+    assert all("zipf:1.2" in p["label"] and ".yaml" not in p["label"] for p in first["points"])
+    again = plan(space, cache_dir=cache, sets=["system.nic_Gbps=800", "skew=zipf:1.2"])
+    assert again["simulated"] == 0
+    with pytest.raises(MoesimError) as err:
+        plan(space, sets=["bogus.path=3"])
+    assert err.value.field == "--set bogus.path"
