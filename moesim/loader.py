@@ -6,6 +6,7 @@ the user mistypes one.
 """
 from __future__ import annotations
 
+import copy
 import difflib
 import os
 import sys
@@ -42,8 +43,31 @@ def data_root() -> Path:
                       field="MOESIM_DATA", fix="set MOESIM_DATA to the moesim checkout")
 
 
+_PARSED: dict = {}
+
+
 def read_yaml(path: Path) -> tuple[Any, yaml.Node | None]:
-    """Parse a YAML file; return the plain data and the node tree (for line numbers)."""
+    """Parse a YAML file; return the plain data and the node tree (for line numbers).
+
+    Parses are kept per (path, size, mtime), so a sweep that resolves thousands of scenarios from
+    one file parses it once; callers get their own copy of the data."""
+    try:
+        stat = Path(path).stat()
+        key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+    except OSError:
+        key = None
+    if key is not None and key in _PARSED:
+        data, node = _PARSED[key]
+        return copy.deepcopy(data), node
+    data, node = _parse_yaml(path)
+    if key is not None:
+        if len(_PARSED) > 256:
+            _PARSED.clear()
+        _PARSED[key] = (data, node)
+    return copy.deepcopy(data), node
+
+
+def _parse_yaml(path: Path) -> tuple[Any, yaml.Node | None]:
     try:
         text = Path(path).read_text()
     except OSError as exc:
