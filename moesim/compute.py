@@ -291,14 +291,6 @@ def grouped_gemm_estimate(gpu: GPUSpec, profile: ComputeProfile, tokens_per_grou
 def grouped_gemm_time(gpu: GPUSpec, profile: ComputeProfile, tokens_per_group: Sequence[float] | np.ndarray,
                       n: float, k: float, dtype: str, *, out_dtype: str = OUTPUT_DTYPE) -> float:
     """Seconds of a grouped GEMM over experts (see `grouped_gemm_estimate`); 0 when all groups are empty."""
-    counts = np.asarray(tokens_per_group, dtype=np.float64)
-    if counts.ndim == 1 and counts.size and np.all(np.isfinite(counts)) and counts.min() >= 0 and n > 0 and k > 0:
-        rows = counts[counts > 0]  # fast path for valid input (the simulator calls this per GPU per layer)
-        if rows.size == 0:
-            _family(dtype)
-            return 0.0
-        compute, memory = _gemm_parts(gpu, profile, rows, float(n), float(k), dtype, out_dtype)[:2]
-        return max(compute, memory) + profile.kernel_launch_s.value
     est = grouped_gemm_estimate(gpu, profile, tokens_per_group, n, k, dtype, out_dtype=out_dtype)
     return 0.0 if est is None else est.time_s
 

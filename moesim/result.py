@@ -29,22 +29,12 @@ def to_json(data: Any, *, indent: int | None = 2) -> str:
 
 
 def write_atomic(path: str | Path, text: str) -> Path:
-    """Write text to `path` so that readers see either the old file or the whole new one."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    """Write text (UTF-8) to `path` so that readers see either the old file or the whole new one."""
+    return write_atomic_bytes(path, text.encode())
 
 
 def write_atomic_bytes(path: str | Path, data: bytes) -> Path:
-    """`write_atomic` for binary content (figures)."""
+    """Write bytes to `path` all-or-nothing: a temporary file in the same folder, then a rename."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
