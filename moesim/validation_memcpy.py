@@ -36,7 +36,12 @@ def predict_memcpy(case: Any, calibration: Any = None) -> tuple[float, list[str]
             rate *= calibration.memory_efficiency.value
         value = rate
     elif path in ("host_to_device", "device_to_host"):
-        value = gpu.host_link.per_direction_GBps.value * both
+        rate = gpu.host_link.per_direction_GBps.value
+        if calibrated:
+            fit = calibration.links.get(path)
+            if fit is not None and fit.kind == "host":
+                rate = fit.bandwidth_GBps.value
+        value = rate * both
     elif path == "nvlink_p2p":
         rate = system.spec.scale_up.per_gpu_GBps_per_direction.value
         if calibrated:

@@ -100,3 +100,16 @@ def test_report_writes_a_parity_plot(tmp_path):
     result = CliRunner().invoke(main, ["validate", "--cases", path, "--report", str(png)])
     assert result.exit_code == 0, result.output
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_host_link_from_the_measured_h100_calibration(tmp_path):
+    """The shipped H100 profile's fitted host link (pinned H2D) replaces the PCIe spec rate."""
+    case = {"id": "h2d", "what": "memcpy", "system": "dgx-h100", "gpus": 1, "metric": "GBps", "measured": 51.0,
+            "params": {"path": "host_to_device"}, "source": "test"}
+    path = write(tmp_path, {"cases": [case]})
+    measured = Path(__file__).resolve().parents[1] / "topologies" / "calibration" / "h100-sxm.yaml"
+    spec = validate(load_cases(path))["cases"][0]["predicted"]
+    calibrated = validate(load_cases(path), profile=str(measured))["cases"][0]["predicted"]
+    from moesim.calibration import load_calibration
+    fitted = load_calibration(measured).links["host_to_device"].bandwidth_GBps.value
+    assert spec == pytest.approx(64.0) and calibrated == pytest.approx(fitted) and 45 < fitted < 60
