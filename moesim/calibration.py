@@ -55,7 +55,6 @@ import hashlib
 import json
 import math
 import re
-import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Optional
@@ -71,7 +70,7 @@ from .compute import (ComputeProfile, Fraction, MatmulPeakEfficiency, gemm_estim
 from .errors import MoesimError
 from .hardware import GPUSpec, PositiveNumber, System, gpu_names, load_gpu, load_system, system_names
 from .loader import Record, data_root, parse_record, read_yaml
-from .result import write_atomic
+from .result import git_commit, write_atomic
 
 SCHEMA = "moesim-bench/v1"
 PROFILE_FORMAT = "moesim-calibration/v1"
@@ -757,17 +756,6 @@ def fit_profile(results: list[dict], *, gpu_id: str, system_id: Optional[str] = 
 
 
 # ---------------------------------------------------------------- writing and reading profiles
-
-def git_commit() -> Optional[str]:
-    """`git rev-parse HEAD` of the moesim checkout, or None (installed package, no git)."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-                             capture_output=True, text=True, timeout=10, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    commit = out.stdout.strip()
-    return commit if out.returncode == 0 and re.fullmatch(r"[0-9a-f]{40}", commit) else None
-
 
 def _with_sources(fit: Any, files: list[str]) -> Any:
     """Rename the in-memory labels of `source` strings to the file names given (`sources`)."""

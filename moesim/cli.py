@@ -4,6 +4,7 @@ Heavy modules are imported inside commands so `moesim --help` starts instantly.
 """
 from __future__ import annotations
 
+import json
 import sys
 from typing import Any, Optional
 
@@ -364,9 +365,12 @@ def bench_network(sizes: str, repeats: int, as_json: bool) -> None:
 @click.option("--prefill", "prefill_file", type=click.Path(dir_okay=False),
               help="Prefill-pool scenario: simulate prefill/decode disaggregation (SCENARIO is the decode pool).")
 @click.option("--profile", help="Calibration profile (from `moesim calibrate`): path or name in topologies/calibration/.")
+@click.option("--report", "report_file", type=click.Path(dir_okay=False),
+              help="Also write a report of this result (.html or .pdf), as `moesim report` does.")
 @click.option("--json", "as_json", is_flag=True, help="Print the Result as JSON.")
 def simulate(scenario: Optional[str], overlap: str, skew: str, placement: Optional[str], trace_file: Optional[str],
-             prefill_file: Optional[str], profile: Optional[str], as_json: bool, **flags: Any) -> None:
+             prefill_file: Optional[str], profile: Optional[str], report_file: Optional[str], as_json: bool,
+             **flags: Any) -> None:
     """Simulate one serving step: tokens/s per GPU, TPOT or TTFT, where the time goes.
 
     \b
@@ -374,12 +378,16 @@ def simulate(scenario: Optional[str], overlap: str, skew: str, placement: Option
       moesim simulate
       moesim simulate --overlap two_batch --trace step.json
       moesim simulate --gpus 32 --ep 32 --skew zipf:1.0 --placement eplb:32 --json
+      moesim simulate --report report.html
     """
     from .result import to_json, write_atomic
     from .scenario import load_scenario
     from .simulate import simulate as run
     from .tables import simulate_table
 
+    if report_file:
+        from .report import check_output
+        check_output(report_file)
     overrides = _overrides(flags)
     if profile:
         overrides["runtime.profile"] = profile
@@ -387,6 +395,9 @@ def simulate(scenario: Optional[str], overlap: str, skew: str, placement: Option
     if prefill_file:
         from .simulate import simulate_disaggregated
         result = simulate_disaggregated(load_scenario(prefill_file), sc, overlap=overlap, skew=skew, placement=placement)
+        if report_file:
+            from .report import write_report
+            write_report([("disaggregated", result, "moesim simulate --prefill (this run)")], report_file)
         if as_json:
             _echo_json(result)
         else:
@@ -399,6 +410,9 @@ def simulate(scenario: Optional[str], overlap: str, skew: str, placement: Option
     trace = result.pop("_trace", None)
     if trace_file:
         write_atomic(trace_file, to_json(trace, indent=None))
+    if report_file:
+        from .report import write_report
+        write_report([("simulate", result, "moesim simulate (this run)")], report_file)
     if as_json:
         _echo_json(result)
     else:
@@ -485,9 +499,11 @@ def calibrate(results: tuple[str, ...], output: str, gpu_id: Optional[str], syst
 @click.option("--set", "sets", multiple=True,
               help="Change applied to every point: PATH=VALUE (scenario, system.<field> or skew/overlap/placement).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the whole plan as JSON.")
+@click.option("--report", "report_file", type=click.Path(dir_okay=False),
+              help="Also write a report of the plan (.html or .pdf), as `moesim report` does.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 def plan(space_file: str, workers: int, cache_dir: Optional[str], dask_address: Optional[str],
-         sets: tuple[str, ...], output: Optional[str], as_json: bool) -> None:
+         sets: tuple[str, ...], output: Optional[str], report_file: Optional[str], as_json: bool) -> None:
     """Search configurations under SLOs: prune by VRAM, simulate, feasible set, Pareto fronts, best.
 
     \b
@@ -502,14 +518,42 @@ def plan(space_file: str, workers: int, cache_dir: Optional[str], dask_address: 
 
     if workers < 1:
         raise MoesimError(f"workers must be >= 1, got {workers}", field="--workers", fix="give 1 or more")
+    if report_file:
+        from .report import check_output
+        check_output(report_file)
     result = run_plan(load_space(space_file), workers=workers, cache_dir=cache_dir, dask=dask_address,
                       progress=sys.stderr.isatty() and not as_json, sets=list(sets))
     if output:
         write_atomic(output, to_json(result))
+    if report_file:
+        from .report import write_report
+        write_report([("plan", json.loads(to_json(result)), f"moesim plan {space_file} (this run)")], report_file)
     if as_json:
         _echo_json(result)
     else:
         click.echo(plan_table(result))
+
+
+@main.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="Report file: .html (one self-contained page) or .pdf.")
+def report(inputs: tuple[str, ...], output: str) -> None:
+    """Write an HTML or PDF report of simulate, plan and validate outputs (JSON).
+
+    Each INPUT is recognised by its contents: `moesim simulate --json`, `moesim plan -o FILE`
+    or `--json`, `moesim validate --json`. The report states each input's model, system, split,
+    seed and code version, the assumptions behind its numbers, its tables and figures.
+
+    \b
+    Examples:
+      moesim simulate --json > sim.json && moesim report sim.json -o report.html
+      moesim report sim.json plan.json validation.json -o review.pdf
+    """
+    from .report import build_report
+
+    path = build_report(list(inputs), output)
+    click.echo(f"wrote {path}")
 
 
 @main.command()

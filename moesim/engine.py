@@ -55,6 +55,7 @@ class TraceEvent:
     microbatch: int
     start_s: float
     end_s: float
+    layer: int = -1  # index of the layer in run_step's list; -1 where there are no layers (pipeline)
 
 
 @dataclass
@@ -129,15 +130,15 @@ def run_step(layers: list[list[Op]], gpus: int, *, microbatches: int = 1, record
                         yield from coll.join()
                         if record and coll.start > start:
                             events.append(TraceEvent(gpu, "comm", f"wait for {op.name}", "idle_wait", mb,
-                                                     start, coll.start))
+                                                     start, coll.start, li))
                         start = coll.start
                     if record and isinstance(op, FusedOp):
                         for part in op.parts:
                             end = start + part.durations[gpu]
-                            events.append(TraceEvent(gpu, "compute", part.name, part.op_class, mb, start, end))
+                            events.append(TraceEvent(gpu, "compute", part.name, part.op_class, mb, start, end, li))
                             start = end
                     elif record:
-                        events.append(TraceEvent(gpu, op.kind, op.name, op.op_class, mb, start, env.now))
+                        events.append(TraceEvent(gpu, op.kind, op.name, op.op_class, mb, start, env.now, li))
 
     for gpu in range(gpus):
         for mb in range(microbatches):
@@ -157,7 +158,7 @@ def chrome_trace(result: EngineResult, *, name: str) -> dict:
     for e in result.events:
         trace.append({"ph": "X", "pid": e.gpu, "tid": 0 if e.stream == "compute" else 1, "name": e.name,
                       "cat": e.op_class, "ts": e.start_s * 1e6, "dur": (e.end_s - e.start_s) * 1e6,
-                      "args": {"microbatch": e.microbatch}})
+                      "args": {"microbatch": e.microbatch, "layer": e.layer}})
     return {"traceEvents": trace, "displayTimeUnit": "ms"}
 
 

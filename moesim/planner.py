@@ -30,7 +30,7 @@ from .loader import Record, data_root, load_record
 from .memory import memory_ledger
 from .model import load_model
 from .parallelism import ParallelInput, divisors, resolve_plan
-from .result import to_json, write_atomic
+from .result import code_version, to_json, write_atomic
 from .scenario import load_scenario
 from .simulate import OVERLAPS, check_simulatable, simulate
 
@@ -537,7 +537,7 @@ def _plan(space: Space, points: list[dict], *, workers: int, cache_dir, costs, d
     summary = summarize(results, space.slo, space.objective, costs)
     summary.update({"space": space.name, "expanded": len(points), "pruned": pruned, "pruned_reasons": reasons,
                     "simulated": sum(not r["cached"] for r in results),
-                    "from_cache": sum(r["cached"] for r in results)})
+                    "from_cache": sum(r["cached"] for r in results), "provenance": {"code": code_version()}})
     return summary
 
 

@@ -167,6 +167,8 @@ def serving_layers(sc: Scenario, *, microbatches: int, skew: str, placement: Opt
     inter = m.moe.moe_intermediate_size // p.etp
     dispatch_dtype = "fp8" if precision.get(exp_dtype).family in ("fp8", "fp4") else "bf16"
     layers, loads = [], []
+    details: dict = {"moe_layers": [], "expert_load": [], "gpu_load": [], "traffic_layer": None,
+                     "dispatch_bytes": None, "gpus_per_node": domain}
     for layer in range(m.num_hidden_layers):
         attention = [Op("attention", "attention", "compute", (t_attn_proj + attention_core(layer),) * group),
                      Op("elementwise", "elementwise", "compute",
@@ -195,6 +197,11 @@ def serving_layers(sc: Scenario, *, microbatches: int, skew: str, placement: Opt
             + grouped_gemm_times_per_owner(gpu, prof, slot_tokens, place.slot_gpu, p.ep, d, inter, exp_dtype)
         per_gpu = np.repeat(per_rank, p.etp).tolist()
         loads.append(slot_tokens)
+        details["moe_layers"].append(layer)
+        details["expert_load"].append(sample.expert_load[i].astype(np.int64).tolist())
+        details["gpu_load"].append(np.bincount(place.slot_gpu, weights=slot_tokens, minlength=p.ep).tolist())
+        if details["dispatch_bytes"] is None:
+            details["traffic_layer"], details["dispatch_bytes"] = layer, traffic.dispatch_bytes.tolist()
         router = Op("router", "router", "compute", (t_router,) * group)
         if p.tp > 1:
             ops = [fuse(attention), Op("tp all-reduce", "tp_allreduce", "comm", (t_allreduce,)), router]
@@ -210,7 +217,7 @@ def serving_layers(sc: Scenario, *, microbatches: int, skew: str, placement: Opt
                                   (gemm_time(gpu, prof, head_rows, m.vocab_size // p.tp, d, "bf16"),) * group)]
     info = {"group_gpus": group, "dp_ranks_per_group": ranks, "tokens_per_rank_per_microbatch": tokens,
             "placement": name, "skew": parsed.label(), "dispatch_dtype": dispatch_dtype,
-            "efficiency_notes": fabric.efficiency_notes}
+            "efficiency_notes": fabric.efficiency_notes, "details": details}
     return layers, group, info
 
 
@@ -366,7 +373,9 @@ def simulate_training(sc: Scenario, w: Training, *, trace: bool) -> dict:
                           "p2p_s": costs["p2p_s"], "flop_convention": "6 x active params + 3 x causal attention scores",
                           "engine_events": len(result.events), "wall_s": time.perf_counter() - wall}}
     out["uncertainty"] = metric_bands(sc, metrics, "training")
-    out["uncertainty"] = metric_bands(sc, metrics, "serving")
+    # the pipeline schedule is the step's timeline: one row per stage (its GPUs are symmetric)
+    out["details"] = {"timeline": layer_timeline(result.events, -1, unit="stage")}
+    out["provenance"] = provenance(sc)
     if trace:
         out["_trace"] = chrome_trace(result, name=sc.input.name)
     return out
@@ -393,6 +402,7 @@ def simulate(sc: Scenario, *, overlap: str = "none", skew: str = "uniform", plac
     wall = time.perf_counter()
     micro = 2 if overlap == "two_batch" else 1
     layers, group, info = serving_layers(sc, microbatches=micro, skew=skew, placement=placement)
+    details = info.pop("details")
     result = run_step(layers, group, microbatches=micro)
     step = result.makespan_s
     busy = np.zeros(group)
@@ -418,9 +428,33 @@ def simulate(sc: Scenario, *, overlap: str = "none", skew: str = "uniform", plac
                                                                   wall_s=time.perf_counter() - wall),
     }
     out["uncertainty"] = metric_bands(sc, metrics, "serving")
+    timeline_layer = details["moe_layers"][0] if details["moe_layers"] else 0
+    out["details"] = dict(details, timeline=layer_timeline(result.events, timeline_layer))
+    out["provenance"] = provenance(sc)
     if trace:
         out["_trace"] = chrome_trace(result, name=sc.input.name)
     return out
+
+
+def layer_timeline(events, layer: int, *, unit: str = "gpu") -> dict:
+    """Every GPU's compute and comm spans of one layer, times from the layer's first start:
+    what a report draws as the per-GPU timeline (the whole step is in --trace). Layer -1 is the
+    training pipeline, whose rows are stages."""
+    mine = [e for e in events if e.layer == layer]
+    t0 = min((e.start_s for e in mine), default=0.0)
+    return {"layer": layer, "rows": unit,
+            "columns": [unit, "stream", "op_class", "name", "microbatch", "start_s", "end_s"],
+            "spans": [[e.gpu, e.stream, e.op_class, e.name, e.microbatch, e.start_s - t0, e.end_s - t0]
+                      for e in mine]}
+
+
+def provenance(sc: Scenario) -> dict:
+    """What a reader needs to reproduce the numbers: code version and the data behind them."""
+    from .result import code_version
+    return {"code": code_version(), "scenario": sc.input.name,
+            "calibration_profile": calibration_name(sc) or None,
+            "rates": ("calibrated: " + str(calibration_name(sc))) if calibration_name(sc)
+            else "spec rates x efficiencies of topologies/compute and the system's published microbenchmarks"}
 
 
 def simulate_disaggregated(prefill: Scenario, decode: Scenario, **kwargs) -> dict:

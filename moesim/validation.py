@@ -309,5 +309,7 @@ def validate(cases: list[Case], *, profile: Optional[str] = None) -> dict:
         mape["overall"] = float(np.mean([abs(r["rel_error"]) for r in rows]))
         for what in sorted({r["what"] for r in rows}):
             mape[what] = float(np.mean([abs(r["rel_error"]) for r in rows if r["what"] == what]))
-    return {"cases": rows, "mape": mape, "skipped": skipped}
+    from .result import code_version
+    return {"cases": rows, "mape": mape, "skipped": skipped,
+            "provenance": {"code": code_version(), "profile": profile}}
 

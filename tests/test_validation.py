@@ -56,7 +56,8 @@ def test_cli_json_and_table(tmp_path):
     path = write(tmp_path, SMALL)
     runner = CliRunner()
     data = json.loads(runner.invoke(main, ["validate", "--cases", path, "--json"]).output)
-    assert set(data) == {"cases", "mape", "skipped"}
+    assert set(data) == {"cases", "mape", "skipped", "provenance"}
+    assert data["provenance"]["code"]["moesim"] and data["provenance"]["profile"] is None
     table = runner.invoke(main, ["validate", "--cases", path])
     assert table.exit_code == 0 and "MAPE" in table.output and "skipped 5 cases" in table.output
 
