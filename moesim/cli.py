@@ -300,13 +300,14 @@ def comm(system_name: Optional[str], gpus: Optional[int], op: str, size: str, al
 @main.command()
 @click.option("--cases", "cases_file", required=True, type=click.Path(dir_okay=False),
               help="Validation cases YAML (schema of the open validation set).")
-@click.option("--profile", help="Calibration profile applied to the cases on the GPU it was fitted on.")
+@click.option("--profile", "profiles", multiple=True,
+              help="Calibration profile applied to the cases on the GPU it was fitted on (repeat: one per GPU).")
 @click.option("--report", "report_file", type=click.Path(dir_okay=False),
               help="Write a parity plot (predicted vs measured, one marker per what) as PNG/PDF/SVG.")
 @click.option("--write-residuals", "residuals_file", type=click.Path(dir_okay=False),
               help="Write the residual summary per `what` (what simulate's error bars rest on) as YAML.")
 @click.option("--json", "as_json", is_flag=True, help="Print cases, MAPE per what, and skipped cases as JSON.")
-def validate(cases_file: str, profile: Optional[str], report_file: Optional[str], residuals_file: Optional[str],
+def validate(cases_file: str, profiles: tuple[str, ...], report_file: Optional[str], residuals_file: Optional[str],
              as_json: bool) -> None:
     """Predict published measurements and report signed errors and MAPE per `what`.
 
@@ -317,7 +318,8 @@ def validate(cases_file: str, profile: Optional[str], report_file: Optional[str]
     from .tables import validation_table
     from .validation import load_cases, validate as run
 
-    result = run(load_cases(cases_file), profile=profile)
+    profile = ", ".join(profiles) or None
+    result = run(load_cases(cases_file), profile=list(profiles))
     if report_file:
         from .plots import parity_plot
         parity_plot(result, report_file)

@@ -17,7 +17,7 @@ from pydantic import ConfigDict
 from . import units, validation_compute, validation_memcpy, validation_memory
 from .collectives import ALGORITHMS, build_fabric, collective_time, ep_exchange_time, flows_time
 from .errors import MoesimError
-from .hardware import system_names
+from .hardware import load_system, system_names
 from .kernels import routing as routing_kernels
 from .kernels import traffic as traffic_kernels
 from .loader import Record, parse_record, read_yaml
@@ -273,13 +273,18 @@ PREDICTORS: dict[str, Callable[[Case, Optional[Calibrated]], tuple[float, list[s
 LATER: dict[str, str] = {}
 
 
-def validate(cases: list[Case], *, profile: Optional[str] = None) -> dict:
-    """Predict every case; MAPE per `what` and overall over the cases predicted. A calibration
-    profile applies to the cases on the GPU it was fitted on."""
-    calibration = None
-    if profile:
+def validate(cases: list[Case], *, profile: Optional[str | list[str]] = None) -> dict:
+    """Predict every case; MAPE per `what` and overall over the cases predicted. Each calibration
+    profile applies to the cases on the GPU it was fitted on (one profile per GPU)."""
+    profiles = [profile] if isinstance(profile, str) else list(profile or [])
+    by_gpu: dict[str, Calibrated] = {}
+    for path in profiles:
         from .calibration import load_calibration
-        calibration = Calibrated(path=profile, profile=load_calibration(profile))
+        loaded = load_calibration(path)
+        if loaded.gpu in by_gpu:
+            raise MoesimError(f"two profiles for {loaded.gpu}: {by_gpu[loaded.gpu].path} and {path}",
+                              field="--profile", fix="give one profile per GPU")
+        by_gpu[loaded.gpu] = Calibrated(path=path, profile=loaded)
     systems = set(system_names())
     models = set(model_names())
     rows, skipped = [], []
@@ -293,6 +298,7 @@ def validate(cases: list[Case], *, profile: Optional[str] = None) -> dict:
             reason = f"unknown model {case.params['model']!r}"
         if reason is None:
             try:
+                calibration = by_gpu.get(load_system(case.system).gpu.id) if by_gpu else None
                 predicted, ignored = PREDICTORS[case.what](case, calibration)
             except (Skip, validation_compute.Skip, validation_memory.Skip, validation_memcpy.Skip) as exc:
                 reason = str(exc)
@@ -311,5 +317,5 @@ def validate(cases: list[Case], *, profile: Optional[str] = None) -> dict:
             mape[what] = float(np.mean([abs(r["rel_error"]) for r in rows if r["what"] == what]))
     from .result import code_version
     return {"cases": rows, "mape": mape, "skipped": skipped,
-            "provenance": {"code": code_version(), "profile": profile}}
+            "provenance": {"code": code_version(), "profile": ", ".join(profiles) or None}}
 

@@ -404,26 +404,29 @@ def test_only_the_fastest_implementation_of_a_shape_is_fitted(exact):
         assert slow and not any(r["used_in_fit"] for r in slow)
 
 
-MEASURED = cal.calibration_dir() / "measured" / "h100-sxm-2026-11-25"
+SHIPPED = [("h100-sxm.yaml", "h100-sxm-2026-11-25", "NVIDIA H100 80GB HBM3", 12),
+           ("h200-sxm.yaml", "h200-sxm-2026-11-25", "NVIDIA H200", 6)]
 
 
-def test_shipped_h100_profile_is_fitted_from_the_committed_measurements():
-    """topologies/calibration/h100-sxm.yaml comes from real H100 results committed beside it:
+@pytest.mark.parametrize("name, folder, device, files", SHIPPED)
+def test_shipped_profiles_are_fitted_from_the_committed_measurements(name, folder, device, files):
+    """topologies/calibration/<gpu>.yaml comes from real GPU results committed beside it:
     refitting them gives the same values, and the provenance hashes match the files."""
     import hashlib
 
-    shipped = cal.load_calibration(cal.calibration_dir() / "h100-sxm.yaml")
-    assert shipped.provenance.device["name"] == "NVIDIA H100 80GB HBM3"
+    shipped = cal.load_calibration(cal.calibration_dir() / name)
+    assert shipped.provenance.device["name"] == device
     assert shipped.provenance.device["backend"] == "cuda"
     root = cal.calibration_dir().parent.parent
-    files = [root / r.file for r in shipped.provenance.results]
-    assert len(files) == 12 and all(f.parent.parent == MEASURED for f in files)
-    for entry, path in zip(shipped.provenance.results, files):
+    paths = [root / r.file for r in shipped.provenance.results]
+    measured = cal.calibration_dir() / "measured" / folder
+    assert len(paths) == files and all(p.parent.parent == measured for p in paths)
+    for entry, path in zip(shipped.provenance.results, paths):
         assert hashlib.sha256(path.read_bytes()).hexdigest() == entry.sha256
-    refit = cal.fit_profile(cal.load_results(files), gpu_id="h100-sxm", system_id="dgx-h100")
+    refit = cal.fit_profile(cal.load_results(paths), gpu_id=shipped.gpu, system_id=shipped.system)
     for family, fit in shipped.matmul_peak_efficiency.items():
         assert refit["matmul_peak_efficiency"][family]["value"] == pytest.approx(fit.value, rel=1e-12)
     assert refit["memory_efficiency"]["value"] == pytest.approx(shipped.memory_efficiency.value, rel=1e-12)
-    # the H100 is no synthetic stand-in: HBM and BF16 within physical bounds and near known figures
+    # no synthetic stand-in: HBM and BF16 within physical bounds and near known figures
     assert 0.8 < shipped.memory_efficiency.value < 0.95
     assert 0.7 < shipped.matmul_peak_efficiency["bf16"].value < 0.95

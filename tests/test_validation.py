@@ -7,6 +7,7 @@ import yaml
 from click.testing import CliRunner
 
 from moesim.cli import main
+from moesim.errors import MoesimError
 from moesim.validation import load_cases, validate
 
 OPEN_CASES = Path(__file__).resolve().parents[2] / "shared" / "validation" / "cases.yaml"
@@ -114,3 +115,22 @@ def test_host_link_from_the_measured_h100_calibration(tmp_path):
     from moesim.calibration import load_calibration
     fitted = load_calibration(measured).links["host_to_device"].bandwidth_GBps.value
     assert spec == pytest.approx(64.0) and calibrated == pytest.approx(fitted) and 45 < fitted < 60
+
+
+def test_one_profile_per_gpu(tmp_path):
+    """Several profiles: each applies to the cases on its own GPU; two for one GPU are refused."""
+    cases = {"cases": [
+        {"id": f"hbm-{system}", "what": "memcpy", "system": system, "gpus": 1, "metric": "GBps", "measured": 1000.0,
+         "params": {"path": "hbm"}, "source": "test"} for system in ("dgx-h100", "hgx-h200", "hgx-b200")]}
+    path = write(tmp_path, cases)
+    folder = Path(__file__).resolve().parents[1] / "topologies" / "calibration"
+    h100, h200 = str(folder / "h100-sxm.yaml"), str(folder / "h200-sxm.yaml")
+    spec = {c["id"]: c["predicted"] for c in validate(load_cases(path))["cases"]}
+    both = {c["id"]: c["predicted"] for c in validate(load_cases(path), profile=[h100, h200])["cases"]}
+    only = {c["id"]: c["predicted"] for c in validate(load_cases(path), profile=h100)["cases"]}
+    assert both["hbm-dgx-h100"] == only["hbm-dgx-h100"] < spec["hbm-dgx-h100"]
+    assert both["hbm-hgx-h200"] < spec["hbm-hgx-h200"] == only["hbm-hgx-h200"]
+    assert both["hbm-hgx-b200"] == spec["hbm-hgx-b200"]
+    with pytest.raises(MoesimError) as err:
+        validate(load_cases(path), profile=[h100, h100])
+    assert err.value.field == "--profile"
