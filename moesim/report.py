@@ -372,6 +372,3 @@ def build_report(inputs: list[str], output: str) -> Path:
         items.append((kind, data, str(path)))
     return write_report(items, output)
 
-
-def figure_count(sections: list[Section]) -> int:
-    return sum(len(s.figures) for s in sections)

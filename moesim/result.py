@@ -5,6 +5,7 @@ A failed run must leave no partial file, so every writer goes through `write_ato
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -70,7 +71,13 @@ def git_commit() -> str | None:
 
 def code_version() -> dict:
     """What produced a result: the moesim version and, in a git checkout, the commit (and whether
-    the work tree had uncommitted changes), so a report can be traced to the code."""
+    the work tree had uncommitted changes), so a report can be traced to the code. Asked of git
+    once per process: every simulated planner point carries it."""
+    return dict(_code_version())
+
+
+@functools.lru_cache(maxsize=1)
+def _code_version() -> tuple:
     from . import __version__
     commit = git_commit()
     dirty = None
@@ -82,4 +89,4 @@ def code_version() -> dict:
             dirty = bool(status.stdout.strip()) if status.returncode == 0 else None
         except (OSError, subprocess.SubprocessError):
             dirty = None
-    return {"moesim": __version__, "commit": commit, "uncommitted_changes": dirty}
+    return (("moesim", __version__), ("commit", commit), ("uncommitted_changes", dirty))

@@ -166,7 +166,7 @@ def serving_layers(sc: Scenario, *, microbatches: int, skew: str, placement: Opt
     token_gpu = token_source_gpus(group_tokens, p.ep)
     inter = m.moe.moe_intermediate_size // p.etp
     dispatch_dtype = "fp8" if precision.get(exp_dtype).family in ("fp8", "fp4") else "bf16"
-    layers, loads = [], []
+    layers = []
     details: dict = {"moe_layers": [], "expert_load": [], "gpu_load": [], "traffic_layer": None,
                      "dispatch_bytes": None, "gpus_per_node": domain}
     for layer in range(m.num_hidden_layers):
@@ -196,7 +196,6 @@ def serving_layers(sc: Scenario, *, microbatches: int, skew: str, placement: Opt
         per_rank = grouped_gemm_times_per_owner(gpu, prof, slot_tokens, place.slot_gpu, p.ep, 2 * inter, d, exp_dtype) \
             + grouped_gemm_times_per_owner(gpu, prof, slot_tokens, place.slot_gpu, p.ep, d, inter, exp_dtype)
         per_gpu = np.repeat(per_rank, p.etp).tolist()
-        loads.append(slot_tokens)
         details["moe_layers"].append(layer)
         details["expert_load"].append(sample.expert_load[i].astype(np.int64).tolist())
         details["gpu_load"].append(np.bincount(place.slot_gpu, weights=slot_tokens, minlength=p.ep).tolist())
@@ -451,9 +450,9 @@ def layer_timeline(events, layer: int, *, unit: str = "gpu") -> dict:
 def provenance(sc: Scenario) -> dict:
     """What a reader needs to reproduce the numbers: code version and the data behind them."""
     from .result import code_version
-    return {"code": code_version(), "scenario": sc.input.name,
-            "calibration_profile": calibration_name(sc) or None,
-            "rates": ("calibrated: " + str(calibration_name(sc))) if calibration_name(sc)
+    profile = calibration_name(sc) or None
+    return {"code": code_version(), "scenario": sc.input.name, "calibration_profile": profile,
+            "rates": f"calibrated: {profile}" if profile
             else "spec rates x efficiencies of topologies/compute and the system's published microbenchmarks"}
 
 

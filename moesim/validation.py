@@ -67,14 +67,12 @@ def _links(calibration: Optional[Calibrated], system_id: str) -> tuple:
     if calibration is None:
         return ()
     from .calibration import link_efficiency_overrides
-    from .hardware import load_system
     if load_system(system_id).gpu.id != calibration.profile.gpu:
         return ()
     return tuple(sorted(link_efficiency_overrides(calibration.profile).items()))
 
 
 def _profile_override(calibration: Optional[Calibrated], system_id: str) -> dict:
-    from .hardware import load_system
     if calibration is None or load_system(system_id).gpu.id != calibration.profile.gpu:
         return {}
     return {"runtime.profile": calibration.path}
