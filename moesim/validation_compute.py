@@ -1,6 +1,6 @@
 """Predictions for the `gemm` and `grouped_gemm` validation cases, from the compute model alone.
 
-A case (schema: shared/validation/SCHEMA.md) names a system, whose GPU runs the GEMM, and
+A case (schema: validation/SCHEMA.md) names a system, whose GPU runs the GEMM, and
 `params` m, n, k, dtype (+ `groups` for grouped, where m is per group); the metric is `tflops`
 = 2·m·n·k·groups / kernel time. Nothing here is fitted to a case; a case moesim cannot model
 raises `Skip` with the reason.

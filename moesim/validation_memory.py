@@ -1,6 +1,6 @@
 """Predictions for the `memory` validation cases: weights and KV-cache budget per GPU.
 
-A case (schema: shared/validation/SCHEMA.md) names a model, a parallel split, a checkpoint dtype
+A case (schema: validation/SCHEMA.md) names a model, a parallel split, a checkpoint dtype
 and the serving framework whose log printed the number. The weights come from the VRAM ledger
 (`moesim.memory`); the KV budget is the framework's own rule applied to the ledger's parts:
 
