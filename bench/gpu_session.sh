@@ -50,7 +50,7 @@ fi
 for name in gemm grouped_gemm memcpy; do
   run "torch $name" 180 $PY -c "
 import sys
-from moesim.microbench.run import run_benchmark, format_table
+from moesim.bench.micro.run import run_benchmark, format_table
 data = run_benchmark('$name', backend='cuda', json_path='$OUT/$name-torch.json')
 print(format_table(data))
 sys.exit(0 if data['check']['passed'] else 1)"

@@ -1,3 +1,3 @@
-from .cli import main
+from moesim.cli import main
 
 main()

@@ -17,7 +17,7 @@ class MoesimGroup(click.Group):
     """Turns every MoesimError into one `error: ...` line on stderr and exit code 2."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        from .errors import MoesimError
+        from moesim.core.errors import MoesimError
         try:
             return super().invoke(ctx)
         except MoesimError as exc:
@@ -63,7 +63,7 @@ def _overrides(flags: dict[str, Any]) -> dict[str, Any]:
 
 
 def _echo_json(data: Any) -> None:
-    from .result import to_json
+    from moesim.core.result import to_json
     click.echo(to_json(data))
 
 
@@ -97,9 +97,9 @@ def memory(scenario: Optional[str], as_json: bool, **flags: Any) -> None:
       moesim memory --model deepseek-v3 --system gb200-nvl72 --gpus 72 --ep 72 --redundant-experts 32
       moesim memory --model mixtral-8x7b --gpus 2 --tp 2 --weights-dtype bf16 --json
     """
-    from .memory import memory_ledger
-    from .scenario import load_scenario
-    from .tables import memory_table
+    from moesim.costs.memory import memory_ledger
+    from moesim.cluster.scenario import load_scenario
+    from moesim.present.tables import memory_table
 
     sc = load_scenario(scenario, _overrides(flags))
     ledger = memory_ledger(sc).to_json()
@@ -117,8 +117,8 @@ def memory(scenario: Optional[str], as_json: bool, **flags: Any) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 def models(as_json: bool) -> None:
     """Built-in models with parameter counts and KV bytes per token (BF16)."""
-    from .catalog import model_rows
-    from .tables import table
+    from moesim.specs.catalog import model_rows
+    from moesim.present.tables import table
 
     rows = model_rows()
     if as_json:
@@ -135,8 +135,8 @@ def models(as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 def systems(as_json: bool) -> None:
     """Built-in systems: GPU, NVLink domain, scale-out per GPU."""
-    from .catalog import system_rows
-    from .tables import table
+    from moesim.specs.catalog import system_rows
+    from moesim.present.tables import table
 
     rows = system_rows()
     if as_json:
@@ -163,9 +163,9 @@ def import_hf(config_json: str, output: str, model_id: Optional[str]) -> None:
     import json
     from pathlib import Path
 
-    from .errors import MoesimError
-    from .hf_import import convert, to_yaml
-    from .result import write_atomic
+    from moesim.core.errors import MoesimError
+    from moesim.specs.hf_import import convert, to_yaml
+    from moesim.core.result import write_atomic
 
     try:
         config = json.loads(Path(config_json).read_text())
@@ -203,9 +203,9 @@ def route(scenario: Optional[str], tokens: Optional[int], skew: str, placement: 
       moesim route --skew zipf:1.0 --placement eplb:32 --gpus 64 --ep 64
       moesim route --model mixtral-8x7b --gpus 8 --ep 8 --skew dirichlet:0.5 --json
     """
-    from .ep_summary import parse_placement, route_summary
-    from .scenario import load_scenario
-    from .tables import route_table
+    from moesim.sim.ep_summary import parse_placement, route_summary
+    from moesim.cluster.scenario import load_scenario
+    from moesim.present.tables import route_table
 
     overrides = _overrides(flags)
     if placement:
@@ -233,9 +233,9 @@ def bench() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON contract.")
 def bench_kernels(tokens: int, repeats: int, as_json: bool) -> None:
     """Routing sampler and traffic kernels: Numba vs NumPy twin vs RNG floor (one core)."""
-    from .kernels.bench import routing_benchmark
-    from .kernels.bench_traffic import traffic_benchmark
-    from .tables import bench_table
+    from moesim.bench.routing_kernels import routing_benchmark
+    from moesim.bench.traffic_kernels import traffic_benchmark
+    from moesim.present.tables import bench_table
 
     routing = routing_benchmark(n_tokens=tokens, repeats=repeats)
     result = {"routing": routing["deepseek-v3"], "routing_mixtral": routing["mixtral"],
@@ -271,11 +271,11 @@ def comm(system_name: Optional[str], gpus: Optional[int], op: str, size: str, al
       moesim comm --system gb200-nvl72 --gpus 72 --op all_reduce --bytes 1K:8G
       moesim comm --ep --gpus 64 --skew zipf:1.0 --placement eplb:64
     """
-    from .tables import comm_table, ep_comm_table
+    from moesim.present.tables import comm_table, ep_comm_table
 
     if ep_mode:
-        from .ep_summary import ep_comm_summary
-        from .scenario import load_scenario
+        from moesim.sim.ep_summary import ep_comm_summary
+        from moesim.cluster.scenario import load_scenario
         overrides = {"system": system_name, "gpus": gpus, "parallel.ep": gpus}
         redundant = (placement or "").partition(":")[2]
         if redundant.isdigit():
@@ -287,7 +287,7 @@ def comm(system_name: Optional[str], gpus: Optional[int], op: str, size: str, al
         else:
             click.echo(ep_comm_table(result))
         return
-    from .comm_sweep import comm_rows
+    from moesim.sim.comm_sweep import comm_rows
 
     system_name, gpus = system_name or "dgx-h100", gpus if gpus is not None else 8
     rows = comm_rows(system_name, gpus, op, size, algo)
@@ -315,16 +315,16 @@ def validate(cases_file: str, profiles: tuple[str, ...], report_file: Optional[s
     Example:
       moesim validate --cases validation/cases.yaml --json
     """
-    from .tables import validation_table
-    from .validation import load_cases, validate as run
+    from moesim.present.tables import validation_table
+    from moesim.validation.run import load_cases, validate as run
 
     profile = ", ".join(profiles) or None
     result = run(load_cases(cases_file), profile=list(profiles))
     if report_file:
-        from .plots import parity_plot
+        from moesim.present.plots import parity_plot
         parity_plot(result, report_file)
     if residuals_file:
-        from .uncertainty import write_residuals
+        from moesim.calibration.uncertainty import write_residuals
         write_residuals(residuals_file, result, cases_file=cases_file, profile=profile)
     if as_json:
         _echo_json(result)
@@ -339,9 +339,9 @@ def validate(cases_file: str, profiles: tuple[str, ...], report_file: Optional[s
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON contract.")
 def bench_network(sizes: str, repeats: int, as_json: bool) -> None:
     """Max-min solve of a uniform all-to-all: Numba kernel vs NumPy twin, same run."""
-    from .errors import MoesimError
-    from .network_bench import network_benchmark
-    from .tables import network_bench_table
+    from moesim.core.errors import MoesimError
+    from moesim.bench.network import network_benchmark
+    from moesim.present.tables import network_bench_table
 
     try:
         counts = tuple(int(s) for s in sizes.split(","))
@@ -382,23 +382,23 @@ def simulate(scenario: Optional[str], overlap: str, skew: str, placement: Option
       moesim simulate --gpus 32 --ep 32 --skew zipf:1.0 --placement eplb:32 --json
       moesim simulate --report report.html
     """
-    from .result import to_json, write_atomic
-    from .scenario import load_scenario
-    from .simulate import simulate as run
-    from .tables import simulate_table
+    from moesim.core.result import to_json, write_atomic
+    from moesim.cluster.scenario import load_scenario
+    from moesim.sim.simulate import simulate as run
+    from moesim.present.tables import simulate_table
 
     if report_file:
-        from .report import check_output
+        from moesim.present.report import check_output
         check_output(report_file)
     overrides = _overrides(flags)
     if profile:
         overrides["runtime.profile"] = profile
     sc = load_scenario(scenario, overrides)
     if prefill_file:
-        from .simulate import simulate_disaggregated
+        from moesim.sim.simulate import simulate_disaggregated
         result = simulate_disaggregated(load_scenario(prefill_file), sc, overlap=overlap, skew=skew, placement=placement)
         if report_file:
-            from .report import write_report
+            from moesim.present.report import write_report
             write_report([("disaggregated", result, "moesim simulate --prefill (this run)")], report_file)
         if as_json:
             _echo_json(result)
@@ -413,7 +413,7 @@ def simulate(scenario: Optional[str], overlap: str, skew: str, placement: Option
     if trace_file:
         write_atomic(trace_file, to_json(trace, indent=None))
     if report_file:
-        from .report import write_report
+        from moesim.present.report import write_report
         write_report([("simulate", result, "moesim simulate (this run)")], report_file)
     if as_json:
         _echo_json(result)
@@ -425,7 +425,7 @@ def simulate(scenario: Optional[str], overlap: str, skew: str, placement: Option
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON contract.")
 def bench_engine(as_json: bool) -> None:
     """Wall time of one DeepSeek-V3 decode step at EP144 and one 2048-GPU training step."""
-    from .engine_bench import engine_benchmark
+    from moesim.bench.engine import engine_benchmark
 
     result = engine_benchmark()
     if as_json:
@@ -458,7 +458,7 @@ def bench_micro(name: str, backend: str, ranks: Optional[int], quick: bool, outp
       moesim bench micro collective --backend cpu --quick
       moesim bench micro gemm -o results/gemm.json          # on a GPU machine
     """
-    from .microbench.run import format_table, run_benchmark
+    from moesim.bench.micro.run import format_table, run_benchmark
 
     data = run_benchmark(name, backend=backend, ranks=ranks, quick=quick, json_path=output)
     if as_json:
@@ -483,7 +483,7 @@ def calibrate(results: tuple[str, ...], output: str, gpu_id: Optional[str], syst
       moesim calibrate results/gemm.json results/memcpy.json results/collective.json -o profile.yaml
       moesim simulate --profile profile.yaml
     """
-    from .calibration import fit_profile, infer_ids, load_results, write_profile
+    from moesim.calibration.fit import fit_profile, infer_ids, load_results, write_profile
 
     data = load_results(results)
     gpu_id, system_id = infer_ids(data, gpu_id=gpu_id, system_id=system_id)
@@ -513,22 +513,22 @@ def plan(space_file: str, workers: int, cache_dir: Optional[str], dask_address: 
       moesim plan workloads/spaces/example-dsv3-decode.yaml --workers 2 --cache .moesim-cache
       moesim plan SPACE.yaml --set system.nvlink_GBps=900 --set skew=zipf:1.2
     """
-    from .errors import MoesimError
-    from .planner import load_space, plan as run_plan
-    from .result import to_json, write_atomic
-    from .tables import plan_table
+    from moesim.core.errors import MoesimError
+    from moesim.planning.planner import load_space, plan as run_plan
+    from moesim.core.result import to_json, write_atomic
+    from moesim.present.tables import plan_table
 
     if workers < 1:
         raise MoesimError(f"workers must be >= 1, got {workers}", field="--workers", fix="give 1 or more")
     if report_file:
-        from .report import check_output
+        from moesim.present.report import check_output
         check_output(report_file)
     result = run_plan(load_space(space_file), workers=workers, cache_dir=cache_dir, dask=dask_address,
                       progress=sys.stderr.isatty() and not as_json, sets=list(sets))
     if output:
         write_atomic(output, to_json(result))
     if report_file:
-        from .report import write_report
+        from moesim.present.report import write_report
         write_report([("plan", json.loads(to_json(result)), f"moesim plan {space_file} (this run)")], report_file)
     if as_json:
         _echo_json(result)
@@ -552,7 +552,7 @@ def report(inputs: tuple[str, ...], output: str) -> None:
       moesim simulate --json > sim.json && moesim report sim.json -o report.html
       moesim report sim.json plan.json validation.json -o review.pdf
     """
-    from .report import build_report
+    from moesim.present.report import build_report
 
     path = build_report(list(inputs), output)
     click.echo(f"wrote {path}")
@@ -571,8 +571,8 @@ def whatif(scenario: Optional[str], sets: tuple[str, ...], as_json: bool) -> Non
       moesim whatif --set system.nvlink_GBps=900 --set workload.batch=128 --set skew=zipf:1.2
       moesim whatif my.yaml --set system.nic_Gbps=800 --set "gpus=32;parallel.ep=32"
     """
-    from .tables import whatif_table
-    from .whatif import whatif as run
+    from moesim.present.tables import whatif_table
+    from moesim.planning.whatif import whatif as run
 
     result = run(scenario, list(sets))
     if as_json:
@@ -585,7 +585,7 @@ def whatif(scenario: Optional[str], sets: tuple[str, ...], as_json: bool) -> Non
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON contract.")
 def bench_planner(as_json: bool) -> None:
     """Configurations simulated per minute with 1 and 2 workers; VRAM-prune cost per configuration."""
-    from .planner_bench import planner_benchmark
+    from moesim.bench.planner import planner_benchmark
 
     result = planner_benchmark()
     if as_json:

@@ -16,10 +16,10 @@ import math
 import numpy as np
 import pytest
 
-from moesim import calibration as cal
-from moesim.compute import gemm_time, load_compute_profile, memory_bound_time
-from moesim.errors import MoesimError
-from moesim.hardware import load_gpu
+from moesim.calibration import fit as cal
+from moesim.costs.compute import gemm_time, load_compute_profile, memory_bound_time
+from moesim.core.errors import MoesimError
+from moesim.specs.hardware import load_gpu
 
 TRUE = dict(gpu_id="h100-sxm", true_matmul_efficiency={"bf16": 0.71, "fp8": 0.62}, true_memory_efficiency=0.88,
             true_nvlink_GBps=380.0, true_alpha_s=8e-6)
@@ -318,7 +318,7 @@ def test_shipped_calibration_profiles_load():
 
 
 def _harness_like(tmp_path):
-    """Results as moesim.microbench writes them: torch dtype names, `peer` / `pcie` paths,
+    """Results as moesim.bench.micro writes them: torch dtype names, `peer` / `pcie` paths,
     GBps = bytes copied / time (one direction), an ISO timestamp, a float32 GEMM row."""
     gpu = load_gpu("h100-sxm")
     spec_Bps = gpu.hbm_bandwidth_TBps.value * 1e12

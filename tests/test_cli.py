@@ -17,7 +17,7 @@ import yaml
 from click.testing import CliRunner
 
 from moesim.cli import main
-from moesim.scenario import default_scenario_path
+from moesim.cluster.scenario import default_scenario_path
 
 PART_KEYS = ("weights_bytes", "kv_cache_bytes", "activations_bytes", "buffers_bytes",
              "reserved_bytes", "optimizer_bytes", "gradients_bytes")

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from pydantic import BaseModel
 
-from moesim import precision
-from moesim.compute import (ComputeProfile, achieved_tflops, compute_dir, gemm_estimate, gemm_tflops, gemm_time,
+from moesim.specs import precision
+from moesim.costs.compute import (ComputeProfile, achieved_tflops, compute_dir, gemm_estimate, gemm_tflops, gemm_time,
                             grouped_gemm_estimate, grouped_gemm_time, hbm_effective_Bps, load_compute_profile,
                             memory_bound_time, memory_efficiency, profile_names, tensor_peak_flops)
-from moesim.errors import MoesimError
-from moesim.hardware import Sourced, gpu_names, load_gpu
-from moesim.validation_compute import Skip, predict_gemm, predict_grouped_gemm
+from moesim.core.errors import MoesimError
+from moesim.specs.hardware import Sourced, gpu_names, load_gpu
+from moesim.validation.compute import Skip, predict_gemm, predict_grouped_gemm
 
 PROFILE_FILES = sorted(compute_dir().glob("*.yaml"))
 
@@ -274,7 +274,7 @@ def test_unmodelled_cases_skip_with_a_reason(kase):
 
 
 def test_compute_imports_no_owned_packages():
-    code = ("import sys, moesim.compute, moesim.validation_compute; "
+    code = ("import sys, moesim.costs.compute, moesim.validation.compute; "
             "print(sorted(m for m in ('networkx', 'simpy', 'click', 'matplotlib', 'numba', 'jinja2') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -286,8 +286,8 @@ def test_profile_record_forbids_extra_fields():
 
 
 def test_grouped_gemm_per_owner_matches_the_scalar_model():
-    from moesim.compute import grouped_gemm_time, grouped_gemm_times_per_owner, load_compute_profile
-    from moesim.hardware import load_gpu
+    from moesim.costs.compute import grouped_gemm_time, grouped_gemm_times_per_owner, load_compute_profile
+    from moesim.specs.hardware import load_gpu
     gpu, prof = load_gpu("h100-sxm"), load_compute_profile("h100-sxm")
     rng = np.random.default_rng(0)
     counts = rng.integers(0, 300, size=64).astype(float)

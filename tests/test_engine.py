@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from moesim.engine import Op, chrome_trace, run_step
+from moesim.sim.engine import Op, chrome_trace, run_step
 
 
 def moe_layer(attn=1.0, experts=(1.0, 2.0), dispatch=0.5, combine=0.5):
@@ -55,7 +55,7 @@ def test_deterministic_and_trace_well_formed(tmp_path):
     assert {e["tid"] for e in spans} == {0, 1}
 
 
-from moesim.engine import one_f_one_b, run_pipeline
+from moesim.sim.engine import one_f_one_b, run_pipeline
 
 
 @pytest.mark.parametrize("stages,micro", [(1, 4), (4, 4), (4, 8), (8, 3)])

@@ -9,9 +9,9 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from moesim import units
-from moesim.errors import MoesimError
-from moesim.hardware import (Sourced, gpu_names, gpus_dir, load_gpu, load_system, system_names,
+from moesim.core import units
+from moesim.core.errors import MoesimError
+from moesim.specs.hardware import (Sourced, gpu_names, gpus_dir, load_gpu, load_system, system_names,
                              systems_dir)
 
 GPU_FILES = sorted(gpus_dir().glob("*.yaml"))

@@ -10,9 +10,9 @@ import json
 
 import pytest
 
-from moesim.errors import MoesimError
-from moesim.hf_import import SUPPORTED, convert, layer_rule, to_yaml
-from moesim.model import ModelSpec, load_model
+from moesim.core.errors import MoesimError
+from moesim.specs.hf_import import SUPPORTED, convert, layer_rule, to_yaml
+from moesim.specs.model import ModelSpec, load_model
 
 DEEPSEEK_V3 = {
     "_name_or_path": "deepseek-ai/DeepSeek-V3",

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from moesim.kernels import traffic, traffic_reference as ref
-from moesim.placement import PLACEMENTS
+from moesim.costs.placement import PLACEMENTS
 
 # (n_tokens, n_experts, k, n_gpus, gpus_per_node, redundant)
 SHAPES = [

@@ -1,9 +1,9 @@
 """VRAM ledger: parts sum to the total, and each part moves the way the split says it must."""
 import pytest
 
-from moesim import precision
-from moesim.memory import PART_KEYS, memory_ledger
-from moesim.scenario import load_scenario
+from moesim.specs import precision
+from moesim.costs.memory import PART_KEYS, memory_ledger
+from moesim.cluster.scenario import load_scenario
 
 GiB = 2**30
 
@@ -43,13 +43,13 @@ def test_parts_sum_to_total(overrides):
 
 def test_single_gpu_holds_every_parameter():
     result = ledger(model="deepseek-v2-lite", gpus=1, **{"dtypes.weights": "bf16"})
-    from moesim.model import load_model
+    from moesim.specs.model import load_model
     assert result.weight_params_per_gpu == load_model("deepseek-v2-lite").total_params
     assert result.per_gpu["weights_bytes"] == 2 * load_model("deepseek-v2-lite").total_params
 
 
 def test_pipeline_stages_partition_the_parameters():
-    from moesim.model import load_model
+    from moesim.specs.model import load_model
     result = ledger(model="deepseek-v2-lite", gpus=3, **{"parallel.pp": 3, "dtypes.weights": "bf16"})
     model = load_model("deepseek-v2-lite")
     stages = memory_ledger(load_scenario(None, {"model": "deepseek-v2-lite", "gpus": 3, "parallel.pp": 3,
@@ -62,14 +62,14 @@ def test_pipeline_stages_partition_the_parameters():
 def test_doubling_ep_halves_expert_weights():
     a = ledger(gpus=16, **{"parallel.ep": 16})
     b = ledger(gpus=32, **{"parallel.ep": 32})
-    from moesim.model import load_model
+    from moesim.specs.model import load_model
     m = load_model("deepseek-v3")
     expert_bytes_16 = 256 / 16 * m.routed_expert_params * m.num_moe_layers * precision.bytes_per_element("fp8")
     assert a.per_gpu["weights_bytes"] - b.per_gpu["weights_bytes"] == pytest.approx(expert_bytes_16 / 2, rel=1e-9)
 
 
 def test_redundant_experts_cost_exactly_their_slots():
-    from moesim.model import load_model
+    from moesim.specs.model import load_model
     m = load_model("deepseek-v3")
     a = ledger(gpus=32, **{"parallel.ep": 32})
     b = ledger(gpus=32, **{"parallel.ep": 32, "experts.redundant": 32})

@@ -10,12 +10,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from moesim.errors import MoesimError  # noqa: E402
-from moesim.microbench.collectives import BUSBW_FACTOR, COLLECTIVE_OPS  # noqa: E402
-from moesim.microbench.ep_dispatch import routed_masks  # noqa: E402
-from moesim.microbench.results import (ROW_FIELDS, SCHEMA, TOP_FIELDS, load_results,  # noqa: E402
+from moesim.core.errors import MoesimError  # noqa: E402
+from moesim.bench.micro.collectives import BUSBW_FACTOR, COLLECTIVE_OPS  # noqa: E402
+from moesim.bench.micro.ep_dispatch import routed_masks  # noqa: E402
+from moesim.bench.micro.results import (ROW_FIELDS, SCHEMA, TOP_FIELDS, load_results,  # noqa: E402
                                        write_results)
-from moesim.microbench.run import COLUMNS, format_table, run_benchmark  # noqa: E402
+from moesim.bench.micro.run import COLUMNS, format_table, run_benchmark  # noqa: E402
 
 DEVICE_KEYS = {"name", "backend", "torch", "cuda_runtime", "driver", "nccl", "gpus", "compute_capability"}
 
@@ -202,12 +202,12 @@ def test_cuda_without_gpu_raises_one_line():
 
 def test_package_imports_without_torch():
     code = ("import sys; sys.modules['torch'] = None\n"
-            "import moesim.microbench, moesim.microbench.run, moesim.microbench.results\n"
-            "import moesim.microbench.gemm, moesim.microbench.memcpy, moesim.microbench.collectives\n"
-            "import moesim.microbench.ep_dispatch\n"
-            "from moesim.errors import MoesimError\n"
+            "import moesim.bench.micro, moesim.bench.micro.run, moesim.bench.micro.results\n"
+            "import moesim.bench.micro.gemm, moesim.bench.micro.memcpy, moesim.bench.micro.collectives\n"
+            "import moesim.bench.micro.ep_dispatch\n"
+            "from moesim.core.errors import MoesimError\n"
             "try:\n"
-            "    moesim.microbench.run.run_benchmark('gemm', backend='cpu')\n"
+            "    moesim.bench.micro.run.run_benchmark('gemm', backend='cpu')\n"
             "except MoesimError as exc:\n"
             "    print(exc.field)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -230,7 +230,7 @@ TOPO = ("\x1b[4m\tGPU0\tGPU1\tGPU2\tNIC0\tCPU Affinity\x1b[0m\n"
 @pytest.mark.parametrize("visible, link", [("0,1", "nvlink"), ("0,2", "pcie"), ("2,1", "nvlink"),
                                            ("GPU-abc,GPU-def", "unknown"), ("0", "unknown")])
 def test_p2p_link_reads_nvidia_smi_topology(monkeypatch, visible, link):
-    from moesim.microbench import memcpy
+    from moesim.bench.micro import memcpy
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
     monkeypatch.setattr(memcpy.subprocess, "run",
@@ -250,7 +250,7 @@ def test_cli_bench_micro_cpu_writes_checked_results(tmp_path):
 def test_cli_bench_micro_cuda_without_gpu_is_one_line_error():
     from click.testing import CliRunner
     from moesim.cli import main
-    from moesim.microbench.run import cuda_available
+    from moesim.bench.micro.run import cuda_available
     if cuda_available():
         pytest.skip("a GPU is present")
     result = CliRunner().invoke(main, ["bench", "micro", "gemm"])

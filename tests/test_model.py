@@ -4,10 +4,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from moesim.errors import MoesimError
-from moesim.layersets import layer_indices
-from moesim.model import load_model, model_names
-from moesim.opcosts import matmul_flops_per_token, token_ops
+from moesim.core.errors import MoesimError
+from moesim.specs.layersets import layer_indices
+from moesim.specs.model import load_model, model_names
+from moesim.specs.opcosts import matmul_flops_per_token, token_ops
 
 TABLE = yaml.safe_load((Path(__file__).parent / "data" / "param_counts.yaml").read_text())["models"]
 REQUIRED = ["deepseek-v3", "deepseek-v2", "deepseek-v2-lite", "mixtral-8x7b", "mixtral-8x22b",

@@ -1,13 +1,13 @@
-"""Max-min fair rates (kernel and NumPy twin) and event-driven flow completion times (moesim.network)."""
+"""Max-min fair rates (kernel and NumPy twin) and event-driven flow completion times (moesim.costs.network)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from moesim.errors import MoesimError
+from moesim.core.errors import MoesimError
 from moesim.kernels import maxmin, maxmin_reference
-from moesim.kernels.bench_network import all_to_all_fabric, network_benchmark
-from moesim.network import (Flows, collective_time, complete_flows, rate_segments, solve_rates)
+from moesim.bench.maxmin_kernel import all_to_all_fabric, network_benchmark
+from moesim.costs.network import (Flows, collective_time, complete_flows, rate_segments, solve_rates)
 
 SOLVERS = [pytest.param(True, id="numba"), pytest.param(False, id="numpy")]
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from moesim.errors import MoesimError
-from moesim.loader import parse_record
-from moesim.model import load_model
-from moesim.parallelism import ParallelInput, ParallelPlan, divisors, resolve_plan, stage_layers
+from moesim.core.errors import MoesimError
+from moesim.core.loader import parse_record
+from moesim.specs.model import load_model
+from moesim.specs.parallelism import ParallelInput, ParallelPlan, divisors, resolve_plan, stage_layers
 
 
 def plan(model: str, gpus: int, redundant: int = 0, **sizes) -> ParallelPlan:
@@ -100,7 +100,7 @@ def test_dp_and_attn_dp_conflict():
 
 
 def test_dp_and_attn_dp_conflict_in_scenario_names_parallel():
-    from moesim.scenario import ScenarioInput
+    from moesim.cluster.scenario import ScenarioInput
     data = {"model": "deepseek-v3", "system": "dgx-h100", "gpus": 16, "parallel": {"dp": 8, "attn_dp": 16},
             "workload": {"kind": "serving", "phase": "decode", "batch": 1, "input_len": 1, "output_len": 1}}
     with pytest.raises(MoesimError) as info:

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from moesim import planner
-from moesim.errors import MoesimError
-from moesim.loader import data_root, parse_record
-from moesim.scenario import load_scenario
+from moesim.planning import planner
+from moesim.core.errors import MoesimError
+from moesim.core.loader import data_root, parse_record
+from moesim.cluster.scenario import load_scenario
 
 EXAMPLE = data_root() / "workloads" / "spaces" / "example-dsv3-decode.yaml"
 
@@ -211,7 +211,7 @@ def test_bench_planner_json_contract():
 
 
 def test_splits_the_engine_cannot_simulate_are_pruned_with_a_reason():
-    from moesim.planner import prune
+    from moesim.planning.planner import prune
     point = {"id": 0, "overrides": {"model": "qwen3-30b-a3b", "system": "dgx-h100", "gpus": 8,
                                     "parallel.tp": 4, "parallel.ep": 2, "dtypes.weights": "bf16",
                                     "workload": {"kind": "serving", "phase": "decode", "batch": 8,
@@ -226,7 +226,7 @@ SPACE = Path(__file__).resolve().parents[1] / "workloads" / "spaces" / "example-
 
 def test_dask_local_cluster_gives_the_local_results(tmp_path):
     distributed = pytest.importorskip("distributed")
-    from moesim.planner import load_space, plan
+    from moesim.planning.planner import load_space, plan
     space = load_space(SPACE)
     local = plan(space, workers=1)
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
@@ -264,7 +264,7 @@ def test_a_killed_sweep_resumes_without_losing_finished_points(tmp_path):
     for entry in finished.values():  # atomic writes: every cache file that exists is complete JSON
         import json as _json
         _json.loads(entry)
-    from moesim.planner import load_space, plan
+    from moesim.planning.planner import load_space, plan
     result = plan(load_space(SPACE), cache_dir=cache)
     assert result["from_cache"] >= len(finished)
     assert result["simulated"] + result["from_cache"] == result["expanded"] - result["pruned"]
@@ -273,8 +273,8 @@ def test_a_killed_sweep_resumes_without_losing_finished_points(tmp_path):
 
 
 def test_plan_set_changes_every_point_and_stays_resumable(tmp_path):
-    from moesim.errors import MoesimError
-    from moesim.planner import load_space, plan
+    from moesim.core.errors import MoesimError
+    from moesim.planning.planner import load_space, plan
     space = load_space(SPACE)
     cache = tmp_path / "cache"
     first = plan(space, cache_dir=cache, sets=["system.nic_Gbps=800", "skew=zipf:1.2"])

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from moesim import report
+from moesim.present import report
 from moesim.cli import main
-from moesim.errors import MoesimError
-from moesim.planner import load_space, plan
-from moesim.scenario import load_scenario
-from moesim.simulate import simulate
-from moesim.validation import load_cases, validate
+from moesim.core.errors import MoesimError
+from moesim.planning.planner import load_space, plan
+from moesim.cluster.scenario import load_scenario
+from moesim.sim.simulate import simulate
+from moesim.validation.run import load_cases, validate
 
 pypdf = pytest.importorskip("pypdf")
 
@@ -46,7 +46,7 @@ def outputs(tmp_path_factory):
     validated = validate(load_cases(str(cases)))
     files = {}
     for name, data in (("simulate", serving), ("training", training), ("plan", planned), ("validate", validated)):
-        from moesim.result import to_json
+        from moesim.core.result import to_json
         path = folder / f"{name}.json"
         path.write_text(to_json(data))
         files[name] = path
@@ -187,7 +187,7 @@ def test_simulate_and_plan_shortcuts(tmp_path):
 def test_disaggregated_result_reports_both_pools(tmp_path):
     decode = load_scenario(None, {})
     prefill = load_scenario(None, {"workload.phase": "prefill", "workload.batch": 4})
-    from moesim.simulate import simulate_disaggregated
+    from moesim.sim.simulate import simulate_disaggregated
     data = copy.deepcopy(simulate_disaggregated(prefill, decode))
     out = report.write_report([("disaggregated", json.loads(json.dumps(data, default=float)), "pair")],
                               str(tmp_path / "d.html"))

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from moesim import report
-from moesim.result import to_json
-from moesim.scenario import load_scenario
-from moesim.simulate import simulate
+from moesim.present import report
+from moesim.core.result import to_json
+from moesim.cluster.scenario import load_scenario
+from moesim.sim.simulate import simulate
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("report_screenshot", ROOT / "reports" / "screenshot.py")

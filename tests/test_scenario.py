@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from moesim.errors import MoesimError
-from moesim.memory import memory_ledger
-from moesim.scenario import (Scenario, Serving, Training, apply_overrides, default_scenario_path,
+from moesim.core.errors import MoesimError
+from moesim.costs.memory import memory_ledger
+from moesim.cluster.scenario import (Scenario, Serving, Training, apply_overrides, default_scenario_path,
                              load_scenario)
 
 

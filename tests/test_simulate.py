@@ -5,8 +5,8 @@ import pytest
 from click.testing import CliRunner
 
 from moesim.cli import main
-from moesim.scenario import load_scenario
-from moesim.simulate import simulate
+from moesim.cluster.scenario import load_scenario
+from moesim.sim.simulate import simulate
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +99,7 @@ def test_pipeline_parallelism_adds_a_bubble():
 
 
 def test_training_global_batch_must_divide():
-    from moesim.errors import MoesimError
+    from moesim.core.errors import MoesimError
     bad = dict(TRAIN, workload=dict(TRAIN["workload"], global_batch=10))
     with pytest.raises(MoesimError) as err:
         simulate(load_scenario(None, bad))
@@ -115,7 +115,7 @@ def test_bench_engine_json_contract():
 
 
 def test_disaggregated_pools_are_bound_by_the_slower_pool(tmp_path):
-    from moesim.simulate import simulate_disaggregated
+    from moesim.sim.simulate import simulate_disaggregated
     decode = load_scenario(None, {"workload.batch": 16})
     prefill = load_scenario(None, {"workload": {"kind": "serving", "phase": "prefill", "batch": 1,
                                                 "input_len": 1024, "output_len": 1}})
@@ -126,6 +126,6 @@ def test_disaggregated_pools_are_bound_by_the_slower_pool(tmp_path):
     decode_rate = r["pools"]["decode"]["metrics"]["tokens_per_s_per_gpu"] * decode.gpus / wd.output_len
     assert m["requests_per_s"] == pytest.approx(min(prefill_rate, decode_rate))
     assert m["bound_by"] == ("prefill" if prefill_rate < decode_rate else "decode")
-    from moesim.errors import MoesimError
+    from moesim.core.errors import MoesimError
     with pytest.raises(MoesimError):
         simulate_disaggregated(decode, decode)

@@ -9,10 +9,10 @@ import networkx as nx
 import numpy as np
 import pytest
 
-from moesim import units
-from moesim.errors import MoesimError
-from moesim.hardware import Sourced, load_system, system_names
-from moesim.topology import (LINK_KINDS, NODE_KINDS, build_cluster, check_connected, gpu_nodes,
+from moesim.core import units
+from moesim.core.errors import MoesimError
+from moesim.specs.hardware import Sourced, load_system, system_names
+from moesim.cluster.topology import (LINK_KINDS, NODE_KINDS, build_cluster, check_connected, gpu_nodes,
                              link_table, load_custom_topology, load_fabric, load_profile, natural_key,
                              path_latency, route, routes)
 

@@ -6,7 +6,7 @@ import yaml
 from click.testing import CliRunner
 
 from moesim.cli import main
-from moesim.uncertainty import K, bands
+from moesim.calibration.uncertainty import K, bands
 
 SYNTHETIC = Path(__file__).resolve().parents[1] / "topologies" / "calibration" / "synthetic-results"
 
@@ -66,8 +66,8 @@ def test_a_system_file_can_name_its_calibration(tmp_path):
     system = tmp_path / "my-h100.yaml"
     text = (Path(__file__).resolve().parents[1] / "topologies" / "systems" / "dgx-h100.yaml").read_text()
     system.write_text(text.replace("id: dgx-h100", "id: dgx-h100\ncalibration: synthetic-dgx-h100"))
-    from moesim.scenario import load_scenario
-    from moesim.simulate import calibration_name, simulate
+    from moesim.cluster.scenario import load_scenario
+    from moesim.sim.simulate import calibration_name, simulate
     sc = load_scenario(None, {"system": str(system), "gpus": 8, "parallel.ep": 8, "workload.batch": 8})
     assert calibration_name(sc) == "synthetic-dgx-h100"
     result = simulate(sc)

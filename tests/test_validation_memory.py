@@ -1,4 +1,4 @@
-"""`memory` validation: weights and framework KV budgets per GPU (moesim.validation_memory).
+"""`memory` validation: weights and framework KV budgets per GPU (moesim.validation.memory).
 
 The open cases are read from the project's copy, validation/cases.yaml.
 Weights are held to the project's end-to-end target (|error| <= 10%); the KV budgets are
@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from moesim.memory import memory_ledger
-from moesim.scenario import framework_table, load_scenario
-from moesim.units import GiB
-from moesim.validation_memory import (Skip, case_overrides, predict_memory, vllm_profile_workload,
+from moesim.costs.memory import memory_ledger
+from moesim.cluster.scenario import framework_table, load_scenario
+from moesim.core.units import GiB
+from moesim.validation.memory import (Skip, case_overrides, predict_memory, vllm_profile_workload,
                                       vllm_version, weight_dtype_overrides)
 
 CASES = Path(__file__).resolve().parents[1] / "validation" / "cases.yaml"

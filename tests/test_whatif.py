@@ -5,8 +5,8 @@ import pytest
 from click.testing import CliRunner
 
 from moesim.cli import main
-from moesim.errors import MoesimError
-from moesim.whatif import whatif
+from moesim.core.errors import MoesimError
+from moesim.planning.whatif import whatif
 
 
 def test_each_change_runs_against_the_same_base():

@@ -2,7 +2,7 @@
 
 Every kernel is compiled lazily on first call and cached on disk (`cache=True`), so importing
 moesim never compiles anything. Kernels take arrays and scalars only; randomness enters as an
-explicit integer seed drawn from the scenario's seed tree (moesim.rng), and no kernel uses
+explicit integer seed drawn from the scenario's seed tree (moesim.core.rng), and no kernel uses
 `parallel=True`, so results never depend on thread scheduling.
 """
 from __future__ import annotations

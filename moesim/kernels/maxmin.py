@@ -5,7 +5,7 @@ Conventions shared with the NumPy twin in `maxmin_reference.py`:
   (CSR, `flow_ptr[F+1]` int64, `flow_links[nnz]` int32). A link listed twice for one flow is
   crossed twice and counts twice against its capacity (a hairpin path).
 - A flow with no links (GPU-local copy) is limited by no link: its rate is +inf, and the caller
-  decides what that means (`moesim.network` completes it as soon as it starts).
+  decides what that means (`moesim.costs.network` completes it as soon as it starts).
 - Progressive filling (Bertsekas & Gallager, Data Networks, 6.5.2): every unfrozen flow rises at
   the same rate `level`; a link saturates when `frozen_sum + level * n_unfrozen` reaches its
   capacity, where `frozen_sum` is the bandwidth of the flows already frozen on it. The next level
@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import kernel
+from moesim.kernels import kernel
 
 SATURATION_RTOL = 1e-12
 SCAN_MIN_FROZEN = 0.125  # scan mode goes on while an iteration freezes this share of what it scans

@@ -26,7 +26,7 @@ on the arguments only. Uniforms come from one 32-bit draw each (`_uniform`): num
 on the dev machine, numba 0.6x); 32 bits move any expert's probability by at most E * 2**-32.
 
 Output rows list the experts in draw order (`sample_topk`) or by decreasing key
-(`score_topk`). Inputs are validated by the caller (moesim.routing): k <= E, and k at most the
+(`score_topk`). Inputs are validated by the caller (moesim.costs.routing): k <= E, and k at most the
 number of experts with non-zero popularity reachable under the limit. When that does not hold
 the kernels still terminate: a row is completed with the lowest-index unchosen experts (of the
 kept groups first), and with -1 only if k > E.
@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import kernel
+from moesim.kernels import kernel
 
 _INV_2_32 = 2.0**-32
 _MAX_REJECTIONS = 64

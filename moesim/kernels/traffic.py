@@ -3,7 +3,7 @@
 Conventions shared by every kernel here and its twin in `traffic_reference.py`:
 - `choices[N, k]`: the k logical experts each token picked; `token_gpu[N]`: the GPU that holds
   the token (its DP/EP rank).
-- Placement in CSR form (`moesim.placement.Placement`): expert e's replicas are the slots
+- Placement in CSR form (`moesim.costs.placement.Placement`): expert e's replicas are the slots
   `expert_slots[expert_slot_ptr[e]:expert_slot_ptr[e+1]]`; `slot_gpu[S]` gives their GPU.
 - Replica choice: token t sends expert e to replica `t % r` of its r replicas, an even,
   deterministic split (what `placement.gpu_load` assumes).
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import kernel
+from moesim.kernels import kernel
 
 
 @kernel

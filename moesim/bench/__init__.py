@@ -1,0 +1,1 @@
+"""Speed benchmarks (kernels, network, engine, planner) and the GPU microbenchmark harness (`micro/`)."""

@@ -1,0 +1,224 @@
+"""The validated scenario: one YAML naming model, system, GPUs, split, dtypes and workload.
+
+Names are resolved once here (model spec, system + GPU spec, number formats, framework
+overheads) and the parallel split is checked against GPUs and model, so later stages receive a
+`Scenario` they never need to re-validate.
+"""
+from __future__ import annotations
+
+import copy
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional, Union
+
+from pydantic import Field
+
+from moesim.specs import precision
+from moesim.core.errors import MoesimError
+from moesim.specs.hardware import Sourced, System, load_system
+from moesim.core.loader import Record, data_root, load_record, parse_record, read_yaml
+from moesim.specs.model import ModelSpec, load_model
+from moesim.specs.parallelism import ParallelInput, ParallelPlan, resolve_plan
+
+PositiveInt = Annotated[int, Field(gt=0)]
+
+
+class Experts(Record):
+    redundant: Annotated[int, Field(ge=0)] = 0
+
+
+class DTypes(Record):
+    """Storage formats. `weights` covers every linear layer (attention, dense MLP, shared and
+    routed experts); embeddings, LM head, norms and routers stay BF16, as the FP8/FP4 releases of
+    DeepSeek-V3, Qwen3 and gpt-oss do. `expert_weights` / `attention_weights` override per part."""
+
+    weights: str = "bf16"
+    expert_weights: Optional[str] = None
+    attention_weights: Optional[str] = None
+    kv_cache: str = "bf16"
+    activations: str = "bf16"
+
+
+class Serving(Record):
+    kind: Literal["serving"]
+    phase: Literal["prefill", "decode"]
+    batch: PositiveInt = Field(description="concurrent sequences per data-parallel (attention) rank")
+    input_len: PositiveInt
+    output_len: PositiveInt
+    prefill_chunk_tokens: Optional[PositiveInt] = None
+
+    @property
+    def context_len(self) -> int:
+        return self.input_len + self.output_len
+
+
+class Training(Record):
+    kind: Literal["training"]
+    seq_len: PositiveInt
+    micro_batch: PositiveInt
+    global_batch: PositiveInt = Field(description="sequences per optimizer step over all DP ranks")
+    optimizer: Literal["adam", "sgd"] = "adam"
+    recompute: Literal["none", "selective", "full"] = "none"
+    zero_stage: Literal[0, 1, 2, 3] = 1
+
+
+class Runtime(Record):
+    framework: str = "sglang"
+    memory_fraction: Optional[Annotated[float, Field(gt=0, le=1)]] = None
+    profile: Optional[str] = Field(None, description="calibration profile (path or name in topologies/calibration/)")
+
+
+class ScenarioInput(Record):
+    """A scenario file as written by a user."""
+
+    name: str = "unnamed"
+    description: Optional[str] = None
+    model: str
+    system: str
+    gpus: PositiveInt
+    parallel: ParallelInput = ParallelInput()
+    experts: Experts = Experts()
+    dtypes: DTypes = DTypes()
+    workload: Annotated[Union[Serving, Training], Field(discriminator="kind")]
+    runtime: Runtime = Runtime()
+    seed: Annotated[int, Field(ge=0)] = 0
+
+
+class Framework(Record):
+    memory_fraction: Sourced[float]
+    cuda_context_bytes: Sourced[float]
+    non_torch_bytes: Sourced[float]
+    cuda_graph_bytes: Sourced[float]
+
+
+class DeepEPLowLatency(Record):
+    max_dispatch_tokens_per_rank: Sourced[int]
+    layout_source: str
+
+
+class DeepEPNormal(Record):
+    nvl_bytes: Sourced[float]
+    rdma_bytes: Sourced[float]
+
+
+class EPBuffers(Record):
+    deepep_low_latency: DeepEPLowLatency
+    deepep_normal: DeepEPNormal
+
+
+class FrameworkTable(Record):
+    frameworks: dict[str, Framework]
+    ep_buffers: EPBuffers
+
+
+@lru_cache(maxsize=1)
+def framework_table() -> FrameworkTable:
+    return load_record(FrameworkTable, data_root() / "workloads" / "frameworks.yaml")
+
+
+class Scenario(Record):
+    """A scenario with every name resolved and every rule checked."""
+
+    input: ScenarioInput
+    model: ModelSpec
+    system: System
+    plan: ParallelPlan
+    framework: Framework
+    source_file: Optional[str] = None
+
+    @property
+    def memory_fraction(self) -> float:
+        return self.input.runtime.memory_fraction or self.framework.memory_fraction.value
+
+    @property
+    def gpus(self) -> int:
+        return self.input.gpus
+
+
+def default_scenario_path() -> Path:
+    return data_root() / "workloads" / "scenarios" / "default.yaml"
+
+
+def _set_path(data: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = data
+    for key in keys[:-1]:
+        if not isinstance(node.get(key), dict):
+            node[key] = {}
+        node = node[key]
+    node[keys[-1]] = value
+
+
+PARALLEL_FLAGS = ("tp", "pp", "dp", "attn_dp", "ep", "etp")
+
+
+def apply_overrides(data: dict, overrides: dict[str, Any]) -> dict:
+    """Apply flag overrides (dotted paths).
+
+    If any parallel size, the GPU count or the model is given, the split is rebuilt from the
+    given flags alone (others take their defaults), so a flag never combines with a stale size
+    from the file; a new model also drops the file's redundant-expert count. The scenario is
+    renamed after what the flags made of it.
+    """
+    data = copy.deepcopy(data)
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if any(f"parallel.{f}" in given for f in PARALLEL_FLAGS) or "gpus" in given or "model" in given:
+        data["parallel"] = {}
+    if "model" in given and isinstance(data.get("experts"), dict):
+        data["experts"].pop("redundant", None)
+    for path, value in given.items():
+        _set_path(data, path, value)
+    if {"model", "system", "gpus"} & set(given):
+        data["name"] = f"{data.get('model')}-{data.get('gpus')}x-{data.get('system')}"
+    return data
+
+
+def _from_flags(exc: MoesimError, overrides: dict[str, Any]) -> MoesimError:
+    """Blame the command line, not the file, when the bad value came from a flag."""
+    field = exc.field or ""
+    rebuilt = "parallel" if any(k.startswith("parallel.") or k in ("gpus", "model") for k in overrides) else None
+    if field in overrides or field.split(".")[0] == rebuilt or field.split(".")[0] in overrides:
+        return MoesimError(exc.problem, field=field, file="command-line flags", fix=exc.fix)
+    return exc
+
+
+def load_scenario(path: Optional[str] = None, overrides: Optional[dict[str, Any]] = None) -> Scenario:
+    """Read a scenario file (default: the built-in one), apply overrides, resolve and check."""
+    file = Path(path) if path else default_scenario_path()
+    data, node = read_yaml(file)
+    if not isinstance(data, dict):
+        raise MoesimError("expected a mapping of scenario fields", file=str(file), field="(top level)",
+                          fix="see workloads/scenarios/default.yaml for the format")
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if given:
+        data = apply_overrides(data, given)
+    try:
+        raw = parse_record(ScenarioInput, data, file=str(file), node=node)
+        return resolve_scenario(raw, source_file=str(file))
+    except MoesimError as exc:
+        raise _from_flags(exc, given) if given else exc from None
+
+
+def resolve_scenario(raw: ScenarioInput, *, source_file: Optional[str] = None) -> Scenario:
+    try:
+        model = load_model(raw.model)
+        system = load_system(raw.system)
+    except MoesimError as exc:
+        raise exc.located(file=exc.file or source_file) from None
+    for name in ("weights", "expert_weights", "attention_weights", "kv_cache", "activations"):
+        value = getattr(raw.dtypes, name)
+        if value is not None:
+            try:
+                precision.canonical(value, field=f"dtypes.{name}")
+            except MoesimError as exc:
+                raise exc.located(file=source_file) from None
+    frameworks = framework_table().frameworks
+    if raw.runtime.framework not in frameworks:
+        raise MoesimError(f"unknown framework {raw.runtime.framework!r}", file=source_file,
+                          field="runtime.framework", fix=f"use one of: {', '.join(sorted(frameworks))}")
+    try:
+        plan = resolve_plan(raw.parallel, raw.gpus, model, redundant_experts=raw.experts.redundant)
+    except MoesimError as exc:
+        raise exc.located(file=source_file) from None
+    return Scenario(input=raw, model=model, system=system, plan=plan,
+                    framework=frameworks[raw.runtime.framework], source_file=source_file)

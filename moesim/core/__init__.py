@@ -1,0 +1,1 @@
+"""Foundation: errors, units, the seed tree, result records, timing and YAML loading; imports no other moesim layer."""

@@ -1,0 +1,1 @@
+"""Planning: configuration search over a space (planner) and single changes against a base (what-if)."""

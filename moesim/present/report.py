@@ -1,0 +1,374 @@
+"""`moesim report`: simulate, plan and validate outputs turned into one readable document.
+
+Each input JSON is recognised by its keys (a simulate Result, a disaggregated pair, a plan, a
+validation run) and becomes a section: the inputs that reproduce it (model, system, split, seed,
+code version), the assumptions that drive its numbers (calibration or spec rates, routing skew,
+placement, memory budget, error-band basis), its headline table and its figures. No clock time
+is written, so the same inputs give the same bytes. The HTML is one
+self-contained file (figures as PNG data URIs, CSS inline, no script, nothing fetched) rendered
+by a jinja2 template with autoescaping, so a model or scenario name can never inject markup.
+The PDF holds the same text and figures, written by matplotlib's PdfPages: matplotlib already
+draws every figure, so the PDF needs no second rendering engine (WeasyPrint would add cairo and
+pango; printing through Chromium would need a browser at run time).
+"""
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from moesim.present import plots
+from moesim.core.errors import MoesimError
+from moesim.core.loader import data_root
+from moesim.core.result import code_version, write_atomic
+
+FORMATS = (".html", ".pdf")
+TEMPLATE = "report.html.j2"
+
+
+@dataclass
+class Figure:
+    """A figure to draw: `build()` returns a matplotlib figure; caption and source are text."""
+
+    title: str
+    caption: str
+    source: str
+    build: Callable[[], Any]
+
+
+@dataclass
+class Table:
+    title: str
+    columns: list[str]
+    rows: list[list[str]]
+
+
+@dataclass
+class Section:
+    title: str
+    kind: str
+    input_file: str
+    inputs: list[tuple[str, str]]
+    assumptions: list[str]
+    tables: list[Table] = field(default_factory=list)
+    figures: list[Figure] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- reading inputs
+def detect(data: Any) -> Optional[str]:
+    """Which moesim output this is: simulate, disaggregated, plan or validate (None if none)."""
+    if not isinstance(data, dict):
+        return None
+    if {"metrics", "breakdown", "memory", "parallel"} <= data.keys():
+        return "simulate"
+    if "pools" in data and isinstance(data["pools"], dict) and {"prefill", "decode"} <= data["pools"].keys():
+        return "disaggregated"
+    if {"points", "pareto", "slo"} <= data.keys():
+        return "plan"
+    if {"cases", "mape"} <= data.keys():
+        return "validate"
+    return None
+
+
+def read_input(path: str | Path) -> tuple[str, dict]:
+    """(kind, data) of one input file, or a one-line error naming the file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise MoesimError(f"cannot read {p}: {exc.strerror or exc}", field="INPUT",
+                          fix="give a JSON file written by moesim simulate/plan/validate --json") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise MoesimError(f"{p}:{exc.lineno}: not JSON ({exc.msg})", field="INPUT",
+                          fix="give the output of moesim simulate --json, moesim plan -o, or moesim validate --json"
+                          ) from None
+    kind = detect(data)
+    if kind is None:
+        raise MoesimError(f"{p}: not a moesim simulate, plan or validate output", field="INPUT",
+                          fix="give the output of moesim simulate --json, moesim plan -o, or moesim validate --json")
+    return kind, data
+
+
+# ----------------------------------------------------------------------------- text helpers
+def _code(prov: Optional[dict]) -> str:
+    code = (prov or {}).get("code") or {}
+    if not code:
+        return "not recorded in this input (written by an older moesim)"
+    commit = code.get("commit")
+    text = f"moesim {code.get('moesim', '?')}"
+    text += f", commit {commit[:12]}" if commit else ", no git commit (installed package)"
+    if code.get("uncommitted_changes"):
+        text += " with uncommitted changes"
+    return text
+
+
+def _split(parallel: dict) -> str:
+    return " ".join(f"{k.upper()}{v}" for k, v in parallel.items())
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:,.3f} ms"
+
+
+def _num(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.4g}" if abs(value) < 1e4 else f"{value:,.0f}"
+    return str(value)
+
+
+METRIC_UNITS = {"step_time_s": ("step time", lambda v: _ms(v)), "tpot_ms": ("TPOT", lambda v: f"{v:,.2f} ms"),
+                "ttft_ms": ("TTFT", lambda v: f"{v:,.2f} ms"),
+                "tokens_per_s_per_gpu": ("tokens/s per GPU", lambda v: f"{v:,.0f}"),
+                "tokens_per_s_per_node": ("tokens/s per node", lambda v: f"{v:,.0f}"),
+                "tflops_per_gpu": ("TFLOP/s per GPU", lambda v: f"{v:,.1f}"), "mfu": ("MFU", lambda v: f"{100 * v:.1f} %"),
+                "pipeline_bubble_fraction": ("pipeline bubble", lambda v: f"{100 * v:.1f} %")}
+
+
+# ----------------------------------------------------------------------------- sections
+def simulate_section(data: dict, input_file: str, title: Optional[str] = None) -> Section:
+    sim, prov = data.get("simulation", {}), data.get("provenance") or {}
+    training = data["phase"] == "training"
+    inputs = [("scenario", data.get("scenario", "?")), ("model", data["model"]),
+              ("system", f"{data['system']}, {data['gpus']} GPUs"), ("parallel split", _split(data["parallel"])),
+              ("phase", data["phase"]), ("overlap", data.get("overlap", "none")), ("seed", str(data.get("seed"))),
+              ("code version", _code(prov)), ("input file", input_file)]
+    assumptions = [f"Rates: {prov.get('rates') or 'not recorded in this input'}."]
+    if not training:
+        assumptions += [f"Routing skew: {sim.get('skew', '?')}; expert placement: {sim.get('placement', '?')}; "
+                        f"dispatch in {sim.get('dispatch_dtype', '?')}; {sim.get('tokens_per_rank_per_microbatch', '?')} "
+                        "tokens per rank per micro-batch.",
+                        "Every MoE layer's routing is sampled (seeded) per layer; the step runs all layers on the "
+                        "SimPy engine, one compute and one communication stream per GPU."]
+        assumptions += [f"Network: {note}" for note in sim.get("efficiency_notes", [])]
+    else:
+        assumptions += [f"{sim.get('microbatches', '?')} micro-batches, 1F1B pipeline; FLOPs counted as "
+                        f"{sim.get('flop_convention', '?')}."]
+    mem = data["memory"]
+    if mem.get("memory_fraction") is not None:
+        assumptions.append(f"Memory budget: {mem['memory_fraction']:g} of HBM capacity (framework setting).")
+    bands = data.get("uncertainty", {})
+    rests = sorted({b.get("rests_on") for b in bands.values() if b.get("rests_on")})
+    assumptions += [f"Error bands: value x (1 -+ 2 x RMS); they rest on {r}." for r in rests]
+
+    rows = []
+    for key, value in data["metrics"].items():
+        label, fmt = METRIC_UNITS.get(key, (key, _num))
+        band = bands.get(key)
+        rows.append([label, fmt(value), f"{fmt(band['low'])} – {fmt(band['high'])}" if band else "—"])
+    tables = [Table("Headline metrics", ["metric", "value", "error band (k = 2)"], rows)]
+    per_gpu = mem["per_gpu"]
+    tables.append(Table("Memory per GPU", ["part", "GiB"],
+                        [[label, f"{per_gpu.get(key, 0) / plots.GiB:,.2f}"] for key, label in plots.MEMORY_PARTS
+                         if per_gpu.get(key)] +
+                        [["total", f"{per_gpu['total_bytes'] / plots.GiB:,.2f}"],
+                         ["capacity", f"{per_gpu['capacity_bytes'] / plots.GiB:,.2f}"],
+                         ["fits", "yes" if mem.get("fits") else "NO"]]))
+
+    details = data.get("details") or {}
+    figures: list[Figure] = []
+    critical = sim.get("critical_gpu")
+    if details.get("timeline", {}).get("spans"):
+        tl = details["timeline"]
+        what = f"MoE layer {tl['layer']}" if tl.get("layer", -1) >= 0 else "the training step's pipeline"
+        figures.append(Figure(
+            "Per-GPU timeline", f"Compute and communication streams of every GPU through {what}.",
+            "details.timeline: spans recorded by the SimPy engine (moesim.sim.engine.run_step / run_pipeline).",
+            lambda tl=tl: plots.timeline_figure(tl, critical=critical)))
+    figures.append(Figure(
+        "Time per op class", "Where the step's time goes on the critical GPU (the one the others wait for).",
+        "breakdown: engine spans of the critical GPU, split by op class; exposed = not under compute.",
+        lambda: plots.breakdown_figure(data["breakdown"], step_s=data["metrics"].get("step_time_s"))))
+    if details.get("expert_load"):
+        figures.append(Figure(
+            "Expert load per layer", "Tokens routed to each expert, per MoE layer, relative to the layer mean.",
+            f"details.expert_load: the seeded routing sample (moesim.costs.routing, skew {sim.get('skew', '?')}).",
+            lambda: plots.expert_heatmap_figure(details["expert_load"], details["moe_layers"])))
+    if details.get("gpu_load"):
+        figures.append(Figure(
+            "Per-GPU expert load", "Routed tokens each GPU computes over the step, and the imbalance ratio.",
+            f"details.gpu_load: routing sample mapped through the {sim.get('placement', '?')} placement "
+            "(moesim.costs.placement).",
+            lambda: plots.gpu_load_figure(details["gpu_load"])))
+    if details.get("dispatch_bytes"):
+        figures.append(Figure(
+            "Dispatch traffic matrix", "Bytes each GPU sends to each other GPU in the first MoE layer's dispatch.",
+            "details.dispatch_bytes: moesim.costs.traffic from the routing sample and placement; lines mark nodes.",
+            lambda: plots.traffic_figure(details["dispatch_bytes"], layer=details.get("traffic_layer", 0),
+                                         gpus_per_node=details.get("gpus_per_node"))))
+    figures.append(Figure(
+        "VRAM per GPU", "Memory per GPU by what holds it, against HBM capacity and the framework budget.",
+        "memory: moesim.costs.memory ledger (weights from the model config, KV from the workload, buffers, reserve).",
+        lambda: plots.vram_figure(mem)))
+    return Section(title or f"Simulation: {data['model']} on {data['gpus']} x {data['system']} ({data['phase']})",
+                   "simulate", input_file, inputs, assumptions, tables, figures)
+
+
+def _violations(violations: Any) -> str:
+    if isinstance(violations, dict):
+        return "; ".join(f"{k} {v}" for k, v in violations.items()) or "?"
+    if isinstance(violations, list):
+        return "; ".join(map(str, violations)) or "?"
+    return str(violations)
+
+
+def plan_section(data: dict, input_file: str) -> Section:
+    points = data["points"]
+    slo = ", ".join(f"{k} = {v}" for k, v in data.get("slo", {}).items()) or "none"
+    inputs = [("search space", str(data.get("space", "?"))), ("objective", str(data.get("objective"))),
+              ("SLO", slo), ("models", ", ".join(sorted({p["model"] for p in points})) or "—"),
+              ("systems", ", ".join(sorted({f"{p['system']} x{p['gpus']}" for p in points})) or "—"),
+              ("configurations", f"{data.get('expanded', len(points))} expanded, {data.get('pruned', 0)} pruned, "
+                                 f"{data.get('simulated', 0)} simulated, {data.get('from_cache', 0)} from cache"),
+              ("seed", "each point's scenario seed (default 0)"),
+              ("code version", _code(data.get("provenance"))), ("input file", input_file)]
+    assumptions = [f"Routing skew per point: {', '.join(sorted({str(p.get('skew')) for p in points}))}; overlap: "
+                   f"{', '.join(sorted({str(p.get('overlap')) for p in points}))}.",
+                   f"{data.get('pruned', 0)} points that cannot fit in VRAM or whose split does not divide were "
+                   "pruned before simulation (table below)."]
+    if data.get("costs_are_placeholders"):
+        assumptions.append("GPU prices are placeholders from workloads/costs.yaml: cost rankings are illustrative.")
+    if data.get("binding_constraint"):
+        binding = data["binding_constraint"]
+        assumptions.append("No point meets the SLO; binding constraint: "
+                           + (binding.get("text") or json.dumps(binding) if isinstance(binding, dict) else str(binding))
+                           + ".")
+    ordered = sorted(points, key=lambda p: (not p["feasible"], -p["tokens_per_s_per_gpu"]))
+    rows = [[p["label"], p["system"], str(p["gpus"]), _split(p["parallel"]), f"{p['tokens_per_s_per_gpu']:,.0f}",
+             f"{p['latency_ms']:,.2f}", "yes" if p["feasible"] else "no: " + _violations(p.get("violations")),
+             "-" if p.get("cost_per_million_tokens") is None else f"{p['cost_per_million_tokens']:,.3f}"]
+            for p in ordered]
+    tables = [Table("Configurations (SLO-feasible first, then by throughput)",
+                    ["configuration", "system", "GPUs", "split", "tokens/s/GPU",
+                     f"{points[0]['latency_metric'] if points else 'latency'} (ms)", "meets SLO", "$ / M tokens"], rows)]
+    pruned = data.get("pruned_reasons") or []
+    if pruned:
+        tables.append(Table("Pruned before simulation", ["configuration", "reason"],
+                            [[str(r.get("label", r.get("id"))), str(r.get("reason"))] for r in pruned]))
+    if data.get("best"):
+        best = data["best"]
+        lost = [[r["label"], r["text"]] for r in data.get("runners_up", [])]
+        tables.append(Table(f"Best: {best['label']}", ["runner-up", "why it lost"], lost))
+    figures = [Figure("Pareto front", "Throughput per GPU against latency for every simulated configuration, "
+                      "with the SLO limit and the throughput-latency Pareto front.",
+                      "points, pareto.throughput_vs_latency, slo and best of the plan (moesim.planning.planner).",
+                      lambda: plots.pareto_figure(data))] if points else []
+    return Section(f"Plan: {data.get('space', '?')}", "plan", input_file, inputs, assumptions, tables, figures)
+
+
+def validate_section(data: dict, input_file: str) -> Section:
+    prov = data.get("provenance") or {}
+    cases = data["cases"]
+    inputs = [("cases predicted", str(len(cases))), ("cases skipped", str(len(data.get("skipped", [])))),
+              ("overall MAPE", f"{100 * data['mape'].get('overall', 0):.1f} %"),
+              ("calibration profile", str(prov.get("profile") or "none (spec rates)")),
+              ("code version", _code(prov)), ("input file", input_file)]
+    assumptions = ["Every prediction comes from specs, models and (with a profile) a calibration; no measured "
+                   "figure of a case is used to predict it.",
+                   "MAPE = mean |predicted - measured| / measured over the cases of a kind."]
+    mape_rows = [[what, str(sum(c["what"] == what for c in cases)), f"{100 * v:.1f} %"]
+                 for what, v in data["mape"].items() if what != "overall"]
+    worst = sorted(cases, key=lambda c: -abs(c["rel_error"]))[:15]
+    tables = [Table("MAPE per kind", ["what", "cases", "MAPE"], mape_rows),
+              Table("Largest errors", ["case", "what", "measured", "predicted", "error"],
+                    [[c["id"], c["what"], _num(c["measured"]), _num(c["predicted"]), f"{100 * c['rel_error']:+.1f} %"]
+                     for c in worst])]
+    figures = [Figure("Validation parity", "Predicted against measured for every case, one marker per kind, "
+                      "with the y = x line and a +-15 % band.",
+                      "cases[].measured (published, with sources in the cases file) and cases[].predicted "
+                      "(moesim.validation.run).", lambda: plots.parity_figure(data))] if cases else []
+    return Section("Validation against published measurements", "validate", input_file, inputs, assumptions,
+                   tables, figures)
+
+
+def sections_for(kind: str, data: dict, input_file: str) -> list[Section]:
+    if kind == "simulate":
+        return [simulate_section(data, input_file)]
+    if kind == "disaggregated":
+        m = data["metrics"]
+        out = [simulate_section(data["pools"][pool], input_file, f"Disaggregated {pool} pool: {data['pools'][pool]['model']}"
+                                f" on {data['pools'][pool]['gpus']} x {data['pools'][pool]['system']}")
+               for pool in ("prefill", "decode")]
+        out[0].tables.insert(0, Table("Both pools", ["metric", "value"],
+                                      [[k.replace("_", " "), _num(v)] for k, v in m.items()]))
+        return out
+    if kind == "plan":
+        return [plan_section(data, input_file)]
+    return [validate_section(data, input_file)]
+
+
+# ----------------------------------------------------------------------------- writing
+def _title(sections: list[Section]) -> str:
+    return "moesim report: " + "; ".join(s.title for s in sections[:2]) + (" …" if len(sections) > 2 else "")
+
+
+def render_html(sections: list[Section], *, title: str) -> str:
+    import jinja2
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(data_root() / "reports" / "templates")),
+                             autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    figures = []
+    for s_index, section in enumerate(sections):
+        for f_index, fig in enumerate(section.figures):
+            png = plots.figure_bytes(fig.build(), "png")
+            figures.append((s_index, f_index, "data:image/png;base64," + base64.b64encode(png).decode("ascii")))
+    uris = {(s, f): uri for s, f, uri in figures}
+    return env.get_template(TEMPLATE).render(title=title, sections=sections, uris=uris,
+                                             code=_code({"code": code_version()}))
+
+
+def _pdf_blocks(sections: list[Section]) -> list[tuple[str, list[str]]]:
+    blocks = [("About this report", [f"written by {_code({'code': code_version()})} from the inputs below",
+                                     "figures follow the text pages, one per page, in this order:"]
+               + [f"  {i + 1}. {f.title}" for i, f in enumerate(fig for s in sections for fig in s.figures)])]
+    for section in sections:
+        blocks.append((section.title, [f"{k:<22} {v}" for k, v in section.inputs]))
+        blocks.append(("Assumptions", [f"- {a}" for a in section.assumptions]))
+        for table in section.tables:
+            widths = [max(len(str(c)) for c in [col] + [r[i] for r in table.rows]) for i, col in enumerate(table.columns)]
+            widths = [min(w, 40) for w in widths]
+            fmt = lambda cells: "  ".join(str(c)[:w].ljust(w) for c, w in zip(cells, widths))  # noqa: E731
+            blocks.append((table.title, [fmt(table.columns)] + [fmt(r) for r in table.rows]))
+    return blocks
+
+
+def check_output(output: str) -> str:
+    """The report's format from its suffix (checked before any work is done)."""
+    suffix = Path(output).suffix.lower()
+    if suffix not in FORMATS:
+        raise MoesimError(f"cannot write a report as {suffix or 'a file without suffix'!r}", field="--report/--output",
+                          fix="name the report .html or .pdf")
+    return suffix
+
+
+def write_report(items: list[tuple[str, dict, str]], output: str) -> Path:
+    """Write the report of (kind, data, input name) items (.html or .pdf) atomically."""
+    suffix = check_output(output)
+    sections: list[Section] = []
+    for kind, data, name in items:
+        try:
+            sections += sections_for(kind, data, name)
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise MoesimError(f"{name}: a {kind} output without the expected field {exc}", field="INPUT",
+                              fix="regenerate it with this moesim version") from None
+    title = _title(sections)
+    if suffix == ".html":
+        return write_atomic(output, render_html(sections, title=title))
+    figures = [(fig.build(), f"Figure: {fig.title}. {fig.caption} Source: {fig.source}")
+               for section in sections for fig in section.figures]
+    return plots.write_pdf(output, title=title, blocks=_pdf_blocks(sections), figures=figures)
+
+
+def build_report(inputs: list[str], output: str) -> Path:
+    """Read every input, then write the report: nothing is written when any input is bad."""
+    check_output(output)
+    if not inputs:
+        raise MoesimError("no input given", field="INPUT", fix="give one or more JSON files from simulate/plan/validate")
+    items = []
+    for path in inputs:
+        kind, data = read_input(path)
+        items.append((kind, data, str(path)))
+    return write_report(items, output)
+

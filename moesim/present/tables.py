@@ -1,0 +1,193 @@
+"""Plain-text tables for the terminal: fixed columns, units in the header, same numbers as JSON."""
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+from moesim.core.units import GiB
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[object]], *, align: str | None = None) -> str:
+    """Render rows under headers; `align` is one 'l'/'r' per column (default: text left, numbers right)."""
+    rows = [[str(c) for c in r] for r in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+    if align is None:
+        align = "".join("r" if rows and all(_numeric(r[i]) for r in rows) else "l" for i in range(len(headers)))
+
+    def fmt(cells: Sequence[str]) -> str:
+        return "  ".join(c.rjust(w) if a == "r" else c.ljust(w) for c, w, a in zip(cells, widths, align)).rstrip()
+
+    lines = [fmt(headers), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows]
+    return "\n".join(lines)
+
+
+def _numeric(text: str) -> bool:
+    try:
+        float(text.replace(",", "").rstrip("%"))
+        return True
+    except ValueError:
+        return False
+
+
+def gib(n_bytes: float) -> str:
+    return f"{n_bytes / GiB:,.2f}"
+
+
+def memory_table(ledger: dict, scenario_line: str) -> str:
+    """The VRAM ledger of the fullest GPU as a table, then the verdict."""
+    per = ledger["per_gpu"]
+    total, cap = per["total_bytes"], per["capacity_bytes"]
+    rows = []
+    labels = [("weights_bytes", "weights"), ("kv_cache_bytes", "KV cache"),
+              ("activations_bytes", "activations"), ("buffers_bytes", "comm buffers"),
+              ("reserved_bytes", "reserved (CUDA ctx, graphs)"), ("gradients_bytes", "gradients"),
+              ("optimizer_bytes", "optimizer states")]
+    for key, label in labels:
+        rows.append([label, gib(per[key]), f"{100 * per[key] / cap:.1f}%"])
+    rows.append(["total", gib(total), f"{100 * total / cap:.1f}%"])
+    out = [scenario_line, "",
+           table(["part (per GPU)", "GiB", "of capacity"], rows, align="lrr"), "",
+           f"capacity {gib(cap)} GiB; budget {gib(ledger['budget_bytes'])} GiB "
+           f"(memory fraction {ledger['memory_fraction']:.2f}); pipeline stage {ledger['binding_stage']} is fullest",
+           f"fits: {'yes' if ledger['fits'] else 'NO'}  headroom {gib(ledger['headroom_bytes'])} GiB"]
+    if "max_kv_tokens_per_gpu" in ledger:
+        out.append(f"max KV tokens per GPU: {ledger['max_kv_tokens_per_gpu']:,} "
+                   f"({ledger['kv_bytes_per_token_per_gpu']:,.0f} B per token per GPU)")
+    if "max_micro_batch" in ledger:
+        out.append(f"max micro-batch that fits: {ledger['max_micro_batch']}")
+    return "\n".join(out)
+
+
+def route_table(s: dict) -> str:
+    """Summary of `moesim route`: loads, imbalance, traffic per link class."""
+    load = s["gpu_load"]
+    totals = s["dispatch_totals"]
+    head = (f"{s['scenario']}: {s['model']} MoE layer {s['moe_layer']}, EP {s['ep']} on {s['system']} "
+            f"(NVLink domain {s['nvlink_domain_gpus']} GPUs), {s['tokens']:,} tokens, skew {s['skew']}, "
+            f"placement {s['placement']} (+{s['redundant_experts']} redundant), seed {s['seed']}")
+    expert = s["expert_load"]
+    lines = [head, "",
+             f"expert load: min {min(expert):,} / mean {sum(expert) / len(expert):,.1f} / max {max(expert):,} "
+             f"token-expert pairs (max/mean {s['expert_imbalance']:.3f})",
+             f"GPU load:    min {min(load):,.1f} / mean {sum(load) / len(load):,.1f} / max {max(load):,.1f} "
+             f"(imbalance max/mean {s['imbalance']:.3f})",
+             f"dropped token-expert pairs: {s['dropped_tokens']:,}",
+             f"replica memory per GPU per MoE layer: {s['replica_bytes_per_gpu_per_layer'] / 2**20:,.1f} MiB", ""]
+    rows = [["local (same GPU)", f"{totals['local_bytes'] / 1e6:,.2f}"],
+            ["NVLink, direct within domain", f"{totals['nvlink_direct_bytes'] / 1e6:,.2f}"],
+            ["scale-out, direct all-to-all", f"{totals['scale_out_direct_bytes'] / 1e6:,.2f}"],
+            ["scale-out, node-deduplicated (DeepEP)", f"{totals['scale_out_dedup_bytes'] / 1e6:,.2f}"],
+            ["NVLink forwarding after scale-out", f"{totals['nvlink_forward_bytes'] / 1e6:,.2f}"]]
+    lines.append(table([f"dispatch traffic ({s['dispatch_dtype']})", "MB"], rows, align="lr"))
+    lines.append("combine mirrors dispatch in BF16 (combine_bytes_matrix = dispatch transposed)")
+    return "\n".join(lines)
+
+
+def bench_table(result: dict, tokens: int) -> str:
+    """nccl-tests style: parameters, then a fixed table with units."""
+    rows = []
+    for key, label in (("routing", "routing DeepSeek-V3 (E256 k8 g8/4)"), ("routing_mixtral", "routing Mixtral (E8 k2)"),
+                       ("traffic", "traffic DeepSeek-V3 (EP64, 8 nodes)")):
+        r = result[key]
+        rows.append([label, f"{r['tokens_per_s']:.3e}", f"{r['numpy_tokens_per_s']:.3e}",
+                     f"{r['speedup_vs_numpy']:.1f}", f"{r['rng_floor_tokens_per_s']:.3e}", f"{r['ratio_to_rng_floor']:.2f}"])
+    return "\n".join([f"# moesim bench kernels: {tokens:,} tokens per timed run, one core, best of repeats", "",
+                      table(["kernel", "tokens/s", "numpy tokens/s", "speedup x", "RNG floor tokens/s",
+                             "floor/kernel"], rows, align="lrrrrr")])
+
+
+def comm_table(system: str, gpus: int, op: str, rows: list[dict]) -> str:
+    """nccl-tests style: parameters, then size / time / algbw / busbw."""
+    head = [f"# moesim comm: {op} on {gpus} x {system} (predicted; nccl-tests definitions of algbw/busbw)"]
+    head += [f"# {n}" for n in rows[0]["notes"]] if rows else []
+    body = table(["size (B)", "time (us)", "algbw (GB/s)", "busbw (GB/s)", "algo", "proto", "bottleneck"],
+                 [[f"{r['bytes']}", f"{r['time_us']:.2f}", f"{r['algbw_GBps']:.2f}", f"{r['busbw_GBps']:.2f}",
+                   r["algo"], r["protocol"], r["bottleneck"]] for r in rows], align="rrrrlll")
+    return "\n".join(head + ["", body])
+
+
+def validation_table(result: dict) -> str:
+    rows = [[c["id"], c["what"], c["metric"], f"{c['measured']:.4g}", f"{c['predicted']:.4g}",
+             f"{100 * c['rel_error']:+.1f}%"] for c in result["cases"]]
+    out = [table(["case", "what", "metric", "measured", "predicted", "error"], rows, align="lllrrr"), ""]
+    out.append(table(["what", "MAPE"], [[k, f"{100 * v:.1f}%"] for k, v in result["mape"].items()], align="lr"))
+    if result["skipped"]:
+        reasons: dict[str, int] = {}
+        for s in result["skipped"]:
+            reasons[s["reason"]] = reasons.get(s["reason"], 0) + 1
+        out += ["", f"skipped {len(result['skipped'])} cases:"]
+        out += [f"  {n:3d} x {r}" for r, n in sorted(reasons.items(), key=lambda x: -x[1])]
+    return "\n".join(out)
+
+
+def network_bench_table(result: dict) -> str:
+    rows = [[r["gpus"], r.get("system", "synthetic"), f"{r['flows']:,}", f"{r['solve_s']:.4f}",
+             "-" if r.get("numpy_solve_s") is None else f"{r['numpy_solve_s']:.4f}",
+             "-" if r.get("speedup_vs_numpy") is None else f"{r['speedup_vs_numpy']:.1f}"] for r in result["network"]]
+    return "\n".join(["# moesim bench network: max-min solve of a uniform all-to-all, one core, best of repeats", "",
+                      table(["GPUs", "system", "flows", "solve (s)", "numpy solve (s)", "speedup x"], rows,
+                            align="rlrrrr")])
+
+
+def simulate_table(r: dict) -> str:
+    m = r["metrics"]
+    p = r["parallel"]
+    head = (f"{r['scenario']}: {r['model']} {r['phase']} on {r['gpus']} x {r['system']} "
+            f"(tp={p['tp']} dp={p['dp']} ep={p['ep']}), overlap {r['overlap']}, seed {r['seed']}")
+    lines = [head, ""]
+    lat = f"TPOT {m['tpot_ms']:.2f} ms" if "tpot_ms" in m else f"TTFT {m['ttft_ms']:.2f} ms"
+    lines.append(f"step {m['step_time_s'] * 1e3:.3f} ms; {lat}; {m['tokens_per_s_per_gpu']:,.0f} tokens/s per GPU; "
+                 f"{m['tokens_per_s_per_node']:,.0f} per node")
+    rows = [[k, f"{v['compute_s'] * 1e3:.3f}", f"{v['comm_s'] * 1e3:.3f}", f"{v['exposed_comm_s'] * 1e3:.3f}"]
+            for k, v in sorted(r["breakdown"].items(), key=lambda kv: -(kv[1]["compute_s"] + kv[1]["comm_s"]))]
+    lines += ["", table(["op class (critical GPU)", "compute ms", "comm ms", "exposed comm ms"], rows, align="lrrr")]
+    band = r.get("uncertainty", {}).get("tokens_per_s_per_gpu")
+    if band and band["low"] is not None:
+        lines.append(f"\ntokens/s per GPU, error band: {band['low']:,.0f} .. {band['high']:,.0f} ({band['rests_on']})")
+    lines.append(f"\nmemory: {r['memory']['per_gpu']['total_bytes'] / 2**30:.2f} GiB per GPU, fits: "
+                 f"{'yes' if r['memory']['fits'] else 'NO'}")
+    return "\n".join(lines)
+
+
+def ep_comm_table(r: dict) -> str:
+    lines = [f"# moesim comm --ep: {r['model']} MoE layer on EP {r['ep']} x {r['system']}, {r['tokens']:,} tokens, "
+             f"skew {r['skew']}, placement {r['placement']} (GPU load imbalance {r['imbalance']:.3f})"]
+    lines += [f"# {n}" for n in r["notes"]]
+    rows = [["dispatch", f"{r['dispatch_time_us']:.1f}", f"{r['dispatch_GBps_per_gpu'] or 0:.1f}"],
+            ["combine", f"{r['combine_time_us']:.1f}", f"{r['combine_GBps_per_gpu'] or 0:.1f}"]]
+    return "\n".join(lines + ["", table(["phase", "time (us)", "GB/s per GPU (incl. local)"], rows, align="lrr")])
+
+
+def plan_table(r: dict) -> str:
+    """Every simulated point, then the answer: best point and why the runners-up lost."""
+    rows = []
+    for p in r.get("points", []):
+        cost = p.get("cost_per_million_tokens")
+        rows.append([p["label"], f"{p['tokens_per_s_per_gpu']:,.0f}", f"{p['latency_ms']:.1f}",
+                     "-" if cost is None else f"{cost:.3f}{'*' if p.get('cost_placeholder') else ''}",
+                     "yes" if p.get("feasible") else "no"])
+    out = [f"# moesim plan {r.get('space')}: {r.get('expanded')} points, {r.get('pruned')} pruned before "
+           f"simulation, {r.get('simulated')} simulated, {r.get('from_cache')} from cache", ""]
+    out.append(table(["configuration", "tokens/s/GPU", "latency ms", "$/M tokens", "feasible"], rows,
+                     align="lrrrl"))
+    for reason in r.get("pruned_reasons", [])[:10]:
+        out.append(f"pruned: {reason.get('label', reason.get('id'))}: {reason.get('reason')}")
+    best = r.get("best")
+    if best:
+        out += ["", f"best ({r.get('objective')}): {best['label']}"]
+        for loser in r.get("runners_up", []):
+            out.append(f"  runner-up {loser['label']}: {loser.get('text') or loser.get('metric')}")
+    elif r.get("binding_constraint"):
+        out += ["", f"no configuration meets the SLOs; hardest: {r['binding_constraint']}"]
+    if any(p.get("cost_placeholder") for p in r.get("points", [])):
+        out.append("* cost uses a placeholder price (workloads/costs.yaml): set your own")
+    return "\n".join(out)
+
+
+def whatif_table(r: dict) -> str:
+    keys = [k for k in ("tokens_per_s_per_gpu", "tpot_ms", "ttft_ms", "step_time_s", "mfu") if k in r["base"]]
+    rows = [["base"] + [f"{r['base'][k]:,.4g}" for k in keys]]
+    for v in r["variants"]:
+        rows.append([v["change"]] + [f"{v['metrics'][k]:,.4g} ({100 * v['relative_change'].get(k, 0):+.1f}%)"
+                                     for k in keys])
+    return "\n".join([f"# moesim whatif: {r['scenario']} (each change alone against the base)", "",
+                      table(["change"] + keys, rows, align="l" + "r" * len(keys))])

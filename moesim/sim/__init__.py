@@ -1,0 +1,1 @@
+"""Simulation of one step: the SimPy engine (alone owns simpy) and `simulate(scenario) -> Result`."""

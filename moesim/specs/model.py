@@ -1,0 +1,370 @@
+"""MoE model architectures: the spec record, exact parameter counts, and KV-cache size.
+
+The formulas follow `models_check.md` of the project's reference notes (reproduced in
+docs/models.md): attention (GQA/MHA or MLA), dense and expert FFNs, routers, norms, embeddings,
+and the Llama 4 vision tower. Counts are exact integers so they can be tested to the parameter.
+
+Active-parameter convention (stated once, used everywhere): `active_params` counts what one
+token multiplies through: every layer with its top-k routed and its shared experts, plus the
+LM head, but not the input embedding (a table lookup, no FLOPs). `active_params_with_embedding`
+adds the input embedding, the convention some vendors publish.
+"""
+from __future__ import annotations
+
+from functools import cached_property, lru_cache
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from pydantic import model_validator
+
+from moesim.core.errors import MoesimError
+from moesim.specs.layersets import layer_indices
+from moesim.core.loader import Record, available, data_root, load_record, resolve
+
+GATED = {"swiglu", "geglu", "swiglu_clamped"}
+NORM_PARAMS_PER_DIM = {"rmsnorm": 1, "layernorm": 2, "layernorm_no_bias": 1}
+
+
+class Attention(Record):
+    type: Literal["mla", "gqa", "mha"]
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: Optional[int] = None
+    q_lora_rank: Optional[int] = None
+    kv_lora_rank: Optional[int] = None
+    qk_nope_head_dim: Optional[int] = None
+    qk_rope_head_dim: Optional[int] = None
+    v_head_dim: Optional[int] = None
+    qkv_bias: bool = False
+    o_bias: bool = False
+    qk_norm: Literal["none", "per_head_rmsnorm", "full_width_rmsnorm", "l2_no_weight"] = "none"
+    sinks: bool = False
+    sliding_window: Optional[int] = None
+    attention_chunk_size: Optional[int] = None
+    layer_pattern: Optional[str] = None
+    clip_qkv: Optional[float] = None
+    logit_softcap: Optional[float] = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> "Attention":
+        if self.type == "mla":
+            needed = ("kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
+        else:
+            needed = ("head_dim",)
+        missing = [n for n in needed if getattr(self, n) is None]
+        if missing:
+            raise ValueError(f"{self.type} attention needs {', '.join(missing)}; add them from config.json")
+        if self.num_attention_heads <= 0 or self.num_key_value_heads <= 0:
+            raise ValueError("head counts must be positive; use the config.json values")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError("num_attention_heads must be a multiple of num_key_value_heads; check config.json")
+        return self
+
+
+class LayerSet(Record):
+    rule: str
+    count: int
+
+
+class Layers(Record):
+    dense_intermediate_size: Optional[int] = None
+    dense_layers: LayerSet
+    moe_layers: LayerSet
+
+
+class Router(Record):
+    scoring_func: str
+    topk_method: Optional[str] = None
+    expert_score_bias: bool = False
+    norm_topk_prob: Optional[bool] = None
+    routed_scaling_factor: Optional[float] = None
+    n_group: Optional[int] = None
+    topk_group: Optional[int] = None
+    router_bias: bool = False
+    note: Optional[str] = None
+
+
+class MoE(Record):
+    num_experts: int
+    num_experts_per_tok: int
+    moe_intermediate_size: int
+    num_shared_experts: int = 0
+    shared_expert_intermediate_size: Optional[int] = None
+    shared_expert_gate: bool = False
+    expert_bias: bool = False
+    expert_capacity_factor: Optional[dict[str, float]] = None
+    router: Router
+
+    @model_validator(mode="after")
+    def _sane(self) -> "MoE":
+        if self.num_experts <= 0 or self.moe_intermediate_size <= 0:
+            raise ValueError("num_experts and moe_intermediate_size must be positive; use config.json values")
+        if not 0 < self.num_experts_per_tok <= self.num_experts:
+            raise ValueError(f"num_experts_per_tok must be in 1..{self.num_experts}; use config.json values")
+        if self.num_shared_experts and not self.shared_expert_intermediate_size:
+            raise ValueError("shared experts need shared_expert_intermediate_size; add it")
+        return self
+
+
+class KVCache(Record):
+    elements_per_token_per_layer: int
+    decompressed_elements_per_token_per_layer: Optional[int] = None
+    layers_with_kv: int
+    note: Optional[str] = None
+
+
+class KVWindow(Record):
+    """Layers whose KV cache holds at most `tokens` tokens (sliding-window or chunked attention)."""
+
+    layers: str
+    tokens: int
+    source: str
+
+
+class VisionEncoder(Record):
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    intermediate_size: int
+    image_size: int
+    patch_size: int
+    pixel_shuffle_ratio: float
+    projector_input_dim: int
+    projector_output_dim: int
+    vision_output_dim: int
+    note: Optional[str] = None
+
+
+class ModelSpec(Record):
+    """One MoE model as its Hugging Face config describes it, plus where each fact came from."""
+
+    id: str
+    name: str
+    hf_id: Optional[str] = None
+    also_covers: Optional[list[str]] = None
+    note: Optional[str] = None
+    model_type: str
+    structure: Literal["decoder_only", "decoder_only_with_vision_encoder"]
+    hidden_size: int
+    num_hidden_layers: int
+    vocab_size: int
+    max_position_embeddings: Optional[int] = None
+    tie_word_embeddings: bool = False
+    lm_head_bias: bool = False
+    norm: Literal["rmsnorm", "layernorm", "layernorm_no_bias"]
+    norms_per_layer: int = 2
+    activation: Literal["swiglu", "geglu", "swiglu_clamped", "relu"]
+    rope: Optional[dict[str, Any]] = None
+    attention: Attention
+    kv_cache: KVCache
+    kv_window: Optional[KVWindow] = None
+    layers: Layers
+    moe: MoE
+    mtp: Optional[dict[str, Any]] = None
+    vision_encoder: Optional[VisionEncoder] = None
+    quantization_of_release: Optional[str] = None
+    published: dict[str, Any]
+    source: dict[str, Any]
+
+    @model_validator(mode="after")
+    def _layers_consistent(self) -> "ModelSpec":
+        if self.hidden_size <= 0 or self.num_hidden_layers <= 0 or self.vocab_size <= 0:
+            raise ValueError("hidden_size, num_hidden_layers and vocab_size must be positive; use config.json values")
+        dense = layer_indices(self.layers.dense_layers.rule, self.num_hidden_layers,
+                              field="layers.dense_layers.rule")
+        moe = layer_indices(self.layers.moe_layers.rule, self.num_hidden_layers,
+                            field="layers.moe_layers.rule")
+        if len(dense) != self.layers.dense_layers.count or len(moe) != self.layers.moe_layers.count:
+            raise ValueError("layer rules select a different number of layers than 'count' says; "
+                             "fix the rule or the count")
+        if sorted(dense + moe) != list(range(self.num_hidden_layers)):
+            raise ValueError("dense_layers and moe_layers must together cover every layer exactly once; "
+                             "fix the rules")
+        if dense and not self.layers.dense_intermediate_size:
+            raise ValueError("dense layers need layers.dense_intermediate_size; add it")
+        return self
+
+    # ---------------------------------------------------------------- layer structure
+    @cached_property
+    def moe_layer_indices(self) -> tuple[int, ...]:
+        return layer_indices(self.layers.moe_layers.rule, self.num_hidden_layers)
+
+    @cached_property
+    def dense_layer_indices(self) -> tuple[int, ...]:
+        return layer_indices(self.layers.dense_layers.rule, self.num_hidden_layers)
+
+    @property
+    def num_moe_layers(self) -> int:
+        return len(self.moe_layer_indices)
+
+    @property
+    def is_gated(self) -> bool:
+        return self.activation in GATED
+
+    # ---------------------------------------------------------------- parameter counts
+    def ffn_params(self, intermediate: int, *, with_bias: bool = False) -> int:
+        """One FFN (an expert or a dense MLP): gated = 3 matrices, ReLU = 2; optional biases."""
+        d = self.hidden_size
+        weights = (3 if self.is_gated else 2) * d * intermediate
+        return weights + (2 * intermediate + d if with_bias else 0)
+
+    @cached_property
+    def attention_params(self) -> int:
+        """Per layer: projections, biases, QK-norms, sinks (MLA incl. its two latent norms)."""
+        a, d = self.attention, self.hidden_size
+        h, k = a.num_attention_heads, a.num_key_value_heads
+        if a.type == "mla":
+            qk = a.qk_nope_head_dim + a.qk_rope_head_dim
+            if a.q_lora_rank:
+                q = d * a.q_lora_rank + a.q_lora_rank + a.q_lora_rank * h * qk
+            else:
+                q = d * h * qk
+            kv = d * (a.kv_lora_rank + a.qk_rope_head_dim) + a.kv_lora_rank
+            kv += a.kv_lora_rank * h * (a.qk_nope_head_dim + a.v_head_dim)
+            return q + kv + h * a.v_head_dim * d
+        hd = a.head_dim
+        n = d * hd * (2 * h + 2 * k)
+        if a.qkv_bias:
+            n += (h + 2 * k) * hd
+        if a.o_bias:
+            n += d
+        n += {"none": 0, "l2_no_weight": 0, "per_head_rmsnorm": 2 * hd,
+              "full_width_rmsnorm": (h + k) * hd}[a.qk_norm]
+        if a.sinks:
+            n += h
+        return n
+
+    @cached_property
+    def routed_expert_params(self) -> int:
+        return self.ffn_params(self.moe.moe_intermediate_size, with_bias=self.moe.expert_bias)
+
+    @cached_property
+    def shared_experts_params(self) -> int:
+        m = self.moe
+        return m.num_shared_experts * self.ffn_params(m.shared_expert_intermediate_size or 0)
+
+    @cached_property
+    def router_params(self) -> int:
+        m, d = self.moe, self.hidden_size
+        n = d * m.num_experts
+        n += m.num_experts if m.router.router_bias else 0
+        n += m.num_experts if m.router.expert_score_bias else 0
+        n += d if m.shared_expert_gate else 0
+        return n
+
+    @cached_property
+    def norm_params_per_layer(self) -> int:
+        return self.norms_per_layer * NORM_PARAMS_PER_DIM[self.norm] * self.hidden_size
+
+    @cached_property
+    def final_norm_params(self) -> int:
+        return NORM_PARAMS_PER_DIM[self.norm] * self.hidden_size
+
+    @cached_property
+    def dense_mlp_params(self) -> int:
+        return self.ffn_params(self.layers.dense_intermediate_size or 0)
+
+    @property
+    def embedding_params(self) -> int:
+        return self.vocab_size * self.hidden_size
+
+    @property
+    def head_params(self) -> int:
+        return 0 if self.tie_word_embeddings else self.head_matmul_params
+
+    @cached_property
+    def vision_params(self) -> int:
+        """Llama 4 vision tower: ViT layers with biases, patch/class/position embeddings,
+        pre/post LayerNorms, pixel-shuffle MLP and the projector to the text width
+        (structure of transformers' Llama4VisionModel and Llama4MultiModalProjector)."""
+        v = self.vision_encoder
+        if v is None:
+            return 0
+        w, inner = v.hidden_size, v.intermediate_size
+        layer = 4 * (w * w + w) + (w * inner + inner) + (inner * w + w) + 2 * (2 * w)
+        patches = (v.image_size // v.patch_size) ** 2
+        embed = 3 * v.patch_size**2 * w + w + (patches + 1) * w
+        shuffled = int(w / v.pixel_shuffle_ratio**2)
+        adapter = shuffled * v.projector_input_dim + v.projector_input_dim * v.projector_output_dim
+        projector = v.vision_output_dim * self.hidden_size
+        return v.num_hidden_layers * layer + embed + 2 * (2 * w) + adapter + projector
+
+    def moe_block_params(self, *, active: bool) -> int:
+        experts = self.moe.num_experts_per_tok if active else self.moe.num_experts
+        return experts * self.routed_expert_params + self.shared_experts_params + self.router_params
+
+    def layer_params(self, index: int, *, active: bool = False) -> int:
+        body = self.moe_block_params(active=active) if index in self.moe_layer_indices \
+            else self.dense_mlp_params
+        return self.attention_params + body + self.norm_params_per_layer
+
+    @property
+    def head_matmul_params(self) -> int:
+        """Weights the LM head multiplies through, also when they are tied to the embedding."""
+        return self.vocab_size * self.hidden_size + (self.vocab_size if self.lm_head_bias else 0)
+
+    def _total(self, *, active: bool) -> int:
+        layers = sum(self.layer_params(i, active=active) for i in range(self.num_hidden_layers))
+        head = self.head_matmul_params if active else self.head_params
+        return layers + self.final_norm_params + head
+
+    @cached_property
+    def total_params(self) -> int:
+        """Every stored parameter of the main model (vision tower included, MTP excluded)."""
+        return self.embedding_params + self._total(active=False) + self.vision_params
+
+    @cached_property
+    def active_params(self) -> int:
+        """Parameters one text token passes through, LM head included, input embedding excluded."""
+        return self._total(active=True)
+
+    @property
+    def active_params_with_embedding(self) -> int:
+        """Active count with the input embedding too (a tied matrix is counted once)."""
+        return self.active_params + (0 if self.tie_word_embeddings else self.embedding_params)
+
+    # ---------------------------------------------------------------- KV cache
+    @cached_property
+    def kv_elements_per_token_per_layer(self) -> int:
+        """Cached scalars per token per layer: MLA latent + rope key, or K and V of every KV head."""
+        a = self.attention
+        if a.type == "mla":
+            return a.kv_lora_rank + a.qk_rope_head_dim
+        return 2 * a.num_key_value_heads * a.head_dim
+
+    @cached_property
+    def windowed_layer_indices(self) -> tuple[int, ...]:
+        if self.kv_window is None:
+            return ()
+        return layer_indices(self.kv_window.layers, self.num_hidden_layers, field="kv_window.layers")
+
+    def kv_bytes_per_token(self, bytes_per_element: float) -> float:
+        """KV bytes one token adds over all layers when no window caps it (the table figure)."""
+        return self.kv_elements_per_token_per_layer * self.kv_cache.layers_with_kv * bytes_per_element
+
+    def kv_tokens_held(self, context_len: int) -> tuple[int, ...]:
+        """Tokens of KV each layer holds for one sequence of `context_len` tokens."""
+        windowed = set(self.windowed_layer_indices)
+        cap = self.kv_window.tokens if self.kv_window else 0
+        return tuple(min(context_len, cap) if i in windowed else context_len
+                     for i in range(self.kv_cache.layers_with_kv))
+
+
+def models_dir() -> Path:
+    return data_root() / "workloads" / "models"
+
+
+@lru_cache(maxsize=64)
+def load_model(name_or_path: str) -> ModelSpec:
+    path = resolve("model", name_or_path, models_dir())
+    spec = load_record(ModelSpec, path)
+    if spec.kv_elements_per_token_per_layer != spec.kv_cache.elements_per_token_per_layer:
+        raise MoesimError(
+            f"kv_cache.elements_per_token_per_layer is {spec.kv_cache.elements_per_token_per_layer} but the "
+            f"attention fields give {spec.kv_elements_per_token_per_layer}", file=str(path),
+            field="kv_cache.elements_per_token_per_layer", fix="make them agree (see docs/models.md)")
+    return spec
+
+
+def model_names() -> list[str]:
+    return available(models_dir())
