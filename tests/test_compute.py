@@ -16,7 +16,8 @@ from moesim.costs.compute import (ComputeProfile, achieved_tflops, compute_dir, 
                             memory_bound_time, memory_efficiency, profile_names, tensor_peak_flops)
 from moesim.core.errors import MoesimError
 from moesim.specs.hardware import Sourced, gpu_names, load_gpu
-from moesim.validation.compute import Skip, predict_gemm, predict_grouped_gemm
+from moesim.validation.cases import Skip
+from moesim.validation.compute import predict_gemm, predict_grouped_gemm
 
 PROFILE_FILES = sorted(compute_dir().glob("*.yaml"))
 

@@ -11,7 +11,9 @@ import json
 import pytest
 
 from moesim.core.errors import MoesimError
-from moesim.specs.hf_import import SUPPORTED, convert, layer_rule, to_yaml
+from moesim.specs.hf_families import SUPPORTED
+from moesim.specs.hf_fields import layer_rule
+from moesim.specs.hf_import import convert, to_yaml
 from moesim.specs.model import ModelSpec, load_model
 
 DEEPSEEK_V3 = {

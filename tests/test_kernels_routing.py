@@ -1,4 +1,4 @@
-"""Routing kernels (moesim.kernels.routing) against their NumPy twins (moesim.kernels.reference).
+"""Routing kernels (moesim.kernels.routing, draws, loads) against their NumPy twins (reference).
 
 Statistical tests run at fixed seeds, so each either always passes or always fails. They use
 Pearson chi-square tests at significance level ALPHA = 1e-3 per test, split evenly
@@ -18,10 +18,13 @@ from statistics import NormalDist
 import numpy as np
 import pytest
 
-from moesim.kernels import reference, routing
+from moesim.kernels import draws, reference, routing
+from moesim.kernels import loads as load_kernels
 
 ALPHA = 1e-3
 IMPLS = {"numba": routing, "numpy": reference}
+COUNTS = {"numba": load_kernels, "numpy": reference}  # expert_counts / apply_capacity
+FLOORS = {"numba": draws, "numpy": reference}  # rng_floor
 
 
 def zipf(n: int, s: float = 1.0, seed: int = 0) -> np.ndarray:
@@ -153,7 +156,7 @@ def assert_valid(choices, case, n_tokens):
     if 0 < topk_group <= group.max():
         spans = 1 + (np.diff(np.sort(group[choices], axis=1), axis=1) != 0).sum(axis=1)
         assert spans.max() <= topk_group
-    loads = routing.expert_counts(choices, p.size)
+    loads = load_kernels.expert_counts(choices, p.size)
     assert loads.sum() == n_tokens * k
 
 
@@ -194,7 +197,7 @@ def test_marginals_are_exact():
         for impl in IMPLS.values():
             choices = sample(impl, case, 50_000, seed=8)
             assert_law(slot_loads(choices, p.size), np.tile(p, (k, 1)))
-            total = routing.expert_counts(choices, p.size)
+            total = load_kernels.expert_counts(choices, p.size)
             assert np.abs(total / (50_000 * k / p.size) - 1).max() < 0.1
 
 
@@ -238,7 +241,7 @@ def test_alias_table_is_exact():
         w = rng.random(n) * (rng.random(n) < 0.7)
         w[0] = max(w[0], 0.1)
         prob, alias = np.empty(n), np.empty(n, np.int64)
-        routing._alias_table(w, prob, alias)
+        draws.alias_table(w, prob, alias)
         implied = prob / n
         np.add.at(implied, alias, (1.0 - prob) / n)
         assert np.allclose(implied, w / w.sum(), atol=1e-12, rtol=0)
@@ -301,10 +304,10 @@ def test_score_topk_bias_raises_load(impl):
     for p, group, topk_group, k in (CASES["zipf"], CASES["node-limited"]):
         e = int(np.argmin(p))
         bias = np.zeros_like(p)
-        before = IMPLS[impl].expert_counts(
+        before = COUNTS[impl].expert_counts(
             IMPLS[impl].score_topk(log_of(p), bias, group, topk_group, 20_000, k, 2), p.size)
         bias[e] = 2.0
-        after = IMPLS[impl].expert_counts(
+        after = COUNTS[impl].expert_counts(
             IMPLS[impl].score_topk(log_of(p), bias, group, topk_group, 20_000, k, 2), p.size)
         assert after[e] > 2 * before[e] and after.sum() == before.sum()
 
@@ -321,7 +324,7 @@ def test_expert_counts_equals_twin():
     for n, k, n_experts in ((1, 1, 1), (500, 2, 8), (2000, 8, 256), (0, 4, 16)):
         for invalid in (False, True):
             c = random_choices(rng, n, k, n_experts, invalid)
-            got = routing.expert_counts(c, n_experts)
+            got = load_kernels.expert_counts(c, n_experts)
             assert got.dtype == np.int64
             assert np.array_equal(got, reference.expert_counts(c, n_experts))
 
@@ -332,7 +335,7 @@ def test_apply_capacity_equals_twin():
         for capacity in (0, 1, 7, n * k // n_experts, 10**9):
             for invalid in (False, True):
                 c = random_choices(rng, n, k, n_experts, invalid)
-                kept, dropped = routing.apply_capacity(c, n_experts, capacity)
+                kept, dropped = load_kernels.apply_capacity(c, n_experts, capacity)
                 twin_kept, twin_dropped = reference.apply_capacity(c, n_experts, capacity)
                 assert kept.dtype == np.bool_ and kept.shape == c.shape
                 assert np.array_equal(kept, twin_kept) and dropped == twin_dropped
@@ -344,14 +347,14 @@ def test_apply_capacity_equals_twin():
 def test_apply_capacity_by_hand():
     choices = np.array([[0, 1], [0, 2], [1, 0], [2, 1]], np.int32)
     expected = np.array([[True, True], [True, True], [True, False], [True, False]])
-    for impl in IMPLS.values():
+    for impl in COUNTS.values():
         kept, dropped = impl.apply_capacity(choices, 3, 2)
         assert np.array_equal(kept, expected) and dropped == 2
 
 
 def test_rng_floor():
     n, k = 100_000, 4
-    for impl in IMPLS.values():
+    for impl in FLOORS.values():
         total = impl.rng_floor(n, k, 1)
         assert total == impl.rng_floor(n, k, 1) != impl.rng_floor(n, k, 2)
         assert abs(total - n * k / 2) < 6 * math.sqrt(n * k / 12)

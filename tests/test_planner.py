@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from moesim.planning import planner
+from moesim.planning import planner, sweep
+from moesim.planning import space as search_space
 from moesim.core.errors import MoesimError
 from moesim.core.loader import data_root, parse_record
 from moesim.cluster.scenario import load_scenario
@@ -14,32 +15,32 @@ from moesim.cluster.scenario import load_scenario
 EXAMPLE = data_root() / "workloads" / "spaces" / "example-dsv3-decode.yaml"
 
 
-def space(**kw) -> planner.Space:
+def space(**kw) -> search_space.Space:
     base = dict(models=["deepseek-v3"], systems=["dgx-h100"], gpus=[16], parallel=[{"tp": 1, "ep": "gpus"}],
                 batch=[16], input_len=512, output_len=128, dtypes={"weights": "fp8", "kv_cache": "fp8"})
     base.update(kw)
-    return parse_record(planner.Space, base)
+    return parse_record(search_space.Space, base)
 
 
 def test_expansion_counts_and_order():
     sp = space(systems=["dgx-h100", "hgx-h200"], gpus=[16, 32], batch=[8, 16, 32], overlap=["none", "two_batch"])
-    points = planner.expand(sp)
+    points = search_space.expand(sp)
     assert len(points) == 2 * 2 * 3 * 2
     assert [p["id"] for p in points] == list(range(len(points)))
-    assert points == planner.expand(sp)  # deterministic
+    assert points == search_space.expand(sp)  # deterministic
     assert points[0]["overrides"]["parallel.ep"] == 16 and points[-1]["overrides"]["parallel.ep"] == 32
     per_system = space(systems=[{"name": "dgx-h100", "gpus": [16, 32]}, {"name": "gb200-nvl72", "gpus": [72]}], gpus=[])
-    assert [p["overrides"]["gpus"] for p in planner.expand(per_system)] == [16, 32, 72]
+    assert [p["overrides"]["gpus"] for p in search_space.expand(per_system)] == [16, 32, 72]
 
 
 def test_example_space_loads_and_is_small():
-    sp = planner.load_space(EXAMPLE)
-    assert len(planner.expand(sp)) <= 8
+    sp = search_space.load_space(EXAMPLE)
+    assert len(search_space.expand(sp)) <= 8
 
 
 def test_all_enumeration_yields_only_valid_splits():
     sp = space(models=["mixtral-8x7b"], gpus=[8], parallel="all", dtypes={"weights": "bf16", "kv_cache": "bf16"})
-    points = planner.expand(sp)
+    points = search_space.expand(sp)
     splits = {(p["overrides"]["parallel.tp"], p["overrides"]["parallel.ep"]) for p in points}
     assert (1, 8) in splits and (8, 1) in splits and len(splits) == len(points)
     for p in points:
@@ -48,16 +49,16 @@ def test_all_enumeration_yields_only_valid_splits():
         assert o["parallel.dp"] * o["parallel.tp"] == o["gpus"]
         load_scenario(None, o)  # raises if the split is invalid
     # DeepSeek-V3 on 72 GPUs: 256 experts allow no EP beyond 8 that also divides 72
-    eps = {p["overrides"]["parallel.ep"] for p in planner.expand(space(gpus=[72], parallel="all", batch=[1]))}
+    eps = {p["overrides"]["parallel.ep"] for p in search_space.expand(space(gpus=[72], parallel="all", batch=[1]))}
     assert eps and max(eps) == 8
 
 
 def test_empty_space_names_the_field():
     with pytest.raises(MoesimError) as err:
-        planner.expand(space(batch=[]))
+        search_space.expand(space(batch=[]))
     assert err.value.field == "batch"
     with pytest.raises(MoesimError) as err:
-        planner.expand(space(systems=["dgx-h100"], gpus=[]))
+        search_space.expand(space(systems=["dgx-h100"], gpus=[]))
     assert err.value.field == "gpus"
 
 
@@ -70,8 +71,8 @@ def test_unknown_space_field_is_rejected():
 def test_prune_removes_unfit_and_invalid_with_reasons():
     sp = space(gpus=[8, 16], parallel=[{"tp": 1, "ep": 8}], dtypes={"weights": "bf16", "kv_cache": "bf16"},
                redundant_experts=[0, 3])
-    points = planner.expand(sp)
-    kept, pruned, reasons = planner.prune(points)
+    points = search_space.expand(sp)
+    kept, pruned, reasons = sweep.prune(points)
     assert pruned == len(reasons) == len(points) - len(kept)
     by_id = {r["id"]: r["reason"] for r in reasons}
     # bf16 DeepSeek-V3 on 8 H100s does not fit
@@ -103,14 +104,14 @@ def _result(i, system, gpus, tps, tpot):
                        "metrics": {"tokens_per_s_per_gpu": tps, "tpot_ms": tpot, "step_time_s": tpot / 1e3}}}
 
 
-COSTS = planner.CostTable(systems={"a": {"price_per_gpu_hour": 3.6, "source": "test"},
-                                   "b": {"price_per_gpu_hour": 7.2, "source": "test", "placeholder": True}})
+COSTS = search_space.CostTable(systems={"a": {"price_per_gpu_hour": 3.6, "source": "test"},
+                                        "b": {"price_per_gpu_hour": 7.2, "source": "test", "placeholder": True}})
 
 
 def test_summary_best_runners_up_cost_and_fronts():
     results = [_result(0, "a", 16, 1000, 20), _result(1, "b", 8, 1500, 30), _result(2, "a", 32, 800, 10),
                _result(3, "a", 16, 2000, 80)]
-    slo = planner.SLO(tpot_ms_max=50)
+    slo = search_space.SLO(tpot_ms_max=50)
     out = planner.summarize(results, slo, "max_tokens_per_s_per_gpu", COSTS)
     assert out["feasible"] == [0, 1, 2]
     assert out["best"]["id"] == 1
@@ -129,7 +130,7 @@ def test_summary_best_runners_up_cost_and_fronts():
 
 def test_no_feasible_point_names_binding_constraint():
     results = [_result(0, "a", 16, 1000, 60), _result(1, "a", 16, 500, 40), _result(2, "a", 16, 800, 55)]
-    slo = planner.SLO(tpot_ms_max=30, min_tokens_per_s_per_gpu=900)
+    slo = search_space.SLO(tpot_ms_max=30, min_tokens_per_s_per_gpu=900)
     out = planner.summarize(results, slo, "max_tokens_per_s_per_gpu", COSTS)
     assert out["best"] is None and out["feasible"] == []
     bind = out["binding_constraint"]
@@ -140,43 +141,43 @@ def test_no_feasible_point_names_binding_constraint():
 
 def _counting(monkeypatch):
     calls = []
-    real = planner.simulate
+    real = sweep.simulate
 
     def counted(sc, **kw):
         calls.append(sc.input.workload.batch)
         return real(sc, **kw)
-    monkeypatch.setattr(planner, "simulate", counted)
+    monkeypatch.setattr(sweep, "simulate", counted)
     return calls
 
 
 def test_cache_skips_finished_points_and_resumes(tmp_path, monkeypatch):
     calls = _counting(monkeypatch)
-    kept, _, _ = planner.prune(planner.expand(space(batch=[4, 8, 16])))
-    first = planner.run(kept, cache_dir=tmp_path)
+    kept, _, _ = sweep.prune(search_space.expand(space(batch=[4, 8, 16])))
+    first = sweep.run(kept, cache_dir=tmp_path)
     assert len(calls) == 3 and not any(r["cached"] for r in first)
     files = sorted(tmp_path.glob("*.json"))
     assert len(files) == 3
-    second = planner.run(kept, cache_dir=tmp_path)
+    second = sweep.run(kept, cache_dir=tmp_path)
     assert len(calls) == 3 and all(r["cached"] for r in second)
     assert [r["result"]["metrics"] for r in second] == [r["result"]["metrics"] for r in first]
     (tmp_path / f"{kept[1]['key']}.json").unlink()
-    third = planner.run(kept, cache_dir=tmp_path)
+    third = sweep.run(kept, cache_dir=tmp_path)
     assert calls == [4, 8, 16, 8]
     assert [r["cached"] for r in third] == [True, False, True]
     assert not list(tmp_path.glob(".*.tmp"))
 
 
 def test_workers_give_same_results():
-    kept, _, _ = planner.prune(planner.expand(space(batch=[4, 8, 16])))
-    one = planner.run(kept, workers=1)
-    two = planner.run(kept, workers=2)
+    kept, _, _ = sweep.prune(search_space.expand(space(batch=[4, 8, 16])))
+    one = sweep.run(kept, workers=1)
+    two = sweep.run(kept, workers=2)
     assert [r["id"] for r in two] == [r["id"] for r in one]
     assert [r["result"]["metrics"] for r in two] == [r["result"]["metrics"] for r in one]
     assert [r["result"]["breakdown"] for r in two] == [r["result"]["breakdown"] for r in one]
 
 
 def test_example_plan_end_to_end(tmp_path):
-    sp = planner.load_space(EXAMPLE)
+    sp = search_space.load_space(EXAMPLE)
     out = planner.plan(sp, cache_dir=tmp_path)
     assert out["expanded"] == 8 and out["pruned"] == 3 and out["pruned"] + len(out["points"]) == 8
     assert out["best"] is not None and out["best"]["feasible"]
@@ -211,7 +212,7 @@ def test_bench_planner_json_contract():
 
 
 def test_splits_the_engine_cannot_simulate_are_pruned_with_a_reason():
-    from moesim.planning.planner import prune
+    from moesim.planning.sweep import prune
     point = {"id": 0, "overrides": {"model": "qwen3-30b-a3b", "system": "dgx-h100", "gpus": 8,
                                     "parallel.tp": 4, "parallel.ep": 2, "dtypes.weights": "bf16",
                                     "workload": {"kind": "serving", "phase": "decode", "batch": 8,
@@ -226,7 +227,8 @@ SPACE = Path(__file__).resolve().parents[1] / "workloads" / "spaces" / "example-
 
 def test_dask_local_cluster_gives_the_local_results(tmp_path):
     distributed = pytest.importorskip("distributed")
-    from moesim.planning.planner import load_space, plan
+    from moesim.planning.planner import plan
+    from moesim.planning.space import load_space
     space = load_space(SPACE)
     local = plan(space, workers=1)
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
@@ -264,7 +266,8 @@ def test_a_killed_sweep_resumes_without_losing_finished_points(tmp_path):
     for entry in finished.values():  # atomic writes: every cache file that exists is complete JSON
         import json as _json
         _json.loads(entry)
-    from moesim.planning.planner import load_space, plan
+    from moesim.planning.planner import plan
+    from moesim.planning.space import load_space
     result = plan(load_space(SPACE), cache_dir=cache)
     assert result["from_cache"] >= len(finished)
     assert result["simulated"] + result["from_cache"] == result["expanded"] - result["pruned"]
@@ -274,7 +277,8 @@ def test_a_killed_sweep_resumes_without_losing_finished_points(tmp_path):
 
 def test_plan_set_changes_every_point_and_stays_resumable(tmp_path):
     from moesim.core.errors import MoesimError
-    from moesim.planning.planner import load_space, plan
+    from moesim.planning.planner import plan
+    from moesim.planning.space import load_space
     space = load_space(SPACE)
     cache = tmp_path / "cache"
     first = plan(space, cache_dir=cache, sets=["system.nic_Gbps=800", "skew=zipf:1.2"])

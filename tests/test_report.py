@@ -15,10 +15,12 @@ from click.testing import CliRunner
 from moesim.present import report
 from moesim.cli import main
 from moesim.core.errors import MoesimError
-from moesim.planning.planner import load_space, plan
+from moesim.planning.planner import plan
+from moesim.planning.space import load_space
 from moesim.cluster.scenario import load_scenario
 from moesim.sim.simulate import simulate
-from moesim.validation.run import load_cases, validate
+from moesim.validation.cases import load_cases
+from moesim.validation.run import validate
 
 pypdf = pytest.importorskip("pypdf")
 

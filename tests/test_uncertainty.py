@@ -67,7 +67,8 @@ def test_a_system_file_can_name_its_calibration(tmp_path):
     text = (Path(__file__).resolve().parents[1] / "topologies" / "systems" / "dgx-h100.yaml").read_text()
     system.write_text(text.replace("id: dgx-h100", "id: dgx-h100\ncalibration: synthetic-dgx-h100"))
     from moesim.cluster.scenario import load_scenario
-    from moesim.sim.simulate import calibration_name, simulate
+    from moesim.sim.provenance import calibration_name
+    from moesim.sim.simulate import simulate
     sc = load_scenario(None, {"system": str(system), "gpus": 8, "parallel.ep": 8, "workload.batch": 8})
     assert calibration_name(sc) == "synthetic-dgx-h100"
     result = simulate(sc)

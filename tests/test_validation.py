@@ -8,7 +8,8 @@ from click.testing import CliRunner
 
 from moesim.cli import main
 from moesim.core.errors import MoesimError
-from moesim.validation.run import load_cases, validate
+from moesim.validation.cases import load_cases
+from moesim.validation.run import validate
 
 OPEN_CASES = Path(__file__).resolve().parents[1] / "validation" / "cases.yaml"
 
@@ -111,7 +112,7 @@ def test_host_link_from_the_measured_h100_calibration(tmp_path):
     measured = Path(__file__).resolve().parents[1] / "topologies" / "calibration" / "h100-sxm.yaml"
     spec = validate(load_cases(path))["cases"][0]["predicted"]
     calibrated = validate(load_cases(path), profile=str(measured))["cases"][0]["predicted"]
-    from moesim.calibration.fit import load_calibration
+    from moesim.calibration.profile import load_calibration
     fitted = load_calibration(measured).links["host_to_device"].bandwidth_GBps.value
     assert spec == pytest.approx(64.0) and calibrated == pytest.approx(fitted) and 45 < fitted < 60
 

@@ -13,7 +13,8 @@ import yaml
 from moesim.costs.memory import memory_ledger
 from moesim.cluster.scenario import framework_table, load_scenario
 from moesim.core.units import GiB
-from moesim.validation.memory import (Skip, case_overrides, predict_memory, vllm_profile_workload,
+from moesim.validation.cases import Skip
+from moesim.validation.memory import (case_overrides, predict_memory, vllm_profile_workload,
                                       vllm_version, weight_dtype_overrides)
 
 CASES = Path(__file__).resolve().parents[1] / "validation" / "cases.yaml"

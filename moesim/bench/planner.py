@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import time
 
-from moesim.planning.planner import Space, expand, prune, run
+from moesim.planning.space import Space, expand
+from moesim.planning.sweep import prune, run
 from moesim.core.timing import best_seconds
 
 SWEEP = {"name": "bench-decode-sweep", "models": ["qwen3-30b-a3b", "mixtral-8x7b"],

@@ -11,6 +11,7 @@ import numpy as np
 
 from moesim.core.timing import best_seconds
 
+from moesim.kernels import draws
 from moesim.kernels import reference
 from moesim.kernels import routing
 
@@ -37,13 +38,13 @@ def routing_benchmark(n_tokens: int = 1_000_000, repeats: int = 3) -> dict:
         group = (np.arange(n_experts) // (n_experts // n_groups)).astype(np.int32)
         twin_tokens = min(n_tokens, NUMPY_TOKENS)
         routing.sample_topk(popularity, group, topk_group, 16, k, _SEED)  # compile (or load)
-        routing.rng_floor(16, k, _SEED)
+        draws.rng_floor(16, k, _SEED)
         kernel_s = best_seconds(
             lambda: routing.sample_topk(popularity, group, topk_group, n_tokens, k, _SEED), repeats)
         twin_s = best_seconds(
             lambda: reference.sample_topk(popularity, group, topk_group, twin_tokens, k, _SEED),
             repeats)
-        floor_s = best_seconds(lambda: routing.rng_floor(n_tokens, k, _SEED), repeats)
+        floor_s = best_seconds(lambda: draws.rng_floor(n_tokens, k, _SEED), repeats)
         tokens_per_s = n_tokens / kernel_s
         numpy_tokens_per_s = twin_tokens / twin_s
         floor_tokens_per_s = n_tokens / floor_s

@@ -56,7 +56,7 @@ def write_residuals(path: str, result: dict, *, cases_file: str, profile: Option
                            "command": "moesim validate --cases CASES --write-residuals FILE"},
             "residuals": residual_summary(result)}
     return write_atomic(path, "# Residuals of moesim's predictions on measured cases, per `what`; what\n"
-                              "# `moesim simulate` error bars rest on (moesim/uncertainty.py).\n"
+                              "# `moesim simulate` error bars rest on (moesim/calibration/uncertainty.py).\n"
                         + yaml.safe_dump(data, sort_keys=False))
 
 

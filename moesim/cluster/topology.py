@@ -1,7 +1,8 @@
 """The cluster as a networkx graph, deterministic GPU-to-GPU paths, and a flat link table.
 
-This is the only module that imports networkx; everything downstream sees `LinkTable` arrays and
-CSR paths of link indices.
+This is the only module that imports networkx; everything downstream sees `LinkTable` arrays
+(moesim.cluster.links) and CSR paths of link indices. The profile, fabric and custom-topology
+files it builds from are read by moesim.cluster.topology_files.
 
 Graph conventions (one `networkx.DiGraph`)
 ------------------------------------------
@@ -60,111 +61,22 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal, Optional
 
 import networkx as nx
 import numpy as np
-from pydantic import Field, field_validator
 
 from moesim.core import units
 from moesim.core.errors import MoesimError
-from moesim.specs.hardware import Required, RequiredPositive, Sourced, System
-from moesim.core.loader import Record, data_root, line_of, load_record, parse_record, read_yaml, resolve
+from moesim.specs.hardware import System
+from moesim.core.loader import line_of, parse_record, read_yaml
+from moesim.cluster.links import LinkTable, path_links
+from moesim.cluster.topology_files import CustomTopology, HopLatencies, load_fabric, load_profile
 
 NODE_KINDS = ("gpu", "nvswitch", "nic", "leaf", "spine", "host")
 LINK_KINDS = ("nvlink", "pcie", "ib", "roce", "c2c")
 EDGE_ATTRS = ("capacity_Bps", "latency_s", "kind")
 DEFAULT_FABRIC = "rail-optimized"
-
-
-# ----------------------------------------------------------------------------- data files
-
-class NonNegative(Sourced[float]):
-    @field_validator("value")
-    @classmethod
-    def _non_negative(cls, v: Optional[float]) -> float:
-        if v is None or v < 0:
-            raise ValueError("must be a number >= 0; give the measured or derived value with its source")
-        return v
-
-
-class PositiveInt(Sourced[int]):
-    @field_validator("value")
-    @classmethod
-    def _positive(cls, v: Optional[int]) -> int:
-        if v is None or v < 1:
-            raise ValueError("must be a whole number >= 1; give the value with its source")
-        return v
-
-
-class HopLatencies(Record):
-    """One-way latency per hop, microseconds, by the kind of link the hop crosses."""
-
-    nvlink: NonNegative
-    pcie: NonNegative
-    host: NonNegative
-    ib_leaf: NonNegative
-    ib_spine: NonNegative
-    roce_leaf: NonNegative
-    roce_spine: NonNegative
-
-
-class MeasuredLatencies(Record):
-    """End-to-end latencies a profile was derived from (kept to check the split against)."""
-
-    nvlink: Optional[NonNegative] = None
-    ib_same_leaf: Optional[NonNegative] = None
-    ib_cross_leaf: Optional[NonNegative] = None
-    roce_same_leaf: Optional[NonNegative] = None
-    roce_cross_leaf: Optional[NonNegative] = None
-
-
-class HardwareProfile(Record):
-    """Per-system link facts the system file does not hold: hop latencies, the GPU-NIC link."""
-
-    id: str
-    gpu_nic_GBps: RequiredPositive
-    host_link_kind: Required[Literal["pcie", "c2c"]]
-    hop_latency_us: HopLatencies
-    measured_64B_us: Optional[MeasuredLatencies] = None
-
-
-class FabricSpec(Record):
-    """Port counts of the scale-out switches."""
-
-    id: str
-    name: str
-    description: Optional[str] = None
-    switch_ports: PositiveInt
-    leaf_down_ports: PositiveInt
-
-
-def profiles_dir() -> Path:
-    return data_root() / "topologies" / "profiles"
-
-
-def fabrics_dir() -> Path:
-    return data_root() / "topologies" / "fabrics"
-
-
-@lru_cache(maxsize=64)
-def load_profile(name_or_path: str) -> HardwareProfile:
-    """The hardware profile of a system, by system id (`dgx-h100`) or YAML path."""
-    return load_record(HardwareProfile, resolve("profile", name_or_path, profiles_dir()))
-
-
-@lru_cache(maxsize=16)
-def load_fabric(name_or_path: str) -> FabricSpec:
-    path = resolve("fabric", name_or_path, fabrics_dir())
-    spec = load_record(FabricSpec, path)
-    if spec.leaf_down_ports.value >= spec.switch_ports.value:
-        raise MoesimError(f"leaf_down_ports {spec.leaf_down_ports.value} leaves no uplink port on a "
-                          f"{spec.switch_ports.value}-port switch", file=str(path), field="leaf_down_ports",
-                          fix="use fewer down ports than switch_ports (half is non-blocking)")
-    return spec
 
 
 # ----------------------------------------------------------------------------- graph building
@@ -288,29 +200,6 @@ def _leaf_id(rail: int, pod: int, n_pods: int) -> str:
 
 # ----------------------------------------------------------------------------- custom topologies
 
-class CustomNode(Record):
-    id: Annotated[str, Field(min_length=1)]
-    kind: Literal["gpu", "nvswitch", "nic", "leaf", "spine", "host"]
-
-
-class CustomLink(Record):
-    a: str
-    b: str
-    capacity_GBps: Annotated[float, Field(gt=0)]
-    latency_us: Annotated[float, Field(ge=0)]
-    kind: Literal["nvlink", "pcie", "ib", "roce", "c2c"]
-    bidirectional: bool = True
-
-
-class CustomTopology(Record):
-    """A hand-written graph: GPUs are numbered in the order they are listed."""
-
-    name: Optional[str] = None
-    description: Optional[str] = None
-    nodes: list[CustomNode]
-    links: list[CustomLink]
-
-
 def load_custom_topology(path: str | Path) -> nx.DiGraph:
     """Read a topology YAML (`nodes:` with id/kind, `links:` with a, b, capacity_GBps per
     direction, latency_us, kind, bidirectional=true) into a graph that follows the conventions
@@ -396,24 +285,6 @@ def check_connected(graph: nx.DiGraph, file: str | None = None) -> None:
                               fix=f"add a link (or a bidirectional one) on a path from {gpu} to {root}")
 
 
-@dataclass(frozen=True)
-class LinkTable:
-    """Flat per-link arrays for the network solver, edges in natural sorted order.
-
-    capacity_Bps: float64[L] bytes/s; latency_s: float64[L]; kind: list[str] of L;
-    edges: list of L (u, v); index: (u, v) -> link number.
-    """
-
-    capacity_Bps: np.ndarray
-    latency_s: np.ndarray
-    kind: list
-    edges: list
-    index: dict
-
-    def __len__(self) -> int:
-        return len(self.edges)
-
-
 def link_table(graph: nx.DiGraph) -> LinkTable:
     """Number the edges of `graph`; raise on a missing or invalid attribute."""
     edges = sorted(graph.edges, key=_edge_key)
@@ -453,14 +324,6 @@ def _check_gpu(gpu: int, count: int, field: str) -> int:
     return int(gpu)
 
 
-def _path_links(table: LinkTable, path: list[str]) -> np.ndarray:
-    try:
-        return np.array([table.index[(u, v)] for u, v in zip(path, path[1:])], dtype=np.int32)
-    except KeyError as exc:
-        raise MoesimError(f"link {exc.args[0][0]} -> {exc.args[0][1]} is not in the link table",
-                          field="table", fix="build the table with link_table(graph) of this graph") from None
-
-
 def route(graph: nx.DiGraph, table: LinkTable, src_gpu: int, dst_gpu: int) -> np.ndarray:
     """Link indices (int32[hops]) of the path from GPU `src_gpu` to GPU `dst_gpu`.
 
@@ -474,9 +337,9 @@ def route(graph: nx.DiGraph, table: LinkTable, src_gpu: int, dst_gpu: int) -> np
         return np.empty(0, dtype=np.int32)
     src, dst = gpus[s], gpus[d]
     if graph.graph.get("structure") != "cluster":
-        return _path_links(table, nx.shortest_path(graph, src, dst, weight="latency_s"))
+        return path_links(table, nx.shortest_path(graph, src, dst, weight="latency_s"))
     if graph.nodes[src]["domain"] == graph.nodes[dst]["domain"]:
-        return _path_links(table, [src, _successor(graph, src, "nvswitch")[0], dst])
+        return path_links(table, [src, _successor(graph, src, "nvswitch")[0], dst])
     i = (s + d) % graph.graph["nics_per_gpu"]
     nic_s, nic_d = _successor(graph, src, "nic")[i], _successor(graph, dst, "nic")[i]
     leaf_s, leaf_d = _successor(graph, nic_s, "leaf")[0], _successor(graph, nic_d, "leaf")[0]
@@ -484,7 +347,7 @@ def route(graph: nx.DiGraph, table: LinkTable, src_gpu: int, dst_gpu: int) -> np
     if leaf_s != leaf_d:
         spines = _successor(graph, leaf_s, "spine")
         middle += [spines[(s + d) % len(spines)], leaf_d]
-    return _path_links(table, [src, nic_s, *middle, nic_d, dst])
+    return path_links(table, [src, nic_s, *middle, nic_d, dst])
 
 
 def _structure_arrays(graph: nx.DiGraph, table: LinkTable) -> dict:
@@ -574,8 +437,3 @@ def routes(graph: nx.DiGraph, table: LinkTable, pairs) -> tuple[np.ndarray, np.n
     ptr = np.zeros(P + 1, np.int64)
     np.cumsum(valid.sum(axis=1), out=ptr[1:])
     return ptr, hops[valid]
-
-
-def path_latency(table: LinkTable, links) -> float:
-    """Sum of per-hop latencies along a path of link indices, seconds."""
-    return float(table.latency_s[np.asarray(links, dtype=np.int64)].sum())

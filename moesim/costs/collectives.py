@@ -27,7 +27,8 @@ from moesim.core.errors import MoesimError
 from moesim.specs.hardware import Sourced, System
 from moesim.core.loader import Record, data_root, load_record
 from moesim.costs.network import solve_rates
-from moesim.cluster.topology import LinkTable, build_cluster, link_table, path_latency, routes
+from moesim.cluster.links import LinkTable, path_latency
+from moesim.cluster.topology import build_cluster, link_table, routes
 
 BUSBW_FACTOR = {
     "all_reduce": lambda n: 2 * (n - 1) / n,

@@ -22,6 +22,7 @@ import numpy as np
 from moesim.core import rng as seeds
 from moesim.core.errors import MoesimError
 from moesim.kernels import routing as kernels
+from moesim.kernels.loads import apply_capacity, expert_counts
 from moesim.core.loader import Record
 from moesim.specs.model import ModelSpec
 
@@ -193,10 +194,10 @@ def sample_routing(model: ModelSpec, skew: Skew, tokens: int, *, seed: int, laye
         capacity = int(np.ceil(capacity_factor * len(choices[0]) * k / n_experts))
         kept = []
         for i, c in enumerate(choices):
-            mask, n_dropped = kernels.apply_capacity(c, n_experts, capacity)
+            mask, n_dropped = apply_capacity(c, n_experts, capacity)
             kept.append(mask)
             dropped[i] = int(n_dropped)
-    load = np.vstack([kernels.expert_counts(c, n_experts) for c in choices]).astype(np.int64)
+    load = np.vstack([expert_counts(c, n_experts) for c in choices]).astype(np.int64)
     if kept is not None:
         load = np.vstack([np.bincount(c[m], minlength=n_experts) for c, m in zip(choices, kept)]).astype(np.int64)
     return RoutingSample(layers=layers, choices=choices, kept=kept, expert_load=load, dropped=dropped,
@@ -221,7 +222,7 @@ def balance_over_batches(model: ModelSpec, skew: Skew, tokens: int, batches: int
         pop = batch_popularity(base, skew, seed, b)[layer]
         batch_seed = int(seeds.stream(seed, "balance", b, layer).integers(0, 2**62))
         choices = kernels.score_topk(np.log(np.maximum(pop, 1e-300)), bias, groups, limit, tokens, k, batch_seed)
-        load = kernels.expert_counts(choices, n_experts).astype(np.float64)
+        load = expert_counts(choices, n_experts).astype(np.float64)
         out[b] = load.max() / load.mean()
         bias = bias + bias_speed * np.sign(load.mean() - load)
     return out

@@ -4,6 +4,10 @@ Every kernel is compiled lazily on first call and cached on disk (`cache=True`),
 moesim never compiles anything. Kernels take arrays and scalars only; randomness enters as an
 explicit integer seed drawn from the scenario's seed tree (moesim.core.rng), and no kernel uses
 `parallel=True`, so results never depend on thread scheduling.
+
+Numba's disk cache checks only the file of the kernel it compiled: after editing a module of
+kernels that others call (`draws`, `loads`), delete the cache (`find moesim -name '*.nb[ic]'
+-delete`) or a caller in another file may run its old compiled copy.
 """
 from __future__ import annotations
 

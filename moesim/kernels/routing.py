@@ -1,4 +1,4 @@
-"""MoE routing kernels: the k experts each token picks, per-expert loads, and capacity drops.
+"""MoE routing kernels: the k experts each token picks (loads and capacity: moesim.kernels.loads).
 
 Two ways to pick experts, both optionally group-limited (DeepSeek `n_group`/`topk_group`
 routing, or node-limited routing with group = node):
@@ -21,9 +21,8 @@ routing, or node-limited routing with group = node):
 
 Randomness: every sampling kernel seeds numba's thread-local Mersenne Twister with
 `np.random.seed(seed & 0xFFFFFFFF)` on entry (MT19937 takes a 32-bit seed), so its output depends
-on the arguments only. Uniforms come from one 32-bit draw each (`_uniform`): numba's
-`np.random.random()` costs ~7.5 ns against ~1.6 ns for `np.random.randint(0, 2**32)` (measured
-on the dev machine, numba 0.6x); 32 bits move any expert's probability by at most E * 2**-32.
+on the arguments only. Uniforms (one 32-bit draw each), the alias tables and the exact fallback
+draws come from moesim.kernels.draws.
 
 Output rows list the experts in draw order (`sample_topk`) or by decreasing key
 (`score_topk`). Inputs are validated by the caller (moesim.costs.routing): k <= E, and k at most the
@@ -36,91 +35,12 @@ from __future__ import annotations
 import numpy as np
 
 from moesim.kernels import kernel
+from moesim.kernels.draws import (INV_2_32, alias_draw, alias_table, exact_draw, exact_draw_groups,
+                                  packed_alias, packed_draw, uniform)
 
-_INV_2_32 = 2.0**-32
 _MAX_REJECTIONS = 64
 _MAX_SET_GROUPS = 16
 _MAX_SET_ENTRIES = 1 << 18
-_THRESHOLD_MAX = (1 << 31) - 1
-
-
-@kernel
-def _uniform():
-    """A uniform float in [0, 1) with 32-bit resolution from numba's np.random state."""
-    return np.random.randint(0, 4294967296) * _INV_2_32
-
-
-@kernel
-def _alias_table(weights, prob, alias):
-    """Vose's alias table for `weights` [n] >= 0, written into prob [n] and alias [n].
-
-    Draw: x = u * n, i = int(x); pick i if x - i < prob[i] else alias[i]. An all-zero segment
-    gets prob = 1 (never drawn by the callers, which skip zero-mass groups).
-    """
-    n = weights.shape[0]
-    total = 0.0
-    best = 0
-    for i in range(n):
-        total += weights[i]
-        if weights[i] > weights[best]:
-            best = i
-    if n == 0:
-        return
-    if total <= 0.0:
-        for i in range(n):
-            prob[i] = 1.0
-            alias[i] = i
-        return
-    scaled = np.empty(n, np.float64)
-    small = np.empty(n, np.int64)
-    large = np.empty(n, np.int64)
-    n_small = 0
-    n_large = 0
-    for i in range(n):
-        scaled[i] = weights[i] * n / total
-        if scaled[i] < 1.0:
-            small[n_small] = i
-            n_small += 1
-        else:
-            large[n_large] = i
-            n_large += 1
-    while n_small > 0 and n_large > 0:
-        n_small -= 1
-        s = small[n_small]
-        n_large -= 1
-        g = large[n_large]
-        prob[s] = scaled[s]
-        alias[s] = g
-        scaled[g] = (scaled[g] + scaled[s]) - 1.0
-        if scaled[g] < 1.0:
-            small[n_small] = g
-            n_small += 1
-        else:
-            large[n_large] = g
-            n_large += 1
-    for j in range(n_large):
-        prob[large[j]] = 1.0
-        alias[large[j]] = large[j]
-    for j in range(n_small):  # left over by rounding only; a zero weight must stay undrawable
-        s = small[j]
-        if weights[s] > 0.0:
-            prob[s] = 1.0
-            alias[s] = s
-        else:
-            prob[s] = 0.0
-            alias[s] = best
-
-
-@kernel
-def _alias_draw(u, prob, alias, start, n):
-    """Local index in [0, n) drawn with the alias segment prob/alias[start:start + n] and u."""
-    x = u * n
-    col = int(x)
-    if col >= n:
-        col = n - 1
-    if x - col < prob[start + col]:
-        return col
-    return alias[start + col]
 
 
 @kernel
@@ -166,59 +86,6 @@ def _group_sets(group_mass, n_pick):
 
 
 @kernel
-def _packed_alias(weights, ids, table):
-    """Alias table over weights [n] written as int64 words into table [n] for `_packed_draw`.
-
-    word = threshold << 32 | ids[column] << 16 | ids[alias], threshold = floor(prob * 2**31):
-    one load per draw and integer arithmetic only (ids < 2**16).
-    """
-    n = weights.shape[0]
-    prob = np.empty(n, np.float64)
-    alias = np.empty(n, np.int64)
-    _alias_table(weights, prob, alias)
-    for j in range(n):
-        if prob[j] >= 1.0:
-            table[j] = (_THRESHOLD_MAX << 32) | (ids[j] << 16) | ids[j]
-        else:
-            threshold = min(int(prob[j] * 2147483648.0), _THRESHOLD_MAX)
-            table[j] = (threshold << 32) | (ids[j] << 16) | ids[alias[j]]
-
-
-@kernel
-def _packed_draw(table, start, n):
-    """An id drawn from the packed alias segment table[start:start + n], one 32-bit draw."""
-    r = np.random.randint(0, 4294967296) * n
-    word = table[start + (r >> 32)]
-    if ((r & 0xFFFFFFFF) >> 1) < (word >> 32):
-        return (word >> 16) & 0xFFFF
-    return word & 0xFFFF
-
-
-@kernel
-def _exact_draw(ids, weights, stamp, t):
-    """Exact draw ∝ weights [n] among ids [n] not yet chosen by token t (stamp[id] == t).
-
-    The fallback after _MAX_REJECTIONS rejections; -1 when no weight is left.
-    """
-    rest = 0.0
-    for j in range(ids.shape[0]):
-        if stamp[ids[j]] != t:
-            rest += weights[j]
-    if rest <= 0.0:
-        return -1
-    x = _uniform() * rest
-    acc = 0.0
-    pick = -1
-    for j in range(ids.shape[0]):
-        if stamp[ids[j]] != t and weights[j] > 0.0:
-            pick = ids[j]
-            acc += weights[j]
-            if x < acc:
-                break
-    return pick
-
-
-@kernel
 def _sample_with_sets(popularity, group_of, in_set, set_probability, n_tokens, k, seed):
     """Fast path: one alias draw picks a token's group set, then one per expert (+ rejection).
 
@@ -246,27 +113,27 @@ def _sample_with_sets(popularity, group_of, in_set, set_probability, n_tokens, k
                 ids[j] = e
                 weight[j] = popularity[e]
                 j += 1
-        _packed_alias(weight[a:b], ids[a:b], table[a:b])
+        packed_alias(weight[a:b], ids[a:b], table[a:b])
     set_table = np.empty(n_sets, np.int64)
-    _packed_alias(set_probability, np.arange(n_sets), set_table)
+    packed_alias(set_probability, np.arange(n_sets), set_table)
 
     out = np.empty((n_tokens, k), np.int32)
     stamp = np.full(n_exp, -1, np.int64)
     everyone = np.arange(n_exp)
     np.random.seed(seed & 0xFFFFFFFF)
     for t in range(n_tokens):
-        s = _packed_draw(set_table, 0, n_sets) if n_sets > 1 else 0
+        s = packed_draw(set_table, 0, n_sets) if n_sets > 1 else 0
         a = set_start[s]
         n = set_start[s + 1] - a
         slot = 0
         tries = 0
         while slot < k:
-            e = _packed_draw(table, a, n)
+            e = packed_draw(table, a, n)
             if stamp[e] == t:
                 tries += 1
                 if tries < _MAX_REJECTIONS:
                     continue
-                e = _exact_draw(ids[a:a + n], weight[a:a + n], stamp, t)
+                e = exact_draw(ids[a:a + n], weight[a:a + n], stamp, t)
                 if e < 0:  # infeasible request: complete the row with the lowest unchosen
                     e = _lowest_unchosen(stamp, t, ids[a:a + n])
                 if e < 0:
@@ -304,10 +171,10 @@ def _sample_sequential(popularity, group_of, offset, members, group_mass, n_pick
     alias = np.empty(n_exp, np.int64)
     for g in range(n_grp):
         a, b = offset[g], offset[g + 1]
-        _alias_table(member_weight[a:b], prob[a:b], alias[a:b])
+        alias_table(member_weight[a:b], prob[a:b], alias[a:b])
     group_prob = np.empty(n_grp, np.float64)
     group_alias = np.empty(n_grp, np.int64)
-    _alias_table(group_mass, group_prob, group_alias)
+    alias_table(group_mass, group_prob, group_alias)
 
     out = np.full((n_tokens, k), -1, np.int32)
     chosen = np.empty(n_pick, np.int64)
@@ -321,7 +188,7 @@ def _sample_sequential(popularity, group_of, offset, members, group_mass, n_pick
         while n_chosen < n_pick:
             g = -1
             for _ in range(_MAX_REJECTIONS):
-                c = _alias_draw(_uniform(), group_prob, group_alias, 0, n_grp)
+                c = alias_draw(uniform(), group_prob, group_alias, 0, n_grp)
                 if group_stamp[c] != t:
                     g = c
                     break
@@ -330,7 +197,7 @@ def _sample_sequential(popularity, group_of, offset, members, group_mass, n_pick
                 for c in range(n_grp):
                     if group_stamp[c] != t:
                         rest += group_mass[c]
-                x = _uniform() * rest
+                x = uniform() * rest
                 acc = 0.0
                 for c in range(n_grp):
                     if group_stamp[c] != t and group_mass[c] > 0.0:
@@ -348,7 +215,7 @@ def _sample_sequential(popularity, group_of, offset, members, group_mass, n_pick
         tries = 0 if total > 0.0 else _MAX_REJECTIONS
         while slot < k:
             if tries < _MAX_REJECTIONS:
-                x = _uniform() * total
+                x = uniform() * total
                 j = 0
                 for q in range(n_chosen - 1):
                     j += x >= cum[q]
@@ -356,13 +223,13 @@ def _sample_sequential(popularity, group_of, offset, members, group_mass, n_pick
                 below = cum[j - 1] if j > 0 else 0.0
                 r = max((x - below) / group_mass[g], 0.0)
                 a = offset[g]
-                e = members[a + _alias_draw(r, prob, alias, a, offset[g + 1] - a)]
+                e = members[a + alias_draw(r, prob, alias, a, offset[g + 1] - a)]
                 if expert_stamp[e] == t:
                     tries += 1
                     continue
             else:
-                e = _exact_draw_groups(members, member_weight, offset, chosen[:n_chosen],
-                                       expert_stamp, t)
+                e = exact_draw_groups(members, member_weight, offset, chosen[:n_chosen],
+                                      expert_stamp, t)
                 if e < 0:  # infeasible request: complete the row with the lowest unchosen
                     for c in range(n_exp):
                         if expert_stamp[c] != t and group_stamp[group_of[c]] == t:
@@ -377,29 +244,6 @@ def _sample_sequential(popularity, group_of, offset, members, group_mass, n_pick
             slot += 1
             tries = 0 if total > 0.0 else _MAX_REJECTIONS
     return out
-
-
-@kernel
-def _exact_draw_groups(members, member_weight, offset, chosen, stamp, t):
-    """_exact_draw over the experts of the groups `chosen` (members[offset[g]:offset[g+1]])."""
-    rest = 0.0
-    for g in chosen:
-        for m in range(offset[g], offset[g + 1]):
-            if stamp[members[m]] != t:
-                rest += member_weight[m]
-    if rest <= 0.0:
-        return -1
-    x = _uniform() * rest
-    acc = 0.0
-    pick = -1
-    for g in chosen:
-        for m in range(offset[g], offset[g + 1]):
-            if stamp[members[m]] != t and member_weight[m] > 0.0:
-                pick = members[m]
-                acc += member_weight[m]
-                if x < acc:
-                    return pick
-    return pick
 
 
 @kernel
@@ -513,7 +357,7 @@ def score_topk(log_popularity, bias, expert_group, topk_group, n_tokens, k, seed
     np.random.seed(seed & 0xFFFFFFFF)
     for t in range(n_tokens):
         for e in range(n_exp):
-            u = (np.random.randint(0, 4294967296) + 0.5) * _INV_2_32  # in (0, 1)
+            u = (np.random.randint(0, 4294967296) + 0.5) * INV_2_32  # in (0, 1)
             key[e] = base[e] - np.log(-np.log(u))
         if limited:
             top1[:] = -np.inf
@@ -564,47 +408,3 @@ def score_topk(log_popularity, bias, expert_group, topk_group, n_tokens, k, seed
         for j in range(n_top):
             out[t, j] = best_e[j]
     return out
-
-
-@kernel
-def expert_counts(choices, n_experts):
-    """Token-expert pairs per expert: int64 [n_experts] from choices [N, k] (-1 is skipped)."""
-    counts = np.zeros(n_experts, np.int64)
-    for i in range(choices.shape[0]):
-        for j in range(choices.shape[1]):
-            e = choices[i, j]
-            if 0 <= e < n_experts:
-                counts[e] += 1
-    return counts
-
-
-@kernel
-def apply_capacity(choices, n_experts, capacity):
-    """GShard/Switch capacity: each expert keeps its first `capacity` pairs in row-major order.
-
-    choices [N, k] -> (kept bool [N, k], dropped = pairs not kept). Entries outside
-    0..n_experts-1 are dropped.
-    """
-    n, k = choices.shape
-    kept = np.zeros((n, k), np.bool_)
-    used = np.zeros(n_experts, np.int64)
-    dropped = 0
-    for i in range(n):
-        for j in range(k):
-            e = choices[i, j]
-            if 0 <= e < n_experts and used[e] < capacity:
-                used[e] += 1
-                kept[i, j] = True
-            else:
-                dropped += 1
-    return kept, dropped
-
-
-@kernel
-def rng_floor(n_tokens, k, seed):
-    """Sum of n_tokens * k uniforms from the samplers' generator: the cost floor of routing."""
-    np.random.seed(seed & 0xFFFFFFFF)
-    total = 0.0
-    for _ in range(n_tokens * k):
-        total += _uniform()
-    return total

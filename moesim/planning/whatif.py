@@ -75,7 +75,7 @@ def _get_value(data: dict, dotted: str) -> Any:
     return node.get("value") if isinstance(node, dict) else node
 
 
-def _system_variant(system_name: str, changes: dict[str, Any], folder: Path) -> str:
+def system_variant(system_name: str, changes: dict[str, Any], folder: Path) -> str:
     path = resolve("system", system_name, systems_dir())
     data, _ = read_yaml(path)
     for dotted, value in changes.items():
@@ -101,7 +101,7 @@ def run_variant(scenario: Optional[str], changes: dict[str, Any], folder: Path) 
     if system_changes:
         data, _ = read_yaml(Path(scenario) if scenario else default_scenario_path())
         base_system = overrides.get("system") or data.get("system")
-        overrides["system"] = _system_variant(base_system, system_changes, folder)
+        overrides["system"] = system_variant(base_system, system_changes, folder)
     sc = load_scenario(scenario, overrides)
     return simulate(sc, **sim)
 

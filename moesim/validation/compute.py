@@ -14,6 +14,7 @@ import numpy as np
 from moesim.costs.compute import gemm_estimate, grouped_gemm_estimate, load_compute_profile
 from moesim.core.errors import MoesimError
 from moesim.specs.hardware import load_system
+from moesim.validation.cases import Skip
 
 GEMM_USED = ("m", "n", "k", "dtype")
 GROUPED_USED = ("m", "n", "k", "dtype", "groups", "layout")
@@ -23,9 +24,6 @@ GROUPED_USED = ("m", "n", "k", "dtype", "groups", "layout")
 # cases give; both read A, B and write C once per group.
 LAYOUTS = (None, "contiguous", "masked", "k_grouped_contiguous")
 
-
-class Skip(Exception):
-    """This case cannot be modelled; the message says why."""
 
 
 def _params(case: Any, names: tuple[str, ...]) -> dict:
@@ -47,7 +45,7 @@ def _gpu(case: Any, calibration: Any = None):
     except MoesimError as exc:
         raise Skip(f"system {case.system!r}: {exc.one_line()}") from None
     if calibration is not None and calibration.gpu == gpu.id:
-        from moesim.calibration.fit import apply_to_compute, apply_to_gpu
+        from moesim.calibration.profile import apply_to_compute, apply_to_gpu
         return apply_to_gpu(gpu, calibration), apply_to_compute(profile, calibration)
     return gpu, profile
 

@@ -13,12 +13,10 @@ from __future__ import annotations
 from typing import Any
 
 from moesim.specs.hardware import load_system
+from moesim.validation.cases import Skip
 
 USED = {"path", "direction", "engine", "op", "bytes"}
 
-
-class Skip(Exception):
-    """This memcpy case cannot be predicted; the message says why."""
 
 
 def predict_memcpy(case: Any, calibration: Any = None) -> tuple[float, list[str]]:

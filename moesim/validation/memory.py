@@ -36,6 +36,7 @@ from moesim.core.errors import MoesimError
 from moesim.costs.memory import memory_ledger
 from moesim.cluster.scenario import framework_table, load_scenario
 from moesim.core.units import GiB
+from moesim.validation.cases import Skip
 
 METRICS = ("weights_GiB_per_gpu", "kv_cache_GiB_per_gpu", "total_GiB_per_gpu")
 NOT_STATED = "not stated"
@@ -65,9 +66,6 @@ VLLM_CUDAGRAPH_RESERVE_SINCE = (0, 21, 0)
 FRACTION_PARAM = {"vllm": "gpu_memory_utilization", "sglang": "mem_fraction_static"}
 KV_FRAMEWORKS = ("vllm", "sglang")
 
-
-class Skip(Exception):
-    """This case cannot be modelled; the message says why."""
 
 
 # ---------------------------------------------------------------- case access

@@ -1,0 +1,80 @@
+"""The `moesim` command group, the options several commands share, and the one-line error contract.
+
+Heavy modules are imported inside commands so `moesim --help` starts instantly.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+SCENARIO_ARG = click.argument("scenario", required=False, type=click.Path(dir_okay=False))
+
+
+class MoesimGroup(click.Group):
+    """Turns every MoesimError into one `error: ...` line on stderr and exit code 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from moesim.core.errors import MoesimError
+        try:
+            return super().invoke(ctx)
+        except MoesimError as exc:
+            click.echo(f"error: {exc.one_line()}", err=True)
+            sys.exit(2)
+
+
+def override_options(func):
+    """Flags that override fields of the scenario file (or of the built-in default)."""
+    options = [
+        click.option("--model", help="Model name (see `moesim models`) or path to a model YAML."),
+        click.option("--system", help="System name (see `moesim systems`) or path to a system YAML."),
+        click.option("--gpus", type=int, help="Total GPU count."),
+        click.option("--tp", type=int, help="Tensor-parallel size (attention, dense layers)."),
+        click.option("--pp", type=int, help="Pipeline-parallel stages."),
+        click.option("--dp", type=int, help="Data-parallel / DP-attention ranks (derived when omitted)."),
+        click.option("--ep", type=int, help="Expert-parallel size."),
+        click.option("--etp", type=int, help="Expert tensor-parallel size."),
+        click.option("--redundant-experts", type=int, help="Extra expert slots for replicas (EPLB)."),
+        click.option("--weights-dtype", help="Format of linear weights: bf16, fp8, mxfp8, mxfp4, nvfp4."),
+        click.option("--expert-dtype", help="Format of routed-expert weights, if different."),
+        click.option("--kv-dtype", help="KV-cache format: bf16 or fp8."),
+        click.option("--batch", type=int, help="Serving: concurrent sequences per DP rank."),
+        click.option("--input-len", type=int, help="Serving: prompt tokens per sequence."),
+        click.option("--output-len", type=int, help="Serving: generated tokens per sequence."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+FLAG_PATHS = {
+    "model": "model", "system": "system", "gpus": "gpus",
+    "tp": "parallel.tp", "pp": "parallel.pp", "dp": "parallel.dp", "ep": "parallel.ep", "etp": "parallel.etp",
+    "redundant_experts": "experts.redundant", "weights_dtype": "dtypes.weights",
+    "expert_dtype": "dtypes.expert_weights", "kv_dtype": "dtypes.kv_cache",
+    "batch": "workload.batch", "input_len": "workload.input_len", "output_len": "workload.output_len",
+}
+
+
+def scenario_overrides(flags: dict[str, Any]) -> dict[str, Any]:
+    return {FLAG_PATHS[k]: v for k, v in flags.items() if k in FLAG_PATHS and v is not None}
+
+
+def echo_json(data: Any) -> None:
+    from moesim.core.result import to_json
+    click.echo(to_json(data))
+
+
+@click.group(cls=MoesimGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="moesim")
+def main() -> None:
+    """Simulate and plan Mixture-of-Experts models on GPU clusters.
+
+    \b
+    Examples:
+      moesim memory                                  # the built-in default scenario
+      moesim memory my-scenario.yaml --json
+      moesim memory --model deepseek-v3 --system dgx-h100 --gpus 16 --ep 16
+      moesim models --json
+    """

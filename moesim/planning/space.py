@@ -1,0 +1,186 @@
+"""The search space of a capacity plan, read from its file and crossed into points in a fixed order.
+
+`load_space(file)` reads the space (models, systems and GPU counts, splits, batches, overlap,
+skew, SLOs, objective); `expand(space)` crosses it into one point per combination. A point is a
+plain dict: `{"id": int, "overrides": {dotted scenario path: value}, "simulate": {"overlap": ...,
+"skew": ...}}`; overrides are applied to the built-in default scenario exactly as CLI flags are
+(`moesim.cluster.scenario.load_scenario`). `load_costs` reads the price file the summary uses.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal, Optional, Union
+
+from pydantic import Field
+
+from moesim.core.errors import MoesimError
+from moesim.core.loader import Record, data_root, load_record
+from moesim.specs.model import load_model
+from moesim.specs.parallelism import ParallelInput, divisors, resolve_plan
+
+PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+TP_CHOICES = (1, 2, 4, 8)  # "all": powers of two up to one NVLink board
+
+
+# ----------------------------------------------------------------------------- space records
+class SystemChoice(Record):
+    """A system with its own GPU counts (instead of crossing every system with `gpus`)."""
+
+    name: str
+    gpus: list[PositiveInt]
+
+
+class SplitChoice(Record):
+    """One explicit split; `ep: gpus` means expert parallelism over all GPUs of the stage."""
+
+    tp: PositiveInt = 1
+    ep: Union[PositiveInt, Literal["gpus"]] = 1
+    pp: PositiveInt = 1
+    dp: Optional[PositiveInt] = None
+
+
+class SpaceDTypes(Record):
+    weights: str = "bf16"
+    kv_cache: str = "bf16"
+
+
+class SLO(Record):
+    tpot_ms_max: Optional[PositiveFloat] = None
+    ttft_ms_max: Optional[PositiveFloat] = None
+    min_tokens_per_s_per_gpu: Optional[PositiveFloat] = None
+
+
+class Space(Record):
+    name: str = "plan"
+    description: Optional[str] = None
+    models: list[str]
+    systems: list[Union[str, SystemChoice]]
+    gpus: list[PositiveInt] = Field(default_factory=list,
+                                    description="GPU counts for systems given by name only")
+    parallel: Union[Literal["all"], list[SplitChoice]] = "all"
+    redundant_experts: list[Annotated[int, Field(ge=0)]] = [0]
+    batch: list[PositiveInt] = Field(description="sequences per DP (attention) rank")
+    input_len: PositiveInt
+    output_len: PositiveInt
+    phase: Literal["decode", "prefill"] = "decode"
+    dtypes: SpaceDTypes = SpaceDTypes()
+    overlap: list[Literal["none", "two_batch"]] = ["none"]
+    skew: list[str] = ["uniform"]
+    slo: SLO = SLO()
+    objective: Literal["max_tokens_per_s_per_gpu", "min_cost_per_million_tokens", "min_gpus"] = \
+        "max_tokens_per_s_per_gpu"
+    costs: Optional[str] = Field(None, description="price file; default workloads/costs.yaml")
+
+
+class SystemPrice(Record):
+    price_per_gpu_hour: PositiveFloat
+    source: str
+    placeholder: bool = False
+
+
+class CostTable(Record):
+    currency: str = "USD"
+    systems: dict[str, SystemPrice]
+
+
+def load_space(path: str | Path) -> Space:
+    return load_record(Space, Path(path))
+
+
+def load_costs(path: Optional[str | Path] = None) -> CostTable:
+    return load_record(CostTable, Path(path) if path else data_root() / "workloads" / "costs.yaml")
+
+
+# ----------------------------------------------------------------------------- expansion
+def all_splits(model: str, gpus: int, redundant: int) -> list[dict]:
+    """Every valid single-stage split: tp a power of two <= 8 dividing the heads, pp = 1,
+    dp = gpus / tp, ep dividing both the expert slots and the GPUs; then checked by resolve_plan."""
+    spec = load_model(model)
+    heads = spec.attention.num_attention_heads
+    slots = spec.moe.num_experts + redundant
+    out = []
+    for tp in TP_CHOICES:
+        if heads % tp or gpus % tp:
+            continue
+        for ep in divisors(gpus):
+            if slots % ep:
+                continue
+            split = {"tp": tp, "ep": ep, "pp": 1, "dp": gpus // tp}
+            try:
+                resolve_plan(ParallelInput(**split), gpus, spec, redundant_experts=redundant)
+            except MoesimError:
+                continue
+            out.append(split)
+    return out
+
+
+def _system_gpus(space: Space) -> list[tuple[str, list[int]]]:
+    out = []
+    for i, choice in enumerate(space.systems):
+        if isinstance(choice, SystemChoice):
+            if not choice.gpus:
+                raise MoesimError("no GPU counts given", field=f"systems.{i}.gpus", fix="list at least one GPU count")
+            out.append((choice.name, list(choice.gpus)))
+        else:
+            if not space.gpus:
+                raise MoesimError(f"system {choice!r} has no GPU counts", field="gpus",
+                                  fix="list GPU counts in gpus, or write the system as {name: ..., gpus: [...]}")
+            out.append((choice, list(space.gpus)))
+    return out
+
+
+def expand(space: Space) -> list[dict]:
+    """All points of the space, in a fixed order (model, system, gpus, redundant, split, batch,
+    overlap, skew). Raises MoesimError naming the field when the space holds no point."""
+    for field in ("models", "systems", "batch", "redundant_experts", "overlap", "skew"):
+        if not getattr(space, field):
+            raise MoesimError("the search space is empty", field=field, fix=f"list at least one value in {field}")
+    if isinstance(space.parallel, list) and not space.parallel:
+        raise MoesimError("the search space is empty", field="parallel", fix="list at least one split, or write 'all'")
+    points: list[dict] = []
+    for model in space.models:
+        for system, counts in _system_gpus(space):
+            for gpus in counts:
+                for redundant in space.redundant_experts:
+                    if space.parallel == "all":
+                        splits = all_splits(model, gpus, redundant)
+                    else:
+                        splits = [dict(s.model_dump(exclude_none=True), ep=gpus // s.pp if s.ep == "gpus" else s.ep)
+                                  for s in space.parallel]
+                    for split in splits:
+                        for batch in space.batch:
+                            for overlap in space.overlap:
+                                for skew in space.skew:
+                                    overrides = {"model": model, "system": system, "gpus": gpus}
+                                    overrides.update({f"parallel.{k}": v for k, v in split.items()})
+                                    overrides.update({
+                                        "experts.redundant": redundant,
+                                        "dtypes.weights": space.dtypes.weights,
+                                        "dtypes.kv_cache": space.dtypes.kv_cache,
+                                        "workload": {"kind": "serving", "phase": space.phase, "batch": batch,
+                                                     "input_len": space.input_len, "output_len": space.output_len}})
+                                    points.append({"id": len(points), "overrides": overrides,
+                                                   "simulate": {"overlap": overlap, "skew": skew}})
+    if not points:
+        field = "parallel" if space.parallel == "all" else "systems"
+        raise MoesimError("the search space is empty: no valid split for any model and GPU count", field=field,
+                          fix="add GPU counts that the models' experts and heads divide, or list splits explicitly")
+    return points
+
+
+def label(point: dict) -> str:
+    o, s = point["overrides"], point["simulate"]
+    w = o["workload"]
+    dp = o.get("parallel.dp", o["gpus"] // (o.get("parallel.tp", 1) * o.get("parallel.pp", 1)))
+    system = point.get("system_name", o["system"])
+    text = (f"{o['model']} {system}x{o['gpus']} tp{o.get('parallel.tp', 1)} dp{dp} ep{o.get('parallel.ep', 1)}"
+            f" pp{o.get('parallel.pp', 1)} r{o.get('experts.redundant', 0)} b{w['batch']}")
+    if s["overlap"] != "none":
+        text += f" {s['overlap']}"
+    if s["skew"] != "uniform":
+        text += f" {s['skew']}"
+    return text
+
+
+__all__ = ["Space", "SLO", "CostTable", "load_space", "load_costs", "expand", "all_splits"]

@@ -1,0 +1,191 @@
+"""Op times of one serving step for the engine: attention and dense GEMMs, element-wise kernels,
+EP dispatch/combine timed on the topology, and the per-layer op lists with routed expert loads.
+
+Symmetry (why one EP group is enough): every EP group of a stage runs the same ops on its own
+tokens, so with `edp` replicas the cluster's per-GPU metrics equal one group's. Inside the group
+every GPU is simulated: their expert loads differ, and the slowest one sets each layer's pace.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from moesim.cluster.scenario import Scenario, Serving
+from moesim.core.errors import MoesimError
+from moesim.costs.collectives import build_fabric, collective_time, ep_exchange_time
+from moesim.costs.compute import gemm_time, grouped_gemm_times_per_owner, memory_bound_time
+from moesim.costs.memory import kv_share_per_gpu
+from moesim.costs.placement import PLACEMENTS
+from moesim.costs.routing import parse_skew, sample_routing
+from moesim.costs.traffic import ep_traffic, token_source_gpus
+from moesim.sim.engine import Op, fuse
+from moesim.sim.provenance import hardware_for
+from moesim.specs import precision
+from moesim.specs.opcosts import attention_core_flops
+
+
+def ep_comm_times(fabric, traffic, domain: int) -> tuple[float, float]:
+    """Seconds of dispatch and combine; combine mirrors dispatch with BF16 bytes per token."""
+    ratio = traffic.combine_bytes.sum() / max(traffic.dispatch_bytes.sum(), 1.0)
+    dispatch = ep_exchange_time(fabric, traffic.dispatch_bytes, traffic.rdma_bytes, traffic.nvlink_forward_bytes,
+                                domain)
+    combine = ep_exchange_time(fabric, traffic.combine_bytes, traffic.rdma_bytes.T * ratio,
+                               traffic.nvlink_forward_bytes.T * ratio, domain)
+    return dispatch, combine
+
+
+def elementwise_time(sc: Scenario, gpu, prof, tokens: float, *, moe_layer: bool) -> float:
+    """Memory-bound time of the non-GEMM work of one layer (norms, activations, residual adds,
+    router softmax/top-k, token permutation): the activation elements each operator class reads
+    and writes (`opcosts`), in the activation dtype, over the achievable HBM bandwidth - the
+    roofline of kernels with no data reuse. Per GPU: routed-expert work per token scales with the
+    token-expert pairs the GPU holds; TP splits the per-head and per-channel parts."""
+    m, p = sc.model, sc.plan
+    a = precision.bytes_per_element(sc.input.dtypes.activations)
+    d = m.hidden_size
+    per_token = 4 * d + 2 * d * m.norms_per_layer + 2 * d / p.tp  # projections in/out, norms, core in/out
+    if moe_layer:
+        mo = m.moe
+        pairs = mo.num_experts_per_tok * p.dp / (p.ep * p.edp)
+        per_token += d + mo.num_experts + pairs * (2 * d + 3 * mo.moe_intermediate_size / p.etp)
+        per_token += mo.num_shared_experts * (2 * d + 3 * (mo.shared_expert_intermediate_size or 0) / p.tp)
+    else:
+        per_token += 2 * d + 3 * (m.layers.dense_intermediate_size or 0) / p.tp
+    return memory_bound_time(gpu, prof, tokens * per_token * a)
+
+
+def dense_op_times(sc: Scenario, gpu, prof, tokens: int, group: int, *, dtype: str, attention_dtype: str,
+                   links: tuple = ()) -> dict:
+    """Seconds of the per-DP-rank GEMMs of one layer (identical on every GPU of the group) and of
+    the TP all-reduce after attention or MLP: attention projections, router, shared experts,
+    dense MLP (gate+up then down)."""
+    m, p = sc.model, sc.plan
+    d = m.hidden_size
+
+    def ffn(inter: int, fmt: str) -> float:
+        return gemm_time(gpu, prof, tokens, 2 * inter, d, fmt) + gemm_time(gpu, prof, tokens, d, inter, fmt) \
+            if inter else 0.0
+
+    shared_i = m.moe.num_shared_experts * (m.moe.shared_expert_intermediate_size or 0) // p.tp
+    return {"attention_proj": gemm_time(gpu, prof, tokens, int(m.attention_params / (d * p.tp)), d, attention_dtype),
+            "router": gemm_time(gpu, prof, tokens, m.moe.num_experts, d, "bf16"),
+            "shared": ffn(shared_i, dtype),
+            "dense": ffn((m.layers.dense_intermediate_size or 0) // p.tp, dtype),
+            "tp_allreduce": collective_time(sc.system, max(group, 2), "all_reduce", tokens * d * 2,
+                                            participants=list(range(p.tp)), link_overrides=links).time_s
+            if p.tp > 1 else 0.0}
+
+
+def serving_tokens_per_rank(w: Serving) -> int:
+    return w.batch if w.phase == "decode" else (w.prefill_chunk_tokens or w.batch * w.input_len)
+
+
+def check_simulatable(sc: Scenario) -> None:
+    """Raise for a valid split the engine cannot simulate yet (an EP group smaller than a TP group:
+    Megatron allows it, the serving engine's per-group model does not)."""
+    p = sc.plan
+    if (p.ep * p.etp) % p.tp:
+        raise MoesimError(f"EP group of {p.ep * p.etp} GPUs does not hold whole TP groups of {p.tp}",
+                          field="parallel.ep", fix="make ep x etp a multiple of tp")
+
+
+def serving_layers(sc: Scenario, *, microbatches: int, skew: str, placement: Optional[str]) -> tuple[list, int, dict]:
+    """Per-layer op lists for one micro-batch of a serving step of one EP group."""
+    m, p, w = sc.model, sc.plan, sc.input.workload
+    gpu, prof, links = hardware_for(sc)
+    dt = sc.input.dtypes
+    w_dtype = dt.weights
+    att_dtype = dt.attention_weights or dt.weights
+    exp_dtype = dt.expert_weights or dt.weights
+    check_simulatable(sc)
+    group = p.ep * p.etp
+    ranks = group // p.tp
+    tokens = max(serving_tokens_per_rank(w) // microbatches, 1)
+    group_tokens = tokens * ranks
+    d = m.hidden_size
+    fabric = build_fabric(sc.system, group, links)
+    domain = min(sc.system.domain_gpus, group)
+    redundant = sc.input.experts.redundant
+    name = placement or ("eplb" if redundant else "contiguous")
+    parsed = parse_skew(skew, field="skew")
+    decode = w.phase == "decode"
+    ctx = w.context_len if decode else w.input_len
+    held = m.kv_tokens_held(ctx)
+    kv_bytes = precision.bytes_per_element(dt.kv_cache) * kv_share_per_gpu(m, p.tp)
+
+    dense = dense_op_times(sc, gpu, prof, tokens, group, dtype=w_dtype, attention_dtype=att_dtype, links=links)
+    t_attn_proj, t_router, t_shared = dense["attention_proj"], dense["router"], dense["shared"]
+    t_dense, t_allreduce = dense["dense"], dense["tp_allreduce"]
+    peak = gpu.peak_flops(precision.get("bf16").family)
+
+    def attention_core(layer: int) -> float:
+        if decode:
+            kv = tokens * held[layer] * m.kv_elements_per_token_per_layer * kv_bytes
+            flops = tokens * attention_core_flops(m, held[layer], absorbed=True) / p.tp
+        else:
+            kv = tokens * m.kv_elements_per_token_per_layer * kv_bytes
+            flops = tokens * attention_core_flops(m, (min(held[layer], ctx) + 1) / 2, absorbed=False) / p.tp
+        return max(memory_bound_time(gpu, prof, kv), flops / (peak * prof.matmul_efficiency("bf16")))
+
+    moe_index = {layer: i for i, layer in enumerate(m.moe_layer_indices)}
+    sample_layers = sorted(moe_index.values())
+    sample = sample_routing(m, parsed, group_tokens, seed=sc.input.seed, layers=sample_layers,
+                            nodes=max(group // domain, 1), field="skew")
+    history = sample_routing(m, parsed, group_tokens, seed=sc.input.seed, layers=sample_layers, batch=1,
+                             nodes=max(group // domain, 1), field="skew") if name == "eplb" else sample
+    token_gpu = token_source_gpus(group_tokens, p.ep)
+    inter = m.moe.moe_intermediate_size // p.etp
+    dispatch_dtype = "fp8" if precision.get(exp_dtype).family in ("fp8", "fp4") else "bf16"
+    layers = []
+    details: dict = {"moe_layers": [], "expert_load": [], "gpu_load": [], "traffic_layer": None,
+                     "dispatch_bytes": None, "gpus_per_node": domain}
+    for layer in range(m.num_hidden_layers):
+        attention = [Op("attention", "attention", "compute", (t_attn_proj + attention_core(layer),) * group),
+                     Op("elementwise", "elementwise", "compute",
+                        (elementwise_time(sc, gpu, prof, tokens, moe_layer=layer in moe_index),) * group)]
+        if layer not in moe_index:
+            dense = [Op("dense mlp", "dense_mlp", "compute", (t_dense,) * group)]
+            if p.tp > 1:
+                layers.append([fuse(attention), Op("tp all-reduce", "tp_allreduce", "comm", (t_allreduce,)),
+                               fuse(dense), Op("tp all-reduce", "tp_allreduce", "comm", (t_allreduce,))])
+            else:
+                layers.append([fuse(attention + dense)])
+            continue
+        i = sample_layers.index(moe_index[layer])
+        place = PLACEMENTS[name](history.expert_load[i].astype(float), p.ep, redundant, domain)
+        traffic = ep_traffic(sample.choices[i], token_gpu, place, gpus_per_node=domain, hidden=d,
+                             dispatch_dtype=dispatch_dtype)
+        t_dispatch, t_combine = ep_comm_times(fabric, traffic, domain)
+        # per-slot token counts: each (token, expert) pair goes to replica token % replicas
+        ptr, slots = place.expert_slot_ptr, place.expert_slots
+        choice = sample.choices[i]
+        rows = np.repeat(np.arange(len(choice)), choice.shape[1])
+        experts = choice.ravel()
+        reps = ptr[experts + 1] - ptr[experts]
+        slot_tokens = np.bincount(slots[ptr[experts] + rows % reps], minlength=len(place.slot_expert)).astype(float)
+        per_rank = grouped_gemm_times_per_owner(gpu, prof, slot_tokens, place.slot_gpu, p.ep, 2 * inter, d, exp_dtype) \
+            + grouped_gemm_times_per_owner(gpu, prof, slot_tokens, place.slot_gpu, p.ep, d, inter, exp_dtype)
+        per_gpu = np.repeat(per_rank, p.etp).tolist()
+        details["moe_layers"].append(layer)
+        details["expert_load"].append(sample.expert_load[i].astype(np.int64).tolist())
+        details["gpu_load"].append(np.bincount(place.slot_gpu, weights=slot_tokens, minlength=p.ep).tolist())
+        if details["dispatch_bytes"] is None:
+            details["traffic_layer"], details["dispatch_bytes"] = layer, traffic.dispatch_bytes.tolist()
+        router = Op("router", "router", "compute", (t_router,) * group)
+        if p.tp > 1:
+            ops = [fuse(attention), Op("tp all-reduce", "tp_allreduce", "comm", (t_allreduce,)), router]
+        else:
+            ops = [fuse(attention + [router])]
+        ops += [Op("dispatch", "dispatch", "comm", (t_dispatch,)),
+                fuse([Op("experts", "routed_experts", "compute", tuple(per_gpu)),
+                      Op("shared experts", "shared_experts", "compute", (t_shared,) * group)]),
+                Op("combine", "combine", "comm", (t_combine,))]
+        layers.append(ops)
+    head_rows = tokens if decode else max(w.batch // microbatches, 1)
+    layers[-1] = layers[-1] + [Op("lm head", "lm_head", "compute",
+                                  (gemm_time(gpu, prof, head_rows, m.vocab_size // p.tp, d, "bf16"),) * group)]
+    info = {"group_gpus": group, "dp_ranks_per_group": ranks, "tokens_per_rank_per_microbatch": tokens,
+            "placement": name, "skew": parsed.label(), "dispatch_dtype": dispatch_dtype,
+            "efficiency_notes": fabric.efficiency_notes, "details": details}
+    return layers, group, info

@@ -1,0 +1,49 @@
+"""Which calibration a step runs on, and what its result rests on: provenance and error bands."""
+from __future__ import annotations
+
+
+
+from moesim.cluster.scenario import Scenario
+from moesim.core.errors import MoesimError
+from moesim.costs.compute import load_compute_profile
+
+
+def calibration_name(sc: Scenario):
+    """The calibration profile in force: the scenario's (or --profile), else the system file's."""
+    return sc.input.runtime.profile or sc.system.spec.calibration
+
+
+def hardware_for(sc: Scenario) -> tuple:
+    """(gpu spec, compute profile, link overrides) for the scenario, calibrated when the scenario
+    names a profile (`runtime.profile`, or `--profile`)."""
+    gpu = sc.system.gpu
+    prof = load_compute_profile(gpu.id)
+    name = calibration_name(sc)
+    if not name:
+        return gpu, prof, ()
+    from moesim.calibration.profile import (apply_to_compute, apply_to_gpu, link_efficiency_overrides,
+                                            load_calibration)
+    cal = load_calibration(name)
+    if cal.gpu != gpu.id:
+        raise MoesimError(f"profile is calibrated for {cal.gpu}, the scenario runs on {gpu.id}",
+                          field="runtime.profile", fix="calibrate on this GPU or pick the matching system")
+    return apply_to_gpu(gpu, cal), apply_to_compute(prof, cal), tuple(sorted(link_efficiency_overrides(cal).items()))
+
+
+def metric_bands(sc: Scenario, metrics: dict, kind: str) -> dict:
+    """Error bars of the headline metrics (moesim.calibration.uncertainty), with what they rest on."""
+    from moesim.calibration.uncertainty import bands, load_residuals
+    rms = 0.0
+    if calibration_name(sc):
+        from moesim.calibration.profile import load_calibration, profile_rms
+        rms = profile_rms(load_calibration(calibration_name(sc)))
+    return bands(metrics, kind, calibration_rms=rms, residuals=load_residuals())
+
+
+def provenance(sc: Scenario) -> dict:
+    """What a reader needs to reproduce the numbers: code version and the data behind them."""
+    from moesim.core.result import code_version
+    profile = calibration_name(sc) or None
+    return {"code": code_version(), "scenario": sc.input.name, "calibration_profile": profile,
+            "rates": f"calibrated: {profile}" if profile
+            else "spec rates x efficiencies of topologies/compute and the system's published microbenchmarks"}

@@ -1,0 +1,65 @@
+"""Validation cases: the record of one published measurement, the cases file, and why a case is skipped.
+
+Schema: validation/SCHEMA.md. A case keeps every field its source gives (`extra="allow"`), so a
+predictor can report the parameters it did not use instead of silently dropping them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from pydantic import ConfigDict
+
+from moesim.core.loader import Record, parse_record, read_yaml
+from moesim.specs.hardware import load_system
+
+
+class Case(Record):
+    model_config = ConfigDict(extra="allow", frozen=True)
+    id: str
+    what: str
+    system: str
+    gpus: Optional[int] = None
+    params: dict[str, Any] = {}
+    metric: str
+    measured: float
+    source: str
+
+
+class CasesFile(Record):
+    model_config = ConfigDict(extra="allow", frozen=True)
+    cases: list[Case]
+
+
+class Skip(Exception):
+    """This case cannot be modelled yet; the message says why."""
+
+
+def load_cases(path: str) -> list[Case]:
+    data, node = read_yaml(Path(path))
+    return parse_record(CasesFile, data, file=path, node=node).cases
+
+
+@dataclass(frozen=True)
+class Calibrated:
+    """A calibration profile and the file it came from (scenarios name the file)."""
+
+    path: str
+    profile: Any
+
+
+def link_overrides(calibration: Optional[Calibrated], system_id: str) -> tuple:
+    """Calibrated link efficiencies when the profile belongs to this system's GPU."""
+    if calibration is None:
+        return ()
+    from moesim.calibration.profile import link_efficiency_overrides
+    if load_system(system_id).gpu.id != calibration.profile.gpu:
+        return ()
+    return tuple(sorted(link_efficiency_overrides(calibration.profile).items()))
+
+
+def profile_override(calibration: Optional[Calibrated], system_id: str) -> dict:
+    if calibration is None or load_system(system_id).gpu.id != calibration.profile.gpu:
+        return {}
+    return {"runtime.profile": calibration.path}
