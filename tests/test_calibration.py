@@ -17,15 +17,13 @@ import numpy as np
 import pytest
 
 from moesim.calibration import fit as fitting
-from moesim.calibration import synthetic
 from moesim.calibration import profile as profiles
 from moesim.calibration import results as results_file
-from moesim.costs.collectives import BUSBW_FACTOR
-from moesim.costs.compute import Fraction
-from moesim.specs.hardware import load_system
-from moesim.costs.compute import gemm_time, load_compute_profile, memory_bound_time
+from moesim.calibration import synthetic
 from moesim.core.errors import MoesimError
-from moesim.specs.hardware import load_gpu
+from moesim.costs.collectives import BUSBW_FACTOR
+from moesim.costs.compute import Fraction, gemm_time, load_compute_profile, memory_bound_time
+from moesim.specs.hardware import load_gpu, load_system
 
 TRUE = dict(gpu_id="h100-sxm", true_matmul_efficiency={"bf16": 0.71, "fp8": 0.62}, true_memory_efficiency=0.88,
             true_nvlink_GBps=380.0, true_alpha_s=8e-6)

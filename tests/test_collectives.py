@@ -6,9 +6,9 @@ import pytest
 from click.testing import CliRunner
 
 from moesim.cli import main
-from moesim.costs.collectives import (ALGORITHMS, BUSBW_FACTOR, build_fabric, collective_time, ring_flows)
-from moesim.core.errors import MoesimError
 from moesim.cluster.topology import routes
+from moesim.core.errors import MoesimError
+from moesim.costs.collectives import ALGORITHMS, BUSBW_FACTOR, build_fabric, collective_time, ring_flows
 
 GiB = 2**30
 

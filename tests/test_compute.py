@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from pydantic import BaseModel
 
-from moesim.specs import precision
-from moesim.costs.compute import (ComputeProfile, achieved_tflops, compute_dir, gemm_estimate, gemm_tflops, gemm_time,
-                            grouped_gemm_estimate, grouped_gemm_time, hbm_effective_Bps, load_compute_profile,
-                            memory_bound_time, memory_efficiency, profile_names, tensor_peak_flops)
 from moesim.core.errors import MoesimError
+from moesim.costs.compute import (ComputeProfile, achieved_tflops, compute_dir, gemm_estimate, gemm_tflops, gemm_time,
+                                  grouped_gemm_estimate, grouped_gemm_time, hbm_effective_Bps, load_compute_profile,
+                                  memory_bound_time, memory_efficiency, profile_names, tensor_peak_flops)
+from moesim.specs import precision
 from moesim.specs.hardware import Sourced, gpu_names, load_gpu
 from moesim.validation.cases import Skip
 from moesim.validation.compute import predict_gemm, predict_grouped_gemm

@@ -11,8 +11,7 @@ from pydantic import BaseModel
 
 from moesim.core import units
 from moesim.core.errors import MoesimError
-from moesim.specs.hardware import (Sourced, gpu_names, gpus_dir, load_gpu, load_system, system_names,
-                             systems_dir)
+from moesim.specs.hardware import Sourced, gpu_names, gpus_dir, load_gpu, load_system, system_names, systems_dir
 
 GPU_FILES = sorted(gpus_dir().glob("*.yaml"))
 SYSTEM_FILES = sorted(systems_dir().glob("*.yaml"))

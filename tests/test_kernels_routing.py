@@ -18,8 +18,9 @@ from statistics import NormalDist
 import numpy as np
 import pytest
 
-from moesim.kernels import draws, reference, routing
+from moesim.kernels import draws
 from moesim.kernels import loads as load_kernels
+from moesim.kernels import reference, routing
 
 ALPHA = 1e-3
 IMPLS = {"numba": routing, "numpy": reference}

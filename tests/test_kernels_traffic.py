@@ -2,8 +2,9 @@
 import numpy as np
 import pytest
 
-from moesim.kernels import traffic, traffic_reference as ref
 from moesim.costs.placement import PLACEMENTS
+from moesim.kernels import traffic
+from moesim.kernels import traffic_reference as ref
 
 # (n_tokens, n_experts, k, n_gpus, gpus_per_node, redundant)
 SHAPES = [

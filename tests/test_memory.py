@@ -1,9 +1,9 @@
 """VRAM ledger: parts sum to the total, and each part moves the way the split says it must."""
 import pytest
 
-from moesim.specs import precision
-from moesim.costs.memory import PART_KEYS, memory_ledger
 from moesim.cluster.scenario import load_scenario
+from moesim.costs.memory import PART_KEYS, memory_ledger
+from moesim.specs import precision
 
 GiB = 2**30
 

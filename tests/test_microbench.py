@@ -10,12 +10,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from moesim.core.errors import MoesimError  # noqa: E402
 from moesim.bench.micro.collectives import BUSBW_FACTOR, COLLECTIVE_OPS  # noqa: E402
 from moesim.bench.micro.ep_dispatch import routed_masks  # noqa: E402
-from moesim.bench.micro.results import (ROW_FIELDS, SCHEMA, TOP_FIELDS, load_results,  # noqa: E402
-                                       write_results)
+from moesim.bench.micro.results import ROW_FIELDS, SCHEMA, TOP_FIELDS, load_results, write_results  # noqa: E402
 from moesim.bench.micro.run import COLUMNS, format_table, run_benchmark  # noqa: E402
+from moesim.core.errors import MoesimError  # noqa: E402
 
 DEVICE_KEYS = {"name", "backend", "torch", "cuda_runtime", "driver", "nccl", "gpus", "compute_capability"}
 
@@ -240,6 +239,7 @@ def test_p2p_link_reads_nvidia_smi_topology(monkeypatch, visible, link):
 
 def test_cli_bench_micro_cpu_writes_checked_results(tmp_path):
     from click.testing import CliRunner
+
     from moesim.cli import main
     out = tmp_path / "coll.json"
     result = CliRunner().invoke(main, ["bench", "micro", "collective", "--backend", "cpu", "--quick", "-o", str(out)])
@@ -249,8 +249,9 @@ def test_cli_bench_micro_cpu_writes_checked_results(tmp_path):
 
 def test_cli_bench_micro_cuda_without_gpu_is_one_line_error():
     from click.testing import CliRunner
-    from moesim.cli import main
+
     from moesim.bench.micro.run import cuda_available
+    from moesim.cli import main
     if cuda_available():
         pytest.skip("a GPU is present")
     result = CliRunner().invoke(main, ["bench", "micro", "gemm"])

@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from moesim.core.errors import MoesimError
-from moesim.kernels import maxmin, maxmin_reference
 from moesim.bench.maxmin_kernel import all_to_all_fabric, network_benchmark
-from moesim.costs.network import (Flows, collective_time, complete_flows, rate_segments, solve_rates)
+from moesim.core.errors import MoesimError
+from moesim.costs.network import Flows, collective_time, complete_flows, rate_segments, solve_rates
+from moesim.kernels import maxmin, maxmin_reference
 
 SOLVERS = [pytest.param(True, id="numba"), pytest.param(False, id="numpy")]
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from moesim.core.errors import MoesimError
-from moesim.costs.placement import (PLACEMENTS, Placement, eplb, gpu_load, imbalance, place, replica_bytes)
+from moesim.costs.placement import PLACEMENTS, Placement, eplb, gpu_load, imbalance, place, replica_bytes
 
 ZIPF = 1.0 / np.arange(1, 257)  # Zipf(1.0) over 256 experts
 

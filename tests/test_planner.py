@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from moesim.planning import planner, sweep
-from moesim.planning import space as search_space
+from moesim.cluster.scenario import load_scenario
 from moesim.core.errors import MoesimError
 from moesim.core.loader import data_root, parse_record
-from moesim.cluster.scenario import load_scenario
+from moesim.planning import planner
+from moesim.planning import space as search_space
+from moesim.planning import sweep
 
 EXAMPLE = data_root() / "workloads" / "spaces" / "example-dsv3-decode.yaml"
 
@@ -187,7 +188,9 @@ def test_example_plan_end_to_end(tmp_path):
 
 def test_cli_plan_example_space(tmp_path):
     import json as _json
+
     from click.testing import CliRunner
+
     from moesim.cli import main
     out = tmp_path / "plan.json"
     space = Path(__file__).resolve().parents[1] / "workloads" / "spaces" / "example-dsv3-decode.yaml"
@@ -202,7 +205,9 @@ def test_cli_plan_example_space(tmp_path):
 
 def test_bench_planner_json_contract():
     import json as _json
+
     from click.testing import CliRunner
+
     from moesim.cli import main
     result = CliRunner().invoke(main, ["bench", "planner", "--json"])
     assert result.exit_code == 0, result.output
@@ -241,6 +246,7 @@ def test_dask_local_cluster_gives_the_local_results(tmp_path):
 
 def test_unreachable_dask_scheduler_is_one_line_error_and_writes_nothing(tmp_path):
     from click.testing import CliRunner
+
     from moesim.cli import main
     out = tmp_path / "plan.json"
     result = CliRunner().invoke(main, ["plan", str(SPACE), "--dask", "tcp://127.0.0.1:9", "-o", str(out)])

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from moesim.present import report
 from moesim.cli import main
+from moesim.cluster.scenario import load_scenario
 from moesim.core.errors import MoesimError
 from moesim.planning.planner import plan
 from moesim.planning.space import load_space
-from moesim.cluster.scenario import load_scenario
+from moesim.present import report
 from moesim.sim.simulate import simulate
 from moesim.validation.cases import load_cases
 from moesim.validation.run import validate

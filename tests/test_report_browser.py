@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from moesim.present import report
-from moesim.core.result import to_json
 from moesim.cluster.scenario import load_scenario
+from moesim.core.result import to_json
+from moesim.present import report
 from moesim.sim.simulate import simulate
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 
 from moesim.core.errors import MoesimError
+from moesim.costs.routing import (balance_over_batches, base_popularity, batch_popularity, expert_groups, parse_skew,
+                                  sample_routing)
 from moesim.specs.model import load_model
-from moesim.costs.routing import (balance_over_batches, base_popularity, batch_popularity, expert_groups,
-                            parse_skew, sample_routing)
 
 DSV3 = load_model("deepseek-v3")
 MIXTRAL = load_model("mixtral-8x7b")

@@ -6,10 +6,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from moesim.cluster.scenario import Scenario, Serving, Training, apply_overrides, default_scenario_path, load_scenario
 from moesim.core.errors import MoesimError
 from moesim.costs.memory import memory_ledger
-from moesim.cluster.scenario import (Scenario, Serving, Training, apply_overrides, default_scenario_path,
-                             load_scenario)
 
 
 def default_data() -> dict:

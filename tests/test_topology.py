@@ -9,13 +9,13 @@ import networkx as nx
 import numpy as np
 import pytest
 
+from moesim.cluster.links import path_latency
+from moesim.cluster.topology import (LINK_KINDS, NODE_KINDS, build_cluster, check_connected, gpu_nodes, link_table,
+                                     load_custom_topology, natural_key, route, routes)
+from moesim.cluster.topology_files import load_fabric, load_profile
 from moesim.core import units
 from moesim.core.errors import MoesimError
 from moesim.specs.hardware import Sourced, load_system, system_names
-from moesim.cluster.links import path_latency
-from moesim.cluster.topology import (LINK_KINDS, NODE_KINDS, build_cluster, check_connected, gpu_nodes,
-                             link_table, load_custom_topology, natural_key, route, routes)
-from moesim.cluster.topology_files import load_fabric, load_profile
 
 
 def sourced_values(record, prefix=""):

@@ -5,8 +5,8 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from moesim.cli import main
 from moesim.calibration.uncertainty import K, bands
+from moesim.cli import main
 
 SYNTHETIC = Path(__file__).resolve().parents[1] / "topologies" / "calibration" / "synthetic-results"
 

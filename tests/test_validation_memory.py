@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from moesim.costs.memory import memory_ledger
 from moesim.cluster.scenario import framework_table, load_scenario
 from moesim.core.units import GiB
+from moesim.costs.memory import memory_ledger
 from moesim.validation.cases import Skip
-from moesim.validation.memory import (case_overrides, predict_memory, vllm_profile_workload,
-                                      vllm_version, weight_dtype_overrides)
+from moesim.validation.memory import (case_overrides, predict_memory, vllm_profile_workload, vllm_version,
+                                      weight_dtype_overrides)
 
 CASES = Path(__file__).resolve().parents[1] / "validation" / "cases.yaml"
 TARGET = 0.10

@@ -19,9 +19,7 @@ import json
 import numpy as np
 
 from moesim.core.timing import best_seconds
-
-from moesim.kernels import maxmin
-from moesim.kernels import maxmin_reference
+from moesim.kernels import maxmin, maxmin_reference
 
 NVLINK_BPS, NIC_BPS = 450e9, 50e9
 NUMPY_MAX_GPUS = 1024  # the twin is timed at every size up to this many GPUs

@@ -7,13 +7,12 @@ agree before timing (nccl-tests style: correctness first).
 """
 from __future__ import annotations
 
-
 import numpy as np
 
-from moesim.specs.hardware import load_system
+from moesim.cluster.topology import build_cluster, link_table, routes
 from moesim.core.timing import best_seconds
 from moesim.kernels import maxmin, maxmin_reference
-from moesim.cluster.topology import build_cluster, link_table, routes
+from moesim.specs.hardware import load_system
 
 SYSTEM_FOR = {72: "gb200-nvl72"}
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 
+from moesim.core.timing import best_seconds
 from moesim.planning.space import Space, expand
 from moesim.planning.sweep import prune, run
-from moesim.core.timing import best_seconds
 
 SWEEP = {"name": "bench-decode-sweep", "models": ["qwen3-30b-a3b", "mixtral-8x7b"],
          "systems": [{"name": "dgx-h100", "gpus": [8, 16]}], "parallel": "all",

@@ -10,10 +10,7 @@ import json
 import numpy as np
 
 from moesim.core.timing import best_seconds
-
-from moesim.kernels import draws
-from moesim.kernels import reference
-from moesim.kernels import routing
+from moesim.kernels import draws, reference, routing
 
 # name: (experts, k, groups, topk_group); uniform popularity
 SHAPES = {

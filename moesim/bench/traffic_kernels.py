@@ -13,9 +13,7 @@ import json
 import numpy as np
 
 from moesim.core.timing import best_seconds
-
-from moesim.kernels import traffic
-from moesim.kernels import traffic_reference
+from moesim.kernels import traffic, traffic_reference
 
 N_EXPERTS, TOP_K, N_GPUS, GPUS_PER_NODE = 256, 8, 64, 8
 NUMPY_MAX_TOKENS = 1_000_000  # the twin runs on at most this many tokens; its rate is per token

@@ -61,8 +61,8 @@ from moesim.calibration.results import canonical_dtype, check_result, row_field
 from moesim.core import units
 from moesim.core.errors import MoesimError
 from moesim.costs.collectives import BUSBW_FACTOR, collective_time, link_efficiency
-from moesim.costs.compute import (ComputeProfile, Fraction, MatmulPeakEfficiency, gemm_estimate,
-                                  grouped_gemm_estimate, load_compute_profile)
+from moesim.costs.compute import (ComputeProfile, Fraction, MatmulPeakEfficiency, gemm_estimate, grouped_gemm_estimate,
+                                  load_compute_profile)
 from moesim.specs import precision
 from moesim.specs.hardware import GPUSpec, System, gpu_names, load_gpu, load_system, system_names
 

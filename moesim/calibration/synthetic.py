@@ -19,8 +19,8 @@ from moesim.core import units
 from moesim.core.errors import MoesimError
 from moesim.core.loader import data_root
 from moesim.costs.collectives import BUSBW_FACTOR
-from moesim.costs.compute import (Fraction, MatmulPeakEfficiency, grouped_gemm_time, gemm_time,
-                                  load_compute_profile, memory_bound_time)
+from moesim.costs.compute import (Fraction, MatmulPeakEfficiency, gemm_time, grouped_gemm_time, load_compute_profile,
+                                  memory_bound_time)
 from moesim.specs.hardware import load_gpu
 
 SYNTHETIC_DTYPE = {"bf16": "bf16", "fp8": "fp8", "fp4": "nvfp4"}

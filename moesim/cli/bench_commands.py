@@ -6,7 +6,7 @@ from typing import Optional
 
 import click
 
-from moesim.cli.app import main, echo_json
+from moesim.cli.app import echo_json, main
 
 
 @main.group()
@@ -40,8 +40,8 @@ def bench_kernels(tokens: int, repeats: int, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON contract.")
 def bench_network(sizes: str, repeats: int, as_json: bool) -> None:
     """Max-min solve of a uniform all-to-all: Numba kernel vs NumPy twin, same run."""
-    from moesim.core.errors import MoesimError
     from moesim.bench.network import network_benchmark
+    from moesim.core.errors import MoesimError
     from moesim.present.tables import network_bench_table
 
     try:

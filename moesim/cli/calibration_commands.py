@@ -6,7 +6,7 @@ from typing import Optional
 
 import click
 
-from moesim.cli.app import main, echo_json
+from moesim.cli.app import echo_json, main
 
 
 @main.command()

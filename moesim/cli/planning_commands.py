@@ -7,7 +7,7 @@ from typing import Optional
 
 import click
 
-from moesim.cli.app import main, SCENARIO_ARG, echo_json
+from moesim.cli.app import SCENARIO_ARG, echo_json, main
 
 
 @main.command()
@@ -32,9 +32,9 @@ def plan(space_file: str, workers: int, cache_dir: Optional[str], dask_address: 
       moesim plan SPACE.yaml --set system.nvlink_GBps=900 --set skew=zipf:1.2
     """
     from moesim.core.errors import MoesimError
+    from moesim.core.result import to_json, write_atomic
     from moesim.planning.planner import plan as run_plan
     from moesim.planning.space import load_space
-    from moesim.core.result import to_json, write_atomic
     from moesim.present.tables import plan_table
 
     if workers < 1:
@@ -68,8 +68,8 @@ def whatif(scenario: Optional[str], sets: tuple[str, ...], as_json: bool) -> Non
       moesim whatif --set system.nvlink_GBps=900 --set workload.batch=128 --set skew=zipf:1.2
       moesim whatif my.yaml --set system.nic_Gbps=800 --set "gpus=32;parallel.ep=32"
     """
-    from moesim.present.tables import whatif_table
     from moesim.planning.whatif import whatif as run
+    from moesim.present.tables import whatif_table
 
     result = run(scenario, list(sets))
     if as_json:

@@ -5,7 +5,7 @@ from typing import Any, Optional
 
 import click
 
-from moesim.cli.app import main, SCENARIO_ARG, override_options, scenario_overrides, echo_json
+from moesim.cli.app import SCENARIO_ARG, echo_json, main, override_options, scenario_overrides
 
 
 @main.command()
@@ -24,8 +24,8 @@ def memory(scenario: Optional[str], as_json: bool, **flags: Any) -> None:
       moesim memory --model deepseek-v3 --system gb200-nvl72 --gpus 72 --ep 72 --redundant-experts 32
       moesim memory --model mixtral-8x7b --gpus 2 --tp 2 --weights-dtype bf16 --json
     """
-    from moesim.costs.memory import memory_ledger
     from moesim.cluster.scenario import load_scenario
+    from moesim.costs.memory import memory_ledger
     from moesim.present.tables import memory_table
 
     sc = load_scenario(scenario, scenario_overrides(flags))
@@ -44,8 +44,8 @@ def memory(scenario: Optional[str], as_json: bool, **flags: Any) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 def models(as_json: bool) -> None:
     """Built-in models with parameter counts and KV bytes per token (BF16)."""
-    from moesim.specs.catalog import model_rows
     from moesim.present.tables import table
+    from moesim.specs.catalog import model_rows
 
     rows = model_rows()
     if as_json:
@@ -62,8 +62,8 @@ def models(as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 def systems(as_json: bool) -> None:
     """Built-in systems: GPU, NVLink domain, scale-out per GPU."""
-    from moesim.specs.catalog import system_rows
     from moesim.present.tables import table
+    from moesim.specs.catalog import system_rows
 
     rows = system_rows()
     if as_json:
@@ -91,8 +91,8 @@ def import_hf(config_json: str, output: str, model_id: Optional[str]) -> None:
     from pathlib import Path
 
     from moesim.core.errors import MoesimError
-    from moesim.specs.hf_import import convert, to_yaml
     from moesim.core.result import write_atomic
+    from moesim.specs.hf_import import convert, to_yaml
 
     try:
         config = json.loads(Path(config_json).read_text())

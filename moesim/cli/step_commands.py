@@ -5,7 +5,7 @@ from typing import Any, Optional
 
 import click
 
-from moesim.cli.app import main, SCENARIO_ARG, override_options, scenario_overrides, echo_json
+from moesim.cli.app import SCENARIO_ARG, echo_json, main, override_options, scenario_overrides
 
 
 @main.command()
@@ -32,9 +32,9 @@ def route(scenario: Optional[str], tokens: Optional[int], skew: str, placement: 
       moesim route --skew zipf:1.0 --placement eplb:32 --gpus 64 --ep 64
       moesim route --model mixtral-8x7b --gpus 8 --ep 8 --skew dirichlet:0.5 --json
     """
-    from moesim.sim.ep_summary import parse_placement, route_summary
     from moesim.cluster.scenario import load_scenario
     from moesim.present.tables import route_table
+    from moesim.sim.ep_summary import parse_placement, route_summary
 
     overrides = scenario_overrides(flags)
     if placement:
@@ -79,8 +79,8 @@ def comm(system_name: Optional[str], gpus: Optional[int], op: str, size: str, al
     from moesim.present.tables import comm_table, ep_comm_table
 
     if ep_mode:
-        from moesim.sim.ep_summary import ep_comm_summary
         from moesim.cluster.scenario import load_scenario
+        from moesim.sim.ep_summary import ep_comm_summary
         overrides = {"system": system_name, "gpus": gpus, "parallel.ep": gpus}
         redundant = (placement or "").partition(":")[2]
         if redundant.isdigit():
@@ -128,10 +128,10 @@ def simulate(scenario: Optional[str], overlap: str, skew: str, placement: Option
       moesim simulate --gpus 32 --ep 32 --skew zipf:1.0 --placement eplb:32 --json
       moesim simulate --report report.html
     """
-    from moesim.core.result import to_json, write_atomic
     from moesim.cluster.scenario import load_scenario
-    from moesim.sim.simulate import simulate as run
+    from moesim.core.result import to_json, write_atomic
     from moesim.present.tables import simulate_table
+    from moesim.sim.simulate import simulate as run
 
     if report_file:
         from moesim.present.report import check_output

@@ -13,10 +13,10 @@ from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import Field
 
-from moesim.specs import precision
 from moesim.core.errors import MoesimError
-from moesim.specs.hardware import Sourced, System, load_system
 from moesim.core.loader import Record, data_root, load_record, parse_record, read_yaml
+from moesim.specs import precision
+from moesim.specs.hardware import Sourced, System, load_system
 from moesim.specs.model import ModelSpec, load_model
 from moesim.specs.parallelism import ParallelInput, ParallelPlan, resolve_plan
 

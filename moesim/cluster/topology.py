@@ -66,12 +66,12 @@ from pathlib import Path
 import networkx as nx
 import numpy as np
 
-from moesim.core import units
-from moesim.core.errors import MoesimError
-from moesim.specs.hardware import System
-from moesim.core.loader import line_of, parse_record, read_yaml
 from moesim.cluster.links import LinkTable, path_links
 from moesim.cluster.topology_files import CustomTopology, HopLatencies, load_fabric, load_profile
+from moesim.core import units
+from moesim.core.errors import MoesimError
+from moesim.core.loader import line_of, parse_record, read_yaml
+from moesim.specs.hardware import System
 
 NODE_KINDS = ("gpu", "nvswitch", "nic", "leaf", "spine", "host")
 LINK_KINDS = ("nvlink", "pcie", "ib", "roce", "c2c")

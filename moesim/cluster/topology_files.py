@@ -15,9 +15,8 @@ from typing import Annotated, Literal, Optional
 from pydantic import Field, field_validator
 
 from moesim.core.errors import MoesimError
-from moesim.specs.hardware import Required, RequiredPositive, Sourced
 from moesim.core.loader import Record, data_root, load_record, resolve
-
+from moesim.specs.hardware import Required, RequiredPositive, Sourced
 
 # ----------------------------------------------------------------------------- data files
 

@@ -22,13 +22,13 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from moesim.core import units
-from moesim.core.errors import MoesimError
-from moesim.specs.hardware import Sourced, System
-from moesim.core.loader import Record, data_root, load_record
-from moesim.costs.network import solve_rates
 from moesim.cluster.links import LinkTable, path_latency
 from moesim.cluster.topology import build_cluster, link_table, routes
+from moesim.core import units
+from moesim.core.errors import MoesimError
+from moesim.core.loader import Record, data_root, load_record
+from moesim.costs.network import solve_rates
+from moesim.specs.hardware import Sourced, System
 
 BUSBW_FACTOR = {
     "all_reduce": lambda n: 2 * (n - 1) / n,

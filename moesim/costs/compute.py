@@ -38,11 +38,11 @@ from typing import Optional, Sequence
 import numpy as np
 from pydantic import field_validator
 
-from moesim.specs import precision
 from moesim.core import units
 from moesim.core.errors import MoesimError
-from moesim.specs.hardware import GPUSpec, RequiredPositive, Sourced
 from moesim.core.loader import Record, available, data_root, load_record, resolve
+from moesim.specs import precision
+from moesim.specs.hardware import GPUSpec, RequiredPositive, Sourced
 
 OUTPUT_DTYPE = "bf16"
 

@@ -23,11 +23,11 @@ from __future__ import annotations
 import math
 from typing import Optional
 
-from moesim.specs import precision
+from moesim.cluster.scenario import Scenario, Serving, Training, framework_table
 from moesim.core.loader import Record
+from moesim.specs import precision
 from moesim.specs.model import ModelSpec
 from moesim.specs.parallelism import ParallelPlan, stage_layers
-from moesim.cluster.scenario import Scenario, Serving, Training, framework_table
 
 FP32 = 4
 PART_KEYS = ("weights_bytes", "kv_cache_bytes", "activations_bytes", "buffers_bytes",

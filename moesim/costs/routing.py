@@ -21,9 +21,9 @@ import numpy as np
 
 from moesim.core import rng as seeds
 from moesim.core.errors import MoesimError
+from moesim.core.loader import Record
 from moesim.kernels import routing as kernels
 from moesim.kernels.loads import apply_capacity, expert_counts
-from moesim.core.loader import Record
 from moesim.specs.model import ModelSpec
 
 SkewKind = Literal["uniform", "zipf", "dirichlet", "file", "trace"]

@@ -14,9 +14,9 @@ from __future__ import annotations
 import numpy as np
 
 from moesim.core.errors import MoesimError
-from moesim.kernels import traffic as kernels
 from moesim.core.loader import Record
 from moesim.costs.placement import Placement
+from moesim.kernels import traffic as kernels
 
 
 def dispatch_bytes_per_token(hidden: int, dtype: str) -> float:

@@ -35,8 +35,8 @@ from __future__ import annotations
 import numpy as np
 
 from moesim.kernels import kernel
-from moesim.kernels.draws import (INV_2_32, alias_draw, alias_table, exact_draw, exact_draw_groups,
-                                  packed_alias, packed_draw, uniform)
+from moesim.kernels.draws import (INV_2_32, alias_draw, alias_table, exact_draw, exact_draw_groups, packed_alias,
+                                  packed_draw, uniform)
 
 _MAX_REJECTIONS = 64
 _MAX_SET_GROUPS = 16

@@ -21,9 +21,9 @@ import math
 from pathlib import Path
 from typing import Any, Optional
 
+from moesim.cluster.scenario import load_scenario
 from moesim.core.errors import MoesimError
 from moesim.core.result import code_version
-from moesim.cluster.scenario import load_scenario
 from moesim.planning.space import SLO, CostTable, Space, expand, load_costs
 from moesim.planning.sweep import prune, run
 from moesim.sim.simulate import OVERLAPS

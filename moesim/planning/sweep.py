@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Optional
 
 from moesim import __version__
-from moesim.core.errors import MoesimError
-from moesim.costs.memory import memory_ledger
-from moesim.core.result import to_json, write_atomic
 from moesim.cluster.scenario import load_scenario
+from moesim.core.errors import MoesimError
+from moesim.core.result import to_json, write_atomic
+from moesim.costs.memory import memory_ledger
 from moesim.planning.space import label
 from moesim.sim.layer_ops import check_simulatable
 from moesim.sim.simulate import simulate
@@ -124,7 +124,8 @@ def run(points: list[dict], *, workers: int = 1, cache_dir: Optional[str | Path]
 def _run_dask(address: str, todo: list, finish, advance) -> None:
     """Submit every point to a Dask scheduler; finished points are cached as they arrive."""
     try:
-        from distributed import Client, as_completed as dask_completed
+        from distributed import Client
+        from distributed import as_completed as dask_completed
     except ImportError:
         raise MoesimError("dask.distributed is not installed", field="--dask",
                           fix="pip install 'dask[distributed]' or run with --workers") from None

@@ -19,12 +19,12 @@ from typing import Any, Optional
 
 import yaml
 
+from moesim.cluster.scenario import default_scenario_path, load_scenario
 from moesim.core.errors import MoesimError
-from moesim.specs.hardware import systems_dir
 from moesim.core.loader import read_yaml, resolve
 from moesim.core.result import write_atomic
-from moesim.cluster.scenario import default_scenario_path, load_scenario
 from moesim.sim.simulate import simulate
+from moesim.specs.hardware import systems_dir
 
 SIMULATE_KEYS = ("skew", "overlap", "placement")
 SYSTEM_ALIASES = {"nvlink_GBps": "scale_up.per_gpu_GBps_per_direction",

@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from moesim.present import plots
 from moesim.core.errors import MoesimError
 from moesim.core.loader import data_root
 from moesim.core.result import code_version, write_atomic
+from moesim.present import plots
 
 FORMATS = (".html", ".pdf")
 TEMPLATE = "report.html.j2"

@@ -4,9 +4,9 @@ from __future__ import annotations
 from typing import Optional
 
 from moesim.core import units
-from moesim.costs.collectives import collective_time
 from moesim.core.errors import MoesimError
 from moesim.core.units import parse_size
+from moesim.costs.collectives import collective_time
 
 
 def sizes(text: str) -> list[int]:

@@ -9,13 +9,13 @@ from typing import Optional
 
 import numpy as np
 
-from moesim.specs import precision
+from moesim.cluster.scenario import Scenario, Serving
 from moesim.core.errors import MoesimError
+from moesim.costs.collectives import build_fabric, ep_exchange_time
 from moesim.costs.placement import PLACEMENTS, gpu_load, imbalance, replica_bytes
 from moesim.costs.routing import parse_skew, sample_routing
-from moesim.cluster.scenario import Scenario, Serving
 from moesim.costs.traffic import ep_traffic, token_source_gpus
-from moesim.costs.collectives import build_fabric, ep_exchange_time
+from moesim.specs import precision
 
 
 def parse_placement(text: str, redundant: int, *, field: str = "placement") -> tuple[str, int]:

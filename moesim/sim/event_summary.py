@@ -2,9 +2,6 @@
 from __future__ import annotations
 
 
-
-
-
 def breakdown(events, critical_gpu: int) -> dict:
     """Per op class on the critical GPU: compute seconds, comm seconds, comm seconds during which
     that GPU's compute stream was idle (exposed), and time spent waiting for slower peers (idle)."""

@@ -1,8 +1,6 @@
 """Which calibration a step runs on, and what its result rests on: provenance and error bands."""
 from __future__ import annotations
 
-
-
 from moesim.cluster.scenario import Scenario
 from moesim.core.errors import MoesimError
 from moesim.costs.compute import load_compute_profile
@@ -21,8 +19,7 @@ def hardware_for(sc: Scenario) -> tuple:
     name = calibration_name(sc)
     if not name:
         return gpu, prof, ()
-    from moesim.calibration.profile import (apply_to_compute, apply_to_gpu, link_efficiency_overrides,
-                                            load_calibration)
+    from moesim.calibration.profile import apply_to_compute, apply_to_gpu, link_efficiency_overrides, load_calibration
     cal = load_calibration(name)
     if cal.gpu != gpu.id:
         raise MoesimError(f"profile is calibrated for {cal.gpu}, the scenario runs on {gpu.id}",

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from moesim.specs.hf_fields import (Cfg, Flow, activation, gqa_attention, kv_window, layer_rule, layers,
-                                    windowed)
+from moesim.specs.hf_fields import Cfg, Flow, activation, gqa_attention, kv_window, layer_rule, layers, windowed
 
 
 # ---------------------------------------------------------------- per model family

@@ -19,11 +19,11 @@ import yaml
 from pydantic import BaseModel
 
 from moesim.core.errors import MoesimError
+from moesim.core.loader import inner_model, parse_record
 from moesim.specs import hf_families
 from moesim.specs.hf_families import SUPPORTED
 from moesim.specs.hf_fields import Cfg, Flow, activation, rope
 from moesim.specs.layersets import layer_indices
-from moesim.core.loader import inner_model, parse_record
 from moesim.specs.model import ModelSpec
 
 

@@ -18,8 +18,8 @@ from typing import Any, Literal, Optional
 from pydantic import model_validator
 
 from moesim.core.errors import MoesimError
-from moesim.specs.layersets import layer_indices
 from moesim.core.loader import Record, available, data_root, load_record, resolve
+from moesim.specs.layersets import layer_indices
 
 GATED = {"swiglu", "geglu", "swiglu_clamped"}
 NORM_PARAMS_PER_DIM = {"rmsnorm": 1, "layernorm": 2, "layernorm_no_bias": 1}

@@ -9,7 +9,6 @@ from moesim.kernels import routing as routing_kernels
 from moesim.kernels import traffic as traffic_kernels
 from moesim.validation.cases import Case, Skip, link_overrides
 
-
 COLLECTIVE_METRICS = {"busbw_GBps", "algbw_GBps", "time_us"}
 
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from moesim.costs.compute import gemm_estimate, grouped_gemm_estimate, load_compute_profile
 from moesim.core.errors import MoesimError
+from moesim.costs.compute import gemm_estimate, grouped_gemm_estimate, load_compute_profile
 from moesim.specs.hardware import load_system
 from moesim.validation.cases import Skip
 

@@ -31,11 +31,11 @@ from __future__ import annotations
 import re
 from typing import Any, Optional
 
-from moesim.specs import precision
-from moesim.core.errors import MoesimError
-from moesim.costs.memory import memory_ledger
 from moesim.cluster.scenario import framework_table, load_scenario
+from moesim.core.errors import MoesimError
 from moesim.core.units import GiB
+from moesim.costs.memory import memory_ledger
+from moesim.specs import precision
 from moesim.validation.cases import Skip
 
 METRICS = ("weights_GiB_per_gpu", "kv_cache_GiB_per_gpu", "total_GiB_per_gpu")

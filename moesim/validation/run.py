@@ -22,7 +22,6 @@ from moesim.validation.comm import predict_collective, predict_ep
 from moesim.validation.serving import predict_serving
 from moesim.validation.training import predict_training
 
-
 PREDICTORS: dict[str, Callable[[Case, Optional[Calibrated]], tuple[float, list[str]]]] = {
     "training": predict_training,
     "memory": lambda case, cal: validation_memory.predict_memory(case),

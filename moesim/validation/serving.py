@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from moesim.validation.cases import Case, Skip, profile_override
 
-
 SERVING_USED = {"model", "phase", "parallel", "batch_per_gpu", "batch_tokens_per_gpu", "input_len", "context_len",
                 "dtype", "attn_dtype", "kv_cache_dtype", "overlap", "eplb", "redundant_experts"}
 

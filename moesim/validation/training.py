@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from moesim.validation.cases import Case, Skip, profile_override
 
-
 TRAINING_USED = {"model", "parallel", "seq_len", "global_batch_seqs", "micro_batch", "dtype", "recompute"}
 
 

@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from moesim.core.errors import MoesimError
 from moesim.bench.micro.clock import distributed_median_seconds
 from moesim.bench.micro.launch import launch
+from moesim.core.errors import MoesimError
 
 CHANNEL_BYTES = 2
 HEADER = 4
@@ -39,8 +39,8 @@ MAX_TOKENS = 1 << 30  # token ids are carried in two 15-bit channels
 def routed_masks(model_name: str, skew_text: str, tokens: int, ranks: int, *, seed: int,
                  layer: int) -> tuple[np.ndarray, dict]:
     """bool [ranks (source), tokens, ranks (destination)]: which ranks each token is sent to."""
-    from moesim.specs.model import load_model
     from moesim.costs.routing import parse_skew, sample_routing
+    from moesim.specs.model import load_model
 
     model = load_model(model_name)
     experts, k = model.moe.num_experts, model.moe.num_experts_per_tok

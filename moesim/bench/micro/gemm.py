@@ -14,9 +14,9 @@ TFLOPs = 2 m n k groups / time / 1e12.
 """
 from __future__ import annotations
 
-from moesim.core.errors import MoesimError
 from moesim.bench.micro.clock import median_seconds
 from moesim.bench.micro.results import import_torch
+from moesim.core.errors import MoesimError
 
 SAMPLE_ROWS = 16
 TOLERANCE = {"bfloat16": 1e-2, "float16": 2e-3, "float32": 1e-4}

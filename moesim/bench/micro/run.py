@@ -22,9 +22,9 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from moesim.core.errors import MoesimError
-from moesim.core.units import KiB, MiB, GiB, parse_size
 from moesim.bench.micro.results import BENCHMARKS, device_info, import_torch, make_results, write_results
+from moesim.core.errors import MoesimError
+from moesim.core.units import GiB, KiB, MiB, parse_size
 
 BACKENDS = ("cuda", "cpu")
 MAX_CPU_RANKS = 64
