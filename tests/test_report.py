@@ -158,7 +158,7 @@ def test_missing_input_and_bad_suffix(outputs, tmp_path):
     missing = runner.invoke(main, ["report", str(tmp_path / "nope.json"), "-o", str(tmp_path / "r.html")])
     assert missing.exit_code == 2 and "cannot read" in missing.output
     suffix = runner.invoke(main, ["report", str(outputs["simulate"]), "-o", str(tmp_path / "r.docx")])
-    assert suffix.exit_code == 2 and ".html or .pdf" in suffix.output and not (tmp_path / "r.docx").exists()
+    assert suffix.exit_code == 2 and ".html, .pdf" in suffix.output and not (tmp_path / "r.docx").exists()
     # a bad suffix on the shortcut is refused before simulating
     shortcut = runner.invoke(main, ["simulate", "--report", str(tmp_path / "r.txt")])
     assert shortcut.exit_code == 2 and not (tmp_path / "r.txt").exists()

@@ -19,7 +19,8 @@ from pydantic import Field, field_validator
 from moesim import __version__
 from moesim.core.errors import MoesimError
 from moesim.core.loader import Record, data_root, parse_record, read_yaml
-from moesim.core.result import git_commit, write_atomic
+from moesim.core.output import write_atomic
+from moesim.core.result import git_commit
 from moesim.costs.compute import ComputeProfile, Fraction, MatmulPeakEfficiency
 from moesim.specs.hardware import GPUSpec, PositiveNumber
 
@@ -219,7 +220,7 @@ def profile_yaml(profile: dict, *, sources: list[str], command: Optional[str] = 
 
 def write_profile(profile: dict, path: str | Path, *, sources: list[str], command: Optional[str] = None) -> Path:
     """Write a fitted profile as YAML with a `provenance:` block (files, device, moesim version and
-    commit, calibration time), all-or-nothing (`result.write_atomic`)."""
+    commit, calibration time), all-or-nothing (`core.output.write_atomic`)."""
     return write_atomic(path, profile_yaml(profile, sources=sources, command=command))
 
 

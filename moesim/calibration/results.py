@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from moesim.core.errors import MoesimError
-from moesim.core.result import write_atomic
+from moesim.core.output import write_atomic
 from moesim.costs.collectives import BUSBW_FACTOR
 from moesim.specs import precision
 

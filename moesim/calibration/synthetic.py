@@ -127,6 +127,7 @@ def write_synthetic_example(folder: str | Path, *, gpu_id: str = "h100-sxm", sys
     results = synthetic_results(gpu_id=gpu_id, true_matmul_efficiency={"bf16": 0.71, "fp8": 0.62},
                                 true_memory_efficiency=0.88, true_nvlink_GBps=380.0, true_alpha_s=8e-6,
                                 noise=0.01, seed=seed)
+    (folder / "synthetic-results").mkdir(parents=True, exist_ok=True)
     paths = [write_results(r, folder / "synthetic-results" / f"{r['benchmark']}.json") for r in results]
     try:
         names = [str(p.relative_to(data_root())) for p in paths]

@@ -21,7 +21,7 @@ import yaml
 
 from moesim import __version__
 from moesim.core.loader import data_root
-from moesim.core.result import write_atomic
+from moesim.core.output import write_atomic
 
 K = 2.0
 METRIC_KIND = {"tokens_per_s_per_gpu": None, "tokens_per_s_per_node": None, "tpot_ms": "serving",

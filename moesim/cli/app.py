@@ -5,7 +5,7 @@ Heavy modules are imported inside commands so `moesim --help` starts instantly.
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import Any, Optional
 
 import click
 
@@ -22,6 +22,36 @@ class MoesimGroup(click.Group):
         except MoesimError as exc:
             click.echo(f"error: {exc.one_line()}", err=True)
             sys.exit(2)
+
+
+class OutputFile(click.ParamType):
+    """A file moesim will write: checked when the command line is read, before any work
+    (`core.output.check_output_path`), so a bad path costs nothing."""
+
+    name = "file"
+
+    def __init__(self, *suffixes: str):
+        self.suffixes = suffixes or None
+
+    def convert(self, value: Any, param: Optional[click.Parameter], ctx: Optional[click.Context]) -> str:
+        from moesim.core.output import check_output_path
+        field = "/".join(param.opts) if param is not None else "output"
+        return str(check_output_path(value, field=field, suffixes=self.suffixes))
+
+
+class OutputFolder(click.ParamType):
+    """A folder moesim will fill (a cache), checked like an output file."""
+
+    name = "folder"
+
+    def convert(self, value: Any, param: Optional[click.Parameter], ctx: Optional[click.Context]) -> str:
+        from moesim.core.output import check_output_folder
+        return str(check_output_folder(value, field="/".join(param.opts) if param is not None else "folder"))
+
+
+REPORT_SUFFIXES = (".html", ".pdf")
+FIGURE_SUFFIXES = (".png", ".pdf", ".svg")
+YAML_SUFFIXES = (".yaml", ".yml")
 
 
 def override_options(func):

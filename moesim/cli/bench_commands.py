@@ -6,7 +6,7 @@ from typing import Optional
 
 import click
 
-from moesim.cli.app import echo_json, main
+from moesim.cli.app import OutputFile, echo_json, main
 
 
 @main.group()
@@ -82,7 +82,7 @@ def bench_engine(as_json: bool) -> None:
               help="cuda on a GPU machine; cpu runs the same logic and checks (torch CPU, gloo).")
 @click.option("--ranks", type=int, help="Processes for collective / ep_dispatch (default: every GPU, or 2 on CPU).")
 @click.option("--quick", is_flag=True, help="Small sizes (seconds on a CPU).")
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the results JSON (only if the check passed).")
+@click.option("-o", "--output", type=OutputFile(".json"), help="Write the results JSON (only if the check passed).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results record as JSON instead of the table.")
 def bench_micro(name: str, backend: str, ranks: Optional[int], quick: bool, output: Optional[str], as_json: bool) -> None:
     """Microbenchmarks for calibration (PyTorch harness; needs `pip install -e .[bench]`).

@@ -6,7 +6,7 @@ from typing import Optional
 
 import click
 
-from moesim.cli.app import echo_json, main
+from moesim.cli.app import FIGURE_SUFFIXES, YAML_SUFFIXES, OutputFile, echo_json, main
 
 
 @main.command()
@@ -14,9 +14,9 @@ from moesim.cli.app import echo_json, main
               help="Validation cases YAML (schema of the open validation set).")
 @click.option("--profile", "profiles", multiple=True,
               help="Calibration profile applied to the cases on the GPU it was fitted on (repeat: one per GPU).")
-@click.option("--report", "report_file", type=click.Path(dir_okay=False),
+@click.option("--report", "report_file", type=OutputFile(*FIGURE_SUFFIXES),
               help="Write a parity plot (predicted vs measured, one marker per what) as PNG/PDF/SVG.")
-@click.option("--write-residuals", "residuals_file", type=click.Path(dir_okay=False),
+@click.option("--write-residuals", "residuals_file", type=OutputFile(*YAML_SUFFIXES),
               help="Write the residual summary per `what` (what simulate's error bars rest on) as YAML.")
 @click.option("--json", "as_json", is_flag=True, help="Print cases, MAPE per what, and skipped cases as JSON.")
 def validate(cases_file: str, profiles: tuple[str, ...], report_file: Optional[str], residuals_file: Optional[str],
@@ -47,7 +47,7 @@ def validate(cases_file: str, profiles: tuple[str, ...], report_file: Optional[s
 
 @main.command()
 @click.argument("results", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Profile YAML to write.")
+@click.option("-o", "--output", required=True, type=OutputFile(*YAML_SUFFIXES), help="Profile YAML to write.")
 @click.option("--gpu", "gpu_id", help="GPU id (default: inferred from the results' device name).")
 @click.option("--system", "system_id", help="System id (default: the one system built from that GPU).")
 def calibrate(results: tuple[str, ...], output: str, gpu_id: Optional[str], system_id: Optional[str]) -> None:

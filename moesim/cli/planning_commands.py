@@ -7,19 +7,19 @@ from typing import Optional
 
 import click
 
-from moesim.cli.app import SCENARIO_ARG, echo_json, main
+from moesim.cli.app import REPORT_SUFFIXES, SCENARIO_ARG, OutputFile, OutputFolder, echo_json, main
 
 
 @main.command()
 @click.argument("space_file", type=click.Path(dir_okay=False))
 @click.option("--workers", type=int, default=1, show_default=True, help="Local worker processes.")
-@click.option("--cache", "cache_dir", type=click.Path(file_okay=False),
+@click.option("--cache", "cache_dir", type=OutputFolder(),
               help="Cache folder: finished points are kept, so an interrupted sweep resumes.")
 @click.option("--dask", "dask_address", help="Run on a Dask cluster: scheduler address, e.g. tcp://127.0.0.1:8786.")
 @click.option("--set", "sets", multiple=True,
               help="Change applied to every point: PATH=VALUE (scenario, system.<field> or skew/overlap/placement).")
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the whole plan as JSON.")
-@click.option("--report", "report_file", type=click.Path(dir_okay=False),
+@click.option("-o", "--output", type=OutputFile(".json"), help="Write the whole plan as JSON.")
+@click.option("--report", "report_file", type=OutputFile(*REPORT_SUFFIXES),
               help="Also write a report of the plan (.html or .pdf), as `moesim report` does.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 def plan(space_file: str, workers: int, cache_dir: Optional[str], dask_address: Optional[str],
@@ -32,16 +32,14 @@ def plan(space_file: str, workers: int, cache_dir: Optional[str], dask_address: 
       moesim plan SPACE.yaml --set system.nvlink_GBps=900 --set skew=zipf:1.2
     """
     from moesim.core.errors import MoesimError
-    from moesim.core.result import to_json, write_atomic
+    from moesim.core.output import write_atomic
+    from moesim.core.result import to_json
     from moesim.planning.planner import plan as run_plan
     from moesim.planning.space import load_space
     from moesim.present.tables import plan_table
 
     if workers < 1:
         raise MoesimError(f"workers must be >= 1, got {workers}", field="--workers", fix="give 1 or more")
-    if report_file:
-        from moesim.present.report import check_output
-        check_output(report_file)
     result = run_plan(load_space(space_file), workers=workers, cache_dir=cache_dir, dask=dask_address,
                       progress=sys.stderr.isatty() and not as_json, sets=list(sets))
     if output:

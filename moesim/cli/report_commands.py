@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import click
 
-from moesim.cli.app import main
+from moesim.cli.app import REPORT_SUFFIXES, OutputFile, main
 
 
 @main.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+@click.option("-o", "--output", required=True, type=OutputFile(*REPORT_SUFFIXES),
               help="Report file: .html (one self-contained page) or .pdf.")
 def report(inputs: tuple[str, ...], output: str) -> None:
     """Write an HTML or PDF report of simulate, plan and validate outputs (JSON).

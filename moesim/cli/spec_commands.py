@@ -5,7 +5,8 @@ from typing import Any, Optional
 
 import click
 
-from moesim.cli.app import SCENARIO_ARG, echo_json, main, override_options, scenario_overrides
+from moesim.cli.app import (SCENARIO_ARG, YAML_SUFFIXES, OutputFile, echo_json, main, override_options,
+                            scenario_overrides)
 
 
 @main.command()
@@ -77,7 +78,7 @@ def systems(as_json: bool) -> None:
 
 @main.command(name="import-hf")
 @click.argument("config_json", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+@click.option("-o", "--output", required=True, type=OutputFile(*YAML_SUFFIXES),
               help="Model YAML to write (written only if the import succeeds).")
 @click.option("--id", "model_id", help="Model id (default: the output file name).")
 def import_hf(config_json: str, output: str, model_id: Optional[str]) -> None:
@@ -91,7 +92,7 @@ def import_hf(config_json: str, output: str, model_id: Optional[str]) -> None:
     from pathlib import Path
 
     from moesim.core.errors import MoesimError
-    from moesim.core.result import write_atomic
+    from moesim.core.output import write_atomic
     from moesim.specs.hf_import import convert, to_yaml
 
     try:

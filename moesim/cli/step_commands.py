@@ -5,7 +5,8 @@ from typing import Any, Optional
 
 import click
 
-from moesim.cli.app import SCENARIO_ARG, echo_json, main, override_options, scenario_overrides
+from moesim.cli.app import (REPORT_SUFFIXES, SCENARIO_ARG, OutputFile, echo_json, main, override_options,
+                            scenario_overrides)
 
 
 @main.command()
@@ -109,11 +110,11 @@ def comm(system_name: Optional[str], gpus: Optional[int], op: str, size: str, al
               help="Two-batch overlap hides one micro-batch's all-to-all behind the other's compute.")
 @click.option("--skew", default="uniform", show_default=True, help="Routing skew (as in `moesim route`).")
 @click.option("--placement", help="Expert placement (as in `moesim route`).")
-@click.option("--trace", "trace_file", type=click.Path(dir_okay=False), help="Write a Chrome/Perfetto trace JSON.")
+@click.option("--trace", "trace_file", type=OutputFile(".json"), help="Write a Chrome/Perfetto trace JSON.")
 @click.option("--prefill", "prefill_file", type=click.Path(dir_okay=False),
               help="Prefill-pool scenario: simulate prefill/decode disaggregation (SCENARIO is the decode pool).")
 @click.option("--profile", help="Calibration profile (from `moesim calibrate`): path or name in topologies/calibration/.")
-@click.option("--report", "report_file", type=click.Path(dir_okay=False),
+@click.option("--report", "report_file", type=OutputFile(*REPORT_SUFFIXES),
               help="Also write a report of this result (.html or .pdf), as `moesim report` does.")
 @click.option("--json", "as_json", is_flag=True, help="Print the Result as JSON.")
 def simulate(scenario: Optional[str], overlap: str, skew: str, placement: Optional[str], trace_file: Optional[str],
@@ -129,13 +130,11 @@ def simulate(scenario: Optional[str], overlap: str, skew: str, placement: Option
       moesim simulate --report report.html
     """
     from moesim.cluster.scenario import load_scenario
-    from moesim.core.result import to_json, write_atomic
+    from moesim.core.output import write_atomic
+    from moesim.core.result import to_json
     from moesim.present.tables import simulate_table
     from moesim.sim.simulate import simulate as run
 
-    if report_file:
-        from moesim.present.report import check_output
-        check_output(report_file)
     overrides = scenario_overrides(flags)
     if profile:
         overrides["runtime.profile"] = profile

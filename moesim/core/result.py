@@ -1,16 +1,13 @@
-"""Plain result output: JSON that numpy values survive, and files written all-or-nothing.
+"""Plain result records: JSON that numpy values survive, and the code version a result came from.
 
-A failed run must leave no partial file, so every writer goes through `write_atomic`
-(temporary file in the target folder, then an atomic rename).
+Files are written by `core.output` (checked before the work, written all-or-nothing).
 """
 from __future__ import annotations
 
 import functools
 import json
-import os
 import re
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -29,33 +26,6 @@ def _default(value: Any) -> Any:
 
 def to_json(data: Any, *, indent: int | None = 2) -> str:
     return json.dumps(data, default=_default, indent=indent, sort_keys=False)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def write_atomic(path: str | Path, text: str) -> Path:
-    """Write text (UTF-8) to `path` so that readers see either the old file or the whole new one."""
-    return write_atomic_bytes(path, text.encode())
-
-
-def write_atomic_bytes(path: str | Path, data: bytes) -> Path:
-    """Write bytes to `path` all-or-nothing: a temporary file in the same folder, then a rename."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a result file is as readable as any other
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
 
 
 def git_commit() -> str | None:

@@ -17,7 +17,8 @@ from typing import Optional
 from moesim import __version__
 from moesim.cluster.scenario import load_scenario
 from moesim.core.errors import MoesimError
-from moesim.core.result import to_json, write_atomic
+from moesim.core.output import write_atomic
+from moesim.core.result import to_json
 from moesim.costs.memory import memory_ledger
 from moesim.planning.space import label
 from moesim.sim.layer_ops import check_simulatable
@@ -86,6 +87,8 @@ def run(points: list[dict], *, workers: int = 1, cache_dir: Optional[str | Path]
     if workers < 1:
         raise MoesimError(f"workers must be at least 1, got {workers}", field="workers", fix="use 1 or more")
     cache = Path(cache_dir) if cache_dir else None
+    if cache is not None:
+        cache.mkdir(exist_ok=True)  # the folder the user named; its parent was checked (core.output)
     done: dict[int, dict] = {}
     todo = []
     for point in points:

@@ -22,7 +22,7 @@ import yaml
 from moesim.cluster.scenario import default_scenario_path, load_scenario
 from moesim.core.errors import MoesimError
 from moesim.core.loader import read_yaml, resolve
-from moesim.core.result import write_atomic
+from moesim.core.output import write_atomic
 from moesim.sim.simulate import simulate
 from moesim.specs.hardware import systems_dir
 

@@ -21,7 +21,8 @@ from typing import Any, Callable, Optional
 
 from moesim.core.errors import MoesimError
 from moesim.core.loader import data_root
-from moesim.core.result import code_version, write_atomic
+from moesim.core.output import write_atomic
+from moesim.core.result import code_version
 from moesim.present import plots
 
 FORMATS = (".html", ".pdf")

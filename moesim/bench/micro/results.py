@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from moesim.core.errors import MoesimError
-from moesim.core.result import to_json, write_atomic
+from moesim.core.output import write_atomic
+from moesim.core.result import to_json
 
 SCHEMA = "moesim-bench/v1"
 BACKENDS = ("cuda", "cpu")
