@@ -294,3 +294,274 @@ def test_plan_set_changes_every_point_and_stays_resumable(tmp_path):
     with pytest.raises(MoesimError) as err:
         plan(space, sets=["bogus.path=3"])
     assert err.value.field == "--set bogus.path"
+
+
+# ----------------------------------------------------------------------------- reliability
+def _write_space(path: Path, **kw) -> Path:
+    import yaml
+    data = dict(name="t", models=["deepseek-v3"], systems=[{"name": "dgx-h100", "gpus": [16]}],
+                parallel=[{"tp": 1, "ep": "gpus"}], batch=[16], input_len=512, output_len=128,
+                dtypes={"weights": "fp8", "kv_cache": "fp8"})
+    data.update(kw)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def _copy_data_root(target: Path) -> Path:
+    import shutil
+    for folder in ("topologies", "workloads"):
+        shutil.copytree(data_root() / folder, target / folder)
+    return target
+
+
+def test_cache_is_keyed_by_the_code_and_data_that_computed_it(tmp_path, monkeypatch):
+    """A cached point is served only to the code and data that computed it: a changed data file
+    (a copied data root via MOESIM_DATA) or a changed code digest recomputes every point."""
+    from moesim.core import digest
+    cache = tmp_path / "cache"
+    original = digest.code_and_data_digest()
+    sp = space(batch=[4, 8])
+    first = planner.plan(sp, cache_dir=cache)
+    assert first["simulated"] == 2 and first["from_cache"] == 0
+    assert first["provenance"]["code"]["code_and_data"] == original
+    again = planner.plan(sp, cache_dir=cache)
+    assert again["simulated"] == 0 and again["from_cache"] == 2
+    # a copied data root (MOESIM_DATA): computed once, then served from the cache ...
+    root = _copy_data_root(tmp_path / "data")
+    monkeypatch.setenv("MOESIM_DATA", str(root))
+    assert digest.code_and_data_digest() == original  # the same files hash the same wherever they are
+    planner.plan(sp, cache_dir=cache)
+    assert planner.plan(sp, cache_dir=cache)["from_cache"] == 2
+    # ... until one data file changes (a comment: the resolved scenario is the same): nothing is served
+    gpu = root / "topologies" / "gpus" / "h100-sxm.yaml"
+    gpu.write_text(gpu.read_text() + "\n# edited\n")
+    digest._digest.cache_clear()  # computed once per process: a rerun is a new process
+    assert digest.code_and_data_digest() != original
+    changed = planner.plan(sp, cache_dir=cache)
+    assert changed["from_cache"] == 0 and changed["simulated"] == 2
+    monkeypatch.delenv("MOESIM_DATA")
+    # changed code (the digest of the sources): nothing is served from the cache
+    monkeypatch.setattr(sweep, "code_and_data_digest", lambda: "0" * 64)
+    recomputed = planner.plan(sp, cache_dir=cache)
+    assert recomputed["from_cache"] == 0 and recomputed["simulated"] == 2
+    assert [p["tokens_per_s_per_gpu"] for p in recomputed["points"]] == \
+        [p["tokens_per_s_per_gpu"] for p in first["points"]]
+
+
+def test_code_and_data_digest_covers_sources_and_data():
+    from moesim.core import digest
+    value = digest.code_and_data_digest()
+    assert len(value) == 64 and value == digest.code_and_data_digest()
+    names = [name for name, _ in digest._files(Path(digest.__file__).resolve().parents[1], data_root())]
+    assert names == sorted(names)
+    assert "moesim/planning/sweep.py" in names and "moesim/core/digest.py" in names
+    assert any(n.startswith("topologies/systems/") for n in names)
+    assert any(n.startswith("workloads/models/") for n in names)
+    assert not any(n.endswith(".pyc") for n in names)
+
+
+@pytest.mark.parametrize("content", ["[]", "{}", '{"result": 3}', '"text"', "null", '{"result": {}}',
+                                     '{"result": {"metrics": []}}', '{"key": "other", "result": null}'])
+def test_cache_entry_of_the_wrong_shape_is_recomputed(tmp_path, content):
+    kept, _, _ = sweep.prune(search_space.expand(space(batch=[4])))
+    path = tmp_path / f"{kept[0]['key']}.json"
+    path.write_text(content)
+    out = sweep.run(kept, cache_dir=tmp_path)
+    assert [r["cached"] for r in out] == [False]
+    assert out[0]["result"]["metrics"]["tokens_per_s_per_gpu"] > 0
+    import json as _json
+    entry = _json.loads(path.read_text())  # overwritten with a good entry
+    assert entry["key"] == kept[0]["key"] and entry["result"] == out[0]["result"]
+    assert sweep.run(kept, cache_dir=tmp_path)[0]["cached"]
+
+
+def test_cache_entry_of_another_key_is_recomputed(tmp_path):
+    import json as _json
+    a, b = sweep.prune(search_space.expand(space(batch=[4, 8])))[0]
+    sweep.run([a], cache_dir=tmp_path)
+    (tmp_path / f"{b['key']}.json").write_text((tmp_path / f"{a['key']}.json").read_text())
+    out = sweep.run([b], cache_dir=tmp_path)
+    assert not out[0]["cached"]
+    assert _json.loads((tmp_path / f"{b['key']}.json").read_text())["key"] == b["key"]
+
+
+@pytest.mark.parametrize("field, change, expected", [
+    ("models.0", {"models": ["deepsek-v3"]}, "deepseek-v3"),
+    ("systems.0.name", {"systems": [{"name": "dgx-h10", "gpus": [16]}]}, "dgx-h100"),
+    ("systems.1", {"systems": ["dgx-h100", "nope-system"], "gpus": [16]}, "dgx-h100"),
+    ("dtypes.weights", {"dtypes": {"weights": "fp9", "kv_cache": "fp8"}}, "fp8"),
+    ("dtypes.kv_cache", {"dtypes": {"weights": "fp8", "kv_cache": "int3"}}, "bf16"),
+    ("skew.1", {"skew": ["uniform", "zipff:1.2"]}, "zipf"),
+    ("costs", {"costs": "no-such-costs.yaml"}, "costs"),
+])
+def test_space_names_that_do_not_resolve_are_errors_at_load(tmp_path, field, change, expected):
+    from click.testing import CliRunner
+
+    from moesim.cli import main
+    path = _write_space(tmp_path / "space.yaml", **change)
+    with pytest.raises(MoesimError) as err:
+        search_space.load_space(path)
+    assert err.value.field == field and expected in err.value.one_line()
+    assert err.value.file == str(path)
+    out = tmp_path / "plan.json"
+    result = CliRunner().invoke(main, ["plan", str(path), "-o", str(out)])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and field in lines[0], result.stderr
+    assert "Traceback" not in result.output and not out.exists()
+
+
+def test_space_with_unpriced_system_and_cost_objective_is_an_error_at_load(tmp_path):
+    costs = tmp_path / "costs.yaml"
+    costs.write_text("systems:\n  dgx-h100: {price_per_gpu_hour: 2.0, source: test}\n")
+    path = _write_space(tmp_path / "space.yaml", systems=[{"name": "dgx-h100", "gpus": [16]},
+                                                          {"name": "hgx-h200", "gpus": [16]}],
+                        objective="min_cost_per_million_tokens", costs=str(costs))
+    with pytest.raises(MoesimError) as err:
+        search_space.load_space(path)
+    assert err.value.field == "systems.1.name" and "hgx-h200" in err.value.problem
+    ok = _write_space(tmp_path / "ok.yaml", costs=str(costs), objective="min_cost_per_million_tokens")
+    assert search_space.load_space(ok).costs == str(costs)
+
+
+def _no_repr(text: str) -> None:
+    assert "{" not in text and "}" not in text and "[" not in text and "None" not in text, text
+
+
+def test_plan_table_when_nothing_is_feasible_is_sentences_not_a_dict():
+    from moesim.present.tables import plan_table
+    results = [_result(0, "a", 16, 1000, 60), _result(1, "a", 16, 500, 40), _result(2, "a", 16, 800, 55)]
+    out = planner.summarize(results, search_space.SLO(tpot_ms_max=30, min_tokens_per_s_per_gpu=900),
+                            "max_tokens_per_s_per_gpu", COSTS)
+    out.update({"space": "s", "expanded": 3, "pruned": 0, "pruned_reasons": [], "simulated": 3, "from_cache": 0})
+    text = plan_table(out)
+    _no_repr(text)
+    assert "no configuration meets the SLOs" in text and out["binding_constraint"]["text"] in text
+    assert "min_tokens_per_s_per_gpu" in text  # the other bound is named too
+
+
+def test_plan_where_every_point_is_pruned_says_so(tmp_path):
+    from click.testing import CliRunner
+
+    from moesim.cli import main
+    path = _write_space(tmp_path / "space.yaml", systems=[{"name": "dgx-h100", "gpus": [8]}],
+                        dtypes={"weights": "bf16", "kv_cache": "bf16"})
+    result = CliRunner().invoke(main, ["plan", str(path)])
+    assert result.exit_code == 0, result.output
+    _no_repr(result.stdout)
+    assert "no configuration was simulated" in result.stdout and "pruned" in result.stdout
+
+
+def test_plan_table_names_the_latency_metric():
+    from moesim.present.tables import plan_table
+    decode = planner.summarize([_result(0, "a", 16, 1000, 20)], search_space.SLO(), "max_tokens_per_s_per_gpu",
+                               COSTS)
+    text = plan_table(decode)
+    assert "TPOT ms" in text and "latency" not in text.lower()
+    pre = _result(0, "a", 16, 1000, 20)
+    pre["result"].update(phase="prefill", metrics={"tokens_per_s_per_gpu": 1000, "ttft_ms": 300, "step_time_s": 0.3})
+    text = plan_table(planner.summarize([pre], search_space.SLO(), "max_tokens_per_s_per_gpu", COSTS))
+    assert "TTFT ms" in text and "TPOT" not in text and "latency" not in text.lower()
+
+
+@pytest.mark.parametrize("address", ["garbage", "tcp://", "http://x:y", "tcp://127.0.0.1:notaport", "ftp://h:1"])
+def test_bad_dask_address_is_one_line_error_quickly(tmp_path, address):
+    import time
+
+    from click.testing import CliRunner
+
+    from moesim.cli import main
+    pytest.importorskip("distributed")
+    out = tmp_path / "plan.json"
+    start = time.perf_counter()
+    result = CliRunner().invoke(main, ["plan", str(SPACE), "--dask", address, "-o", str(out)])
+    assert result.exit_code == 2, (result.output, result.exception)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "--dask" in lines[0], result.stderr
+    assert time.perf_counter() - start < 5 and not out.exists()
+
+
+def _alive(pids):
+    import psutil
+    alive = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                alive.append(pid)
+        except psutil.NoSuchProcess:
+            pass
+    return alive
+
+
+def test_pool_workers_die_with_a_killed_parent(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    psutil = pytest.importorskip("psutil")
+    path = _write_space(tmp_path / "busy.yaml", systems=[{"name": "dgx-h100", "gpus": [32]}],
+                        batch=list(range(8, 136, 8)), overlap=["none", "two_batch"])
+    proc = subprocess.Popen([sys.executable, "-m", "moesim", "plan", str(path), "--workers", "2"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    workers: list[int] = []
+    try:
+        deadline = time.time() + 20
+        while time.time() < deadline and proc.poll() is None:
+            workers = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+            if len(workers) >= 2:
+                break
+            time.sleep(0.05)
+        assert len(workers) >= 2, "the pool workers did not start"
+        time.sleep(0.3)  # let them take work
+        os.kill(proc.pid, signal.SIGKILL)  # the parent alone, not its process group
+        proc.wait()
+        deadline = time.time() + 10
+        while time.time() < deadline and _alive(workers):
+            time.sleep(0.1)
+        assert not _alive(workers), "pool workers outlived their killed parent"
+    finally:
+        for pid in _alive(workers):
+            os.kill(pid, signal.SIGKILL)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
+def test_parent_signal_tears_the_pool_down(tmp_path, signum):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    psutil = pytest.importorskip("psutil")
+    path = _write_space(tmp_path / "busy.yaml", systems=[{"name": "dgx-h100", "gpus": [32]}],
+                        batch=list(range(8, 136, 8)), overlap=["none", "two_batch"], skew=["uniform", "zipf:1.0"])
+    proc = subprocess.Popen([sys.executable, "-m", "moesim", "plan", str(path), "--workers", "2"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    workers: list[int] = []
+    try:
+        deadline = time.time() + 20
+        while time.time() < deadline and proc.poll() is None:
+            workers = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+            if len(workers) >= 2:
+                break
+            time.sleep(0.05)
+        assert len(workers) >= 2, "the pool workers did not start"
+        time.sleep(0.3)
+        start = time.time()
+        os.kill(proc.pid, getattr(signal, signum))  # the parent alone
+        proc.wait(timeout=10)
+        assert time.time() - start < 5  # torn down, not left to finish the sweep
+        deadline = time.time() + 5
+        while time.time() < deadline and _alive(workers):
+            time.sleep(0.1)
+        assert not _alive(workers)
+        assert b"Traceback" not in proc.stderr.read()
+    finally:
+        for pid in _alive(workers):
+            os.kill(pid, signal.SIGKILL)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -44,8 +44,32 @@ def test_trace_has_one_track_per_gpu_stream(default_result):
 def test_deterministic():
     a = simulate(load_scenario(None, {"workload.batch": 16}))
     b = simulate(load_scenario(None, {"workload.batch": 16}))
-    a["simulation"].pop("wall_s"), b["simulation"].pop("wall_s")
     assert a == b
+
+
+TRAINING_YAML = """model: mixtral-8x7b
+system: dgx-h100
+gpus: 32
+parallel: {tp: 2, pp: 2, ep: 8}
+dtypes: {weights: bf16, kv_cache: bf16}
+workload: {kind: training, seq_len: 4096, micro_batch: 1, global_batch: 256, recompute: full}
+runtime: {framework: megatron}
+"""
+
+
+def test_same_inputs_give_the_same_bytes_on_the_command_line(tmp_path):
+    """No wall clock (or other run description) in the result record: two runs, identical JSON."""
+    from click.testing import CliRunner
+
+    from moesim.cli import main
+    runs = [CliRunner().invoke(main, ["simulate", "--batch", "16", "--json"]) for _ in range(2)]
+    assert all(r.exit_code == 0 for r in runs), runs[0].output
+    assert runs[0].output == runs[1].output
+    scenario = tmp_path / "training.yaml"
+    scenario.write_text(TRAINING_YAML)
+    training = [CliRunner().invoke(main, ["simulate", str(scenario), "--json"]) for _ in range(2)]
+    assert training[0].exit_code == 0, training[0].output
+    assert training[0].output == training[1].output
 
 
 def test_more_gpus_same_split_never_increase_expert_compute():

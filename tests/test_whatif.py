@@ -10,10 +10,20 @@ from moesim.planning.whatif import whatif
 
 
 def test_each_change_runs_against_the_same_base():
-    r = whatif(None, ["workload.batch=16", "workload.batch=128"])
-    assert [v["change"] for v in r["variants"]] == ["workload.batch=16", "workload.batch=128"]
+    r = whatif(None, ["workload.batch=16", "workload.batch=96"])
+    assert [v["change"] for v in r["variants"]] == ["workload.batch=16", "workload.batch=96"]
     assert r["variants"][0]["relative_change"]["tokens_per_s_per_gpu"] < 0 < \
         r["variants"][1]["relative_change"]["tokens_per_s_per_gpu"]
+
+
+def test_a_change_that_does_not_fit_gets_no_number():
+    """The same VRAM check as simulate and plan: batch 128 of the default is 0.9 GiB over budget."""
+    r = whatif(None, ["workload.batch=128", "workload.batch=96"])
+    over, ok = r["variants"]
+    assert over["fits"] is False and over["metrics"] is None and "short by" in over["problem"]
+    assert ok["fits"] is True and ok["metrics"]["tokens_per_s_per_gpu"] > r["base"]["tokens_per_s_per_gpu"]
+    anyway = whatif(None, ["workload.batch=128"], ignore_memory=True)["variants"][0]
+    assert anyway["fits"] is False and "cannot run" in anyway["warnings"][0] and anyway["metrics"]
 
 
 def test_faster_scale_out_never_slows_a_two_node_step():

@@ -1,11 +1,21 @@
-"""Error bars: how far to trust a simulated metric, from measured residuals.
+"""Error bands: how far to trust a simulated metric, from the signed residuals on measured cases.
 
-A headline metric gets value x (1 -+ 2 x rms), where rms combines (root of the sum of squares)
-the RMS relative error of moesim's predictions on the validation cases of the same kind
-(`serving` for serving metrics, `training` for training metrics; `topologies/
-residuals/validation.yaml`, written by `moesim validate --write-residuals`) and, when a
-calibration profile is used, the largest residual of its fits. k = 2 is roughly a 95% band if
-the errors were normal; with few cases it is a statement of evidence, not a guarantee.
+moesim's error is not symmetric noise: on the open cases it is optimistic in almost every class.
+So a band is built from the measured / predicted ratios of the validation cases of the same kind
+(`serving` for serving metrics, `training` for training metrics; `topologies/residuals/
+validation.yaml`, written by `moesim validate --write-residuals`), taken in log space and in the
+"speed" direction (a time metric's ratio is inverted, so throughput and latency cases pool):
+
+  centre = value x exp(d x mu)                (bias-corrected: what the cases say the truth is)
+  band   = value x exp(d x (mu -+ q x s x sqrt(1 + 1/n)))
+
+with mu, s the mean and standard deviation of log(measured / predicted speed) over the n cases,
+d = +1 for a rate and -1 for a time, q the 97.5 % quantile of Student's t with n - 1 degrees of
+freedom (`scipy.stats.t`): a 95 % prediction interval for one new deployment, which widens as
+the evidence thins (q = 12.7 for two cases, 2.0 for sixty). The band is asymmetric in linear
+terms and never negative; s is combined (root sum of squares) with the largest residual of a
+calibration profile when one is used; a fraction such as MFU is capped at 1. A band needs at
+least two cases, and always says how many it rests on.
 """
 from __future__ import annotations
 
@@ -18,14 +28,28 @@ from typing import Optional
 
 import numpy as np
 import yaml
+from scipy.stats import t as student_t
 
 from moesim import __version__
 from moesim.core.loader import data_root
 from moesim.core.output import write_atomic
 
-K = 2.0
+COVERAGE = 0.95  # of the prediction interval
+MIN_CASES = 2
 METRIC_KIND = {"tokens_per_s_per_gpu": None, "tokens_per_s_per_node": None, "tpot_ms": "serving",
                "ttft_ms": "serving", "step_time_s": None, "tflops_per_gpu": "training", "mfu": "training"}
+FRACTIONS = ("mfu",)  # metrics whose physical range ends at 1
+TIME_SUFFIXES = ("_ms", "_us", "_s")
+
+
+def speed_direction(metric: str) -> int:
+    """-1 for a time (smaller is faster), +1 for a rate or a size."""
+    return -1 if metric.endswith(TIME_SUFFIXES) else 1
+
+
+def log_speed_ratios(cases: list[dict]) -> np.ndarray:
+    """log(measured / predicted) of each case, in the speed direction (a time's ratio inverted)."""
+    return np.array([speed_direction(c["metric"]) * math.log(c["measured"] / c["predicted"]) for c in cases])
 
 
 def residuals_path() -> Path:
@@ -36,9 +60,13 @@ def residual_summary(result: dict) -> dict:
     """Per `what`: cases, RMS and mean signed relative error, MAPE - what error bars rest on."""
     out = {}
     for what in sorted({c["what"] for c in result["cases"]}):
-        errors = np.array([c["rel_error"] for c in result["cases"] if c["what"] == what])
+        mine = [c for c in result["cases"] if c["what"] == what]
+        errors = np.array([c["rel_error"] for c in mine])
+        logs = log_speed_ratios(mine)
         out[what] = {"cases": int(errors.size), "rms_rel_error": float(np.sqrt(np.mean(errors**2))),
-                     "mean_rel_error": float(errors.mean()), "mape": float(np.mean(np.abs(errors)))}
+                     "mean_rel_error": float(errors.mean()), "mape": float(np.mean(np.abs(errors))),
+                     "log_speed_ratio": {"mean": float(logs.mean()),
+                                         "sd": float(logs.std(ddof=1)) if logs.size >= MIN_CASES else None}}
     return out
 
 
@@ -68,24 +96,39 @@ def load_residuals(path: Optional[Path] = None) -> Optional[dict]:
 
 
 def bands(metrics: dict, kind: str, *, calibration_rms: float = 0.0, residuals: Optional[dict] = None) -> dict:
-    """{metric: {low, high, rms, rests_on}} for the headline metrics of a `kind` (serving|training) step."""
-    table = (residuals or {}).get("residuals", {})
-    row = table.get(kind)
+    """{metric: {centre, low, high, cases, bias, sd_log, rests_on}} for the headline metrics of a
+    `kind` (serving|training) step; see the module docstring. low/high/centre are None where the
+    evidence is too thin (no residuals, fewer than two cases, or a residuals file without the
+    log-ratio statistics)."""
+    row = (residuals or {}).get("residuals", {}).get(kind)
+    stats = (row or {}).get("log_speed_ratio") or {}
     out = {}
     for name, value in metrics.items():
         if name not in METRIC_KIND or not isinstance(value, (int, float)):
             continue
-        basis, rms = [], 0.0
-        if row:
-            rms = row["rms_rel_error"]
-            basis.append(f"{kind} validation residuals: RMS {100 * rms:.0f}% over {row['cases']} case(s), "
-                         f"mean signed {100 * row['mean_rel_error']:+.0f}%")
-        if calibration_rms:
-            rms = math.hypot(rms, calibration_rms)
-            basis.append(f"calibration fit RMS {100 * calibration_rms:.1f}%")
-        if not basis:
-            out[name] = {"low": None, "high": None, "rms": None, "rests_on": "no residuals available"}
+        if not row or stats.get("sd") is None:
+            why = "no residuals available" if not row else (
+                f"{kind} validation residuals: {row['cases']} case(s), too few for a band (need {MIN_CASES})"
+                if row["cases"] < MIN_CASES else "residuals file without log-ratio statistics: rewrite it "
+                                                 "with moesim validate --write-residuals")
+            out[name] = {"centre": None, "low": None, "high": None, "cases": (row or {}).get("cases", 0),
+                         "bias": (row or {}).get("mean_rel_error"), "sd_log": None, "rests_on": why}
             continue
-        out[name] = {"low": max(value * (1 - K * rms), 0.0), "high": value * (1 + K * rms), "rms": rms,
-                     "rests_on": "; ".join(basis)}
+        mu, sd = stats["mean"], stats["sd"]
+        basis = [f"{kind} validation residuals: {row['cases']} cases, mean signed error "
+                 f"{100 * row['mean_rel_error']:+.0f}%, measured/predicted speed x{math.exp(mu):.2f} "
+                 f"(log sd {sd:.2f})"]
+        if calibration_rms:
+            sd = math.hypot(sd, calibration_rms)
+            basis.append(f"calibration fit RMS {100 * calibration_rms:.1f}%")
+        n = row["cases"]
+        half = float(student_t.ppf(0.5 + COVERAGE / 2, n - 1)) * sd * math.sqrt(1 + 1 / n)
+        d = speed_direction(name)
+        centre = value * math.exp(d * mu)
+        low, high = sorted(value * math.exp(d * (mu + s * half)) for s in (-1, 1))
+        if name in FRACTIONS:
+            centre, low, high = min(centre, 1.0), min(low, 1.0), min(high, 1.0)
+            basis.append("capped at 1")
+        out[name] = {"centre": centre, "low": low, "high": high, "cases": row["cases"],
+                     "bias": row["mean_rel_error"], "sd_log": sd, "rests_on": "; ".join(basis)}
     return out

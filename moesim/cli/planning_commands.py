@@ -57,8 +57,10 @@ def plan(space_file: str, workers: int, cache_dir: Optional[str], dask_address: 
 @SCENARIO_ARG
 @click.option("--set", "sets", multiple=True,
               help="A change PATH=VALUE (join several with ';' to apply them together); repeat for more variants.")
+@click.option("--ignore-memory", is_flag=True,
+              help="Simulate changes that do not fit in VRAM anyway; their rows then say they cannot run.")
 @click.option("--json", "as_json", is_flag=True, help="Print base, variants and relative changes as JSON.")
-def whatif(scenario: Optional[str], sets: tuple[str, ...], as_json: bool) -> None:
+def whatif(scenario: Optional[str], sets: tuple[str, ...], ignore_memory: bool, as_json: bool) -> None:
     """Run a base scenario against single changes and print the deltas side by side.
 
     \b
@@ -69,7 +71,7 @@ def whatif(scenario: Optional[str], sets: tuple[str, ...], as_json: bool) -> Non
     from moesim.planning.whatif import whatif as run
     from moesim.present.tables import whatif_table
 
-    result = run(scenario, list(sets))
+    result = run(scenario, list(sets), ignore_memory=ignore_memory)
     if as_json:
         echo_json(result)
     else:

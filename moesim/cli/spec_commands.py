@@ -35,7 +35,8 @@ def memory(scenario: Optional[str], as_json: bool, **flags: Any) -> None:
         echo_json(ledger)
         return
     p = sc.plan
-    line = (f"{sc.input.name}: {sc.model.name} on {sc.gpus} x {sc.system.gpu.name} ({sc.system.id}); "
+    line = (f"{sc.input.name}: {sc.model.name} on {sc.system.fleet_label(sc.gpus)}, {sc.system.gpu.name} "
+            f"({sc.system.id}); "
             f"tp={p.tp} pp={p.pp} dp={p.dp} ep={p.ep} etp={p.etp}; weights {sc.input.dtypes.weights}, "
             f"KV {sc.input.dtypes.kv_cache}")
     click.echo(memory_table(ledger, line))
@@ -70,8 +71,8 @@ def systems(as_json: bool) -> None:
     if as_json:
         echo_json(rows)
         return
-    click.echo(table(["id", "gpu", "GPUs/node", "NVLink domain", "NVLink GB/s/dir", "NIC Gb/s/GPU", "HBM GiB"],
-                     [[r["id"], r["gpu"], r["gpus_per_node"], r["nvlink_domain_gpus"],
+    click.echo(table(["id", "gpu", "node", "NVLink domain", "NVLink GB/s/dir", "NIC Gb/s/GPU", "HBM GiB"],
+                     [[r["id"], r["gpu"], r["node"], f"{r['nvlink_domain_gpus']} GPUs ({r['nvlink_domain']})",
                        f"{r['nvlink_GBps_per_direction']:g}", f"{r['scale_out_Gbps_per_gpu']:g}",
                        f"{r['hbm_capacity_bytes'] / 2**30:.2f}"] for r in rows]))
 

@@ -34,8 +34,9 @@ def route(scenario: Optional[str], tokens: Optional[int], skew: str, placement: 
       moesim route --model mixtral-8x7b --gpus 8 --ep 8 --skew dirichlet:0.5 --json
     """
     from moesim.cluster.scenario import load_scenario
+    from moesim.costs.placement import parse_placement
     from moesim.present.tables import route_table
-    from moesim.sim.ep_summary import parse_placement, route_summary
+    from moesim.sim.ep_summary import route_summary
 
     overrides = scenario_overrides(flags)
     if placement:
@@ -100,7 +101,8 @@ def comm(system_name: Optional[str], gpus: Optional[int], op: str, size: str, al
     if as_json:
         echo_json({"system": system_name, "gpus": gpus, "op": op, "rows": rows})
     else:
-        click.echo(comm_table(system_name, gpus, op, rows))
+        from moesim.specs.hardware import load_system
+        click.echo(comm_table(f"{system_name}: {load_system(system_name).fleet_label(gpus)}", op, rows))
 
 
 @main.command()
@@ -116,10 +118,12 @@ def comm(system_name: Optional[str], gpus: Optional[int], op: str, size: str, al
 @click.option("--profile", help="Calibration profile (from `moesim calibrate`): path or name in topologies/calibration/.")
 @click.option("--report", "report_file", type=OutputFile(*REPORT_SUFFIXES),
               help="Also write a report of this result (.html or .pdf), as `moesim report` does.")
+@click.option("--ignore-memory", is_flag=True,
+              help="Simulate a deployment that does not fit in VRAM anyway; every figure then says it cannot run.")
 @click.option("--json", "as_json", is_flag=True, help="Print the Result as JSON.")
 def simulate(scenario: Optional[str], overlap: str, skew: str, placement: Optional[str], trace_file: Optional[str],
-             prefill_file: Optional[str], profile: Optional[str], report_file: Optional[str], as_json: bool,
-             **flags: Any) -> None:
+             prefill_file: Optional[str], profile: Optional[str], report_file: Optional[str], ignore_memory: bool,
+             as_json: bool, **flags: Any) -> None:
     """Simulate one serving step: tokens/s per GPU, TPOT or TTFT, where the time goes.
 
     \b
@@ -141,7 +145,8 @@ def simulate(scenario: Optional[str], overlap: str, skew: str, placement: Option
     sc = load_scenario(scenario, overrides)
     if prefill_file:
         from moesim.sim.simulate import simulate_disaggregated
-        result = simulate_disaggregated(load_scenario(prefill_file), sc, overlap=overlap, skew=skew, placement=placement)
+        result = simulate_disaggregated(load_scenario(prefill_file), sc, overlap=overlap, skew=skew, placement=placement,
+                                        ignore_memory=ignore_memory)
         if report_file:
             from moesim.present.report import write_report
             write_report([("disaggregated", result, "moesim simulate --prefill (this run)")], report_file)
@@ -149,11 +154,15 @@ def simulate(scenario: Optional[str], overlap: str, skew: str, placement: Option
             echo_json(result)
         else:
             m = result["metrics"]
+            for pool, pool_result in result["pools"].items():
+                for warning in pool_result.get("warnings", []):
+                    click.echo(f"WARNING ({pool} pool): {warning}")
             click.echo(f"disaggregated: {m['requests_per_s']:,.1f} requests/s, {m['output_tokens_per_s_per_gpu']:,.0f} "
                        f"output tokens/s per GPU over both pools, TTFT {m['ttft_ms']:.1f} ms, TPOT {m['tpot_ms']:.2f} ms, "
                        f"bound by the {m['bound_by']} pool")
         return
-    result = run(sc, overlap=overlap, skew=skew, placement=placement, trace=trace_file is not None)
+    result = run(sc, overlap=overlap, skew=skew, placement=placement, trace=trace_file is not None,
+                 ignore_memory=ignore_memory)
     trace = result.pop("_trace", None)
     if trace_file:
         write_atomic(trace_file, to_json(trace, indent=None))

@@ -212,6 +212,13 @@ def resolve_scenario(raw: ScenarioInput, *, source_file: Optional[str] = None) -
                 precision.canonical(value, field=f"dtypes.{name}")
             except MoesimError as exc:
                 raise exc.located(file=source_file) from None
+    kv_family = precision.get(raw.dtypes.kv_cache, field="dtypes.kv_cache").family
+    if kv_family is not None and system.gpu.peak_flops(kv_family) is None:
+        usable = [n for n in ("bf16", "fp8", "nvfp4")
+                  if system.gpu.peak_flops(precision.get(n).family) is not None]
+        raise MoesimError(f"{system.gpu.id} cannot read a {raw.dtypes.kv_cache} KV cache (no {kv_family} "
+                          f"tensor cores: dense_TFLOPs.{kv_family} is null)", file=source_file,
+                          field="dtypes.kv_cache", fix=f"use one of: {', '.join(usable)}, or a GPU with {kv_family} support")
     frameworks = framework_table().frameworks
     if raw.runtime.framework not in frameworks:
         raise MoesimError(f"unknown framework {raw.runtime.framework!r}", file=source_file,
@@ -222,3 +229,16 @@ def resolve_scenario(raw: ScenarioInput, *, source_file: Optional[str] = None) -
         raise exc.located(file=source_file) from None
     return Scenario(input=raw, model=model, system=system, plan=plan,
                     framework=frameworks[raw.runtime.framework], source_file=source_file)
+
+
+def with_redundant_experts(sc: Scenario, redundant: int, *, field: str) -> Scenario:
+    """The scenario with `redundant` EPLB replica slots, re-resolved: the slots cost VRAM and must
+    divide over the EP group like the file's own `experts.redundant` (a placement such as
+    `eplb:R` asks for them)."""
+    if redundant == sc.input.experts.redundant:
+        return sc
+    raw = sc.input.model_copy(update={"experts": sc.input.experts.model_copy(update={"redundant": redundant})})
+    try:
+        return resolve_scenario(raw, source_file=sc.source_file)
+    except MoesimError as exc:
+        raise MoesimError(exc.problem, field=field, fix=exc.fix) from None

@@ -73,6 +73,9 @@ def _parse_yaml(path: Path) -> tuple[Any, yaml.Node | None]:
     except OSError as exc:
         raise MoesimError(f"cannot read file ({exc.strerror})", file=str(path),
                           fix="check the path") from None
+    except UnicodeDecodeError as exc:
+        raise MoesimError(f"not a UTF-8 text file (byte {exc.start} cannot be decoded)", file=str(path),
+                          fix="give a YAML file") from None
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)

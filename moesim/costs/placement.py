@@ -257,3 +257,16 @@ def replica_bytes(placement: Placement, bytes_per_expert: float) -> float:
     charges beyond the E / ep experts of a placement without redundancy ((E + R) / ep slots).
     """
     return placement.redundant / placement.n_gpus * float(bytes_per_expert)
+
+
+def parse_placement(text: str, redundant: int, *, field: str = "placement") -> tuple[str, int]:
+    """`contiguous`, `round_robin`, `eplb` (redundant slots from the scenario) or `eplb:R`."""
+    name, _, arg = text.partition(":")
+    if name not in PLACEMENTS:
+        raise MoesimError(f"unknown placement {text!r}", field=field,
+                          fix=f"use one of: {', '.join(sorted(PLACEMENTS))} (eplb:R for R redundant experts)")
+    if arg:
+        if name != "eplb" or not arg.isdigit():
+            raise MoesimError(f"cannot read {text!r}", field=field, fix="write eplb:R with R >= 0 redundant experts")
+        redundant = int(arg)
+    return name, redundant

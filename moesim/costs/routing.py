@@ -28,6 +28,9 @@ from moesim.specs.model import ModelSpec
 
 SkewKind = Literal["uniform", "zipf", "dirichlet", "file", "trace"]
 
+CHOICE_BYTES = 4  # int32 expert id per (token, choice)
+MAX_SAMPLE_BYTES = 4 * 2**30  # keeps a sample well inside a 24 GiB machine
+
 
 class Skew(Record):
     kind: SkewKind
@@ -165,6 +168,17 @@ def _trace_choices(path: str, model: ModelSpec, layers: list[int], field: str) -
     return [np.ascontiguousarray(trace[layer], dtype=np.int32) for layer in layers]
 
 
+def check_sample_size(tokens: int, layers: int, topk: int) -> None:
+    """Refuse, before allocating, a routing sample larger than `MAX_SAMPLE_BYTES` of expert choices
+    (int32 per token and choice, per layer; the kernels' work arrays are of the same order)."""
+    need = tokens * max(layers, 1) * topk * CHOICE_BYTES
+    if need > MAX_SAMPLE_BYTES:
+        most = MAX_SAMPLE_BYTES // (max(layers, 1) * topk * CHOICE_BYTES)
+        raise MoesimError(f"routing {tokens:,} tokens over {layers} MoE layer(s) would hold {need / 2**30:,.1f} GiB of "
+                          f"expert choices, over the {MAX_SAMPLE_BYTES / 2**30:g} GiB limit", field="tokens",
+                          fix=f"route at most {most:,} tokens at once (a smaller --tokens or --batch)")
+
+
 def sample_routing(model: ModelSpec, skew: Skew, tokens: int, *, seed: int, layers: Optional[list[int]] = None,
                    batch: int = 0, node_limit: Optional[int] = None, nodes: int = 1,
                    capacity_factor: Optional[float] = None, field: str = "routing.skew") -> RoutingSample:
@@ -172,6 +186,7 @@ def sample_routing(model: ModelSpec, skew: Skew, tokens: int, *, seed: int, laye
     if tokens <= 0:
         raise MoesimError(f"token count must be positive, got {tokens}", field="tokens", fix="give at least 1 token")
     layers = list(range(model.num_moe_layers)) if layers is None else layers
+    check_sample_size(tokens, len(layers), model.moe.num_experts_per_tok)
     if node_limit is not None and node_limit < 1:
         raise MoesimError(f"node limit must be >= 1, got {node_limit}", field="routing.node_limit",
                           fix="give the most nodes a token may reach, or leave it unset")

@@ -5,8 +5,9 @@ Pipeline: `load_space(file)` -> `expand(space)` (one point per combination, dete
 order; moesim.planning.space) -> `prune(points)` (resolve each point with `load_scenario` and
 drop invalid splits and points whose VRAM ledger does not fit, each with a one-line reason,
 before any simulation) -> `run(kept, workers=, cache_dir=)` (simulate, in parallel processes if
-asked, caching each finished point as JSON keyed by the sha256 of the resolved scenario so a
-rerun resumes; both moesim.planning.sweep) -> `summarize(results, slo, objective, costs)`
+asked, caching each finished point as JSON keyed by the sha256 of the resolved scenario and of
+the code and data that compute it, so a rerun resumes and a code change recomputes; both
+moesim.planning.sweep) -> `summarize(results, slo, objective, costs)`
 (here: metrics and cost per point, feasible set, binding SLO when nothing is feasible, Pareto
 fronts, best point and why the runners-up lost). `plan` runs the whole pipeline, with optional
 `--set` changes on every point (`apply_sets`).
@@ -22,10 +23,11 @@ from pathlib import Path
 from typing import Any, Optional
 
 from moesim.cluster.scenario import load_scenario
+from moesim.core.digest import code_and_data_digest
 from moesim.core.errors import MoesimError
 from moesim.core.result import code_version
 from moesim.planning.space import SLO, CostTable, Space, expand, load_costs
-from moesim.planning.sweep import prune, run
+from moesim.planning.sweep import check_dask_address, prune, run
 from moesim.sim.simulate import OVERLAPS
 
 OBJECTIVES = ("max_tokens_per_s_per_gpu", "min_cost_per_million_tokens", "min_gpus")
@@ -206,6 +208,8 @@ def plan(space: Space, *, workers: int = 1, cache_dir: Optional[str | Path] = No
          costs: Optional[CostTable] = None, dask: Optional[str] = None, progress: bool = False,
          sets: Optional[list[str]] = None) -> dict:
     """The whole pipeline for one search space (with optional `--set` changes on every point)."""
+    if dask is not None:
+        check_dask_address(dask)  # a bad address is an error before any work, not after pruning
     if sets and cache_dir:  # variant systems beside the cache, named by their changes: resumable
         folder = Path(cache_dir) / "systems"
         folder.mkdir(parents=True, exist_ok=True)
@@ -227,7 +231,8 @@ def _plan(space: Space, points: list[dict], *, workers: int, cache_dir, costs, d
     summary = summarize(results, space.slo, space.objective, costs)
     summary.update({"space": space.name, "expanded": len(points), "pruned": pruned, "pruned_reasons": reasons,
                     "simulated": sum(not r["cached"] for r in results),
-                    "from_cache": sum(r["cached"] for r in results), "provenance": {"code": code_version()}})
+                    "from_cache": sum(r["cached"] for r in results),
+                    "provenance": {"code": dict(code_version(), code_and_data=code_and_data_digest())}})
     return summary
 
 

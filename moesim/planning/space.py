@@ -1,9 +1,10 @@
 """The search space of a capacity plan, read from its file and crossed into points in a fixed order.
 
 `load_space(file)` reads the space (models, systems and GPU counts, splits, batches, overlap,
-skew, SLOs, objective); `expand(space)` crosses it into one point per combination. A point is a
-plain dict: `{"id": int, "overrides": {dotted scenario path: value}, "simulate": {"overlap": ...,
-"skew": ...}}`; overrides are applied to the built-in default scenario exactly as CLI flags are
+skew, SLOs, objective) and checks that every name in it resolves (`check_names`);
+`expand(space)` crosses it into one point per combination. A point is a plain dict: `{"id": int,
+"overrides": {dotted scenario path: value}, "simulate": {"overlap": ..., "skew": ...}}`; overrides
+are applied to the built-in default scenario exactly as CLI flags are
 (`moesim.cluster.scenario.load_scenario`). `load_costs` reads the price file the summary uses.
 """
 from __future__ import annotations
@@ -85,7 +86,62 @@ class CostTable(Record):
 
 
 def load_space(path: str | Path) -> Space:
-    return load_record(Space, Path(path))
+    """Read a space file and check that every name in it resolves (`check_names`)."""
+    space = load_record(Space, Path(path))
+    check_names(space, file=str(path))
+    return space
+
+
+def _system_field(space: Space, i: int) -> str:
+    return f"systems.{i}.name" if isinstance(space.systems[i], SystemChoice) else f"systems.{i}"
+
+
+def check_names(space: Space, *, file: Optional[str] = None) -> None:
+    """Every name the space gives resolves, before any point is expanded: models, systems, dtypes,
+    skews, the price file (and, under the cost objective, a price for every system). A misspelt
+    name is bad input (MoesimError naming the space field and the valid names), not a reason to
+    prune every point. An error inside a named model or system file is raised as that file's."""
+    from moesim.costs.routing import parse_skew
+    from moesim.specs import precision
+    from moesim.specs.hardware import load_system
+
+    def at(exc: MoesimError, field: str) -> MoesimError:
+        return MoesimError(exc.problem, field=field, file=file, fix=exc.fix)
+
+    for i, model in enumerate(space.models):
+        try:
+            load_model(model)
+        except MoesimError as exc:
+            raise (exc if exc.file else at(exc, f"models.{i}")) from None
+    system_ids = []
+    for i, choice in enumerate(space.systems):
+        name = choice.name if isinstance(choice, SystemChoice) else choice
+        try:
+            system_ids.append(load_system(name).id)
+        except MoesimError as exc:
+            raise (exc if exc.file else at(exc, _system_field(space, i))) from None
+    for name in ("weights", "kv_cache"):
+        try:
+            precision.canonical(getattr(space.dtypes, name), field=f"dtypes.{name}")
+        except MoesimError as exc:
+            raise at(exc, f"dtypes.{name}") from None
+    for i, skew in enumerate(space.skew):
+        try:
+            parse_skew(skew, field=f"skew.{i}")
+        except MoesimError as exc:
+            raise at(exc, f"skew.{i}") from None
+    if space.costs is not None and not Path(space.costs).is_file():
+        raise MoesimError(f"no such price file {space.costs!r}", field="costs", file=file,
+                          fix="give the path of a price file like workloads/costs.yaml, or leave costs out "
+                              "for the default")
+    if space.objective == "min_cost_per_million_tokens":
+        prices = load_costs(space.costs).systems
+        for i, system_id in enumerate(system_ids):
+            if system_id not in prices:
+                raise MoesimError(f"no price for system {system_id!r} in the price file "
+                                  f"{space.costs or 'workloads/costs.yaml'}", field=_system_field(space, i),
+                                  file=file, fix=f"add price_per_gpu_hour for {system_id} to the price file (field "
+                                                 "costs), or use another objective")
 
 
 def load_costs(path: Optional[str | Path] = None) -> CostTable:
@@ -174,7 +230,7 @@ def label(point: dict) -> str:
     w = o["workload"]
     dp = o.get("parallel.dp", o["gpus"] // (o.get("parallel.tp", 1) * o.get("parallel.pp", 1)))
     system = point.get("system_name", o["system"])
-    text = (f"{o['model']} {system}x{o['gpus']} tp{o.get('parallel.tp', 1)} dp{dp} ep{o.get('parallel.ep', 1)}"
+    text = (f"{o['model']} {o['gpus']} GPUs of {system} tp{o.get('parallel.tp', 1)} dp{dp} ep{o.get('parallel.ep', 1)}"
             f" pp{o.get('parallel.pp', 1)} r{o.get('experts.redundant', 0)} b{w['batch']}")
     if s["overlap"] != "none":
         text += f" {s['overlap']}"
@@ -183,4 +239,4 @@ def label(point: dict) -> str:
     return text
 
 
-__all__ = ["Space", "SLO", "CostTable", "load_space", "load_costs", "expand", "all_splits"]
+__all__ = ["Space", "SLO", "CostTable", "load_space", "check_names", "load_costs", "expand", "all_splits"]

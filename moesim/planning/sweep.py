@@ -3,26 +3,40 @@
 `prune(points)` resolves each point with `load_scenario` and drops invalid splits and points whose
 VRAM ledger does not fit, each with a one-line reason, before any simulation. `run(kept,
 workers=, cache_dir=, dask=)` simulates the rest in this process, a local process pool or on a
-Dask cluster, caching each finished point as JSON keyed by the sha256 of the resolved scenario
-(`cache_key`) so a rerun resumes.
+Dask cluster, caching each finished point as JSON keyed by the sha256 of the resolved scenario and
+of the code and data that compute it (`cache_key`) so a rerun resumes, and a code or data change
+recomputes. Pool workers die with the planner process (`_worker_init`); a SIGINT or SIGTERM of
+the planner tears the pool down (`_run_pool`).
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import json
+import math
+import os
+import signal
+import sys
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from moesim import __version__
-from moesim.cluster.scenario import load_scenario
+from moesim.cluster.scenario import load_scenario, with_redundant_experts
+from moesim.core.digest import code_and_data_digest
 from moesim.core.errors import MoesimError
 from moesim.core.output import write_atomic
 from moesim.core.result import to_json
-from moesim.costs.memory import memory_ledger
+from moesim.costs.feasibility import fit_problem
+from moesim.costs.placement import parse_placement
 from moesim.planning.space import label
 from moesim.sim.layer_ops import check_simulatable
 from moesim.sim.simulate import simulate
+
+DASK_CONNECT_TIMEOUT_S = 5  # an unreachable scheduler is an error after this long, not a hang
 
 
 # ----------------------------------------------------------------------------- pruning
@@ -31,11 +45,33 @@ def _reason(exc: MoesimError) -> str:
     return f"{head}; {exc.fix}" if exc.fix else head
 
 
-def cache_key(point: dict, scenario_dump: dict) -> str:
-    """sha256 of the fully resolved scenario, the simulate arguments and the moesim version."""
+def cache_key(point: dict, scenario_dump: dict, code: Optional[str] = None) -> str:
+    """sha256 of the fully resolved scenario, the simulate arguments (with the bytes of a skew
+    file they name) and the digest of the code and data that compute the point
+    (`core.digest.code_and_data_digest`, or `code` when the caller has it): a cached point is
+    served only to the code and data that computed it."""
     blob = json.dumps({"scenario": scenario_dump, "overrides": point["overrides"], "simulate": point["simulate"],
-                       "version": __version__}, sort_keys=True, default=str)
+                       "skew_file": _skew_file_digest(point["simulate"].get("skew")),
+                       "version": __version__, "code": code or code_and_data_digest()},
+                      sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _skew_file_digest(skew: Any) -> Optional[str]:
+    """sha256 of the file a `file:PATH` / `trace:PATH` skew reads (None for other skews)."""
+    kind, _, arg = str(skew or "").partition(":")
+    if kind not in ("file", "trace") or not arg:
+        return None
+    try:
+        stat = Path(arg).stat()
+    except OSError:
+        return None
+    return _file_digest(str(Path(arg).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def prune(points: list[dict]) -> tuple[list[dict], int, list[dict]]:
@@ -44,22 +80,23 @@ def prune(points: list[dict]) -> tuple[list[dict], int, list[dict]]:
     Returns (kept points, each with its cache `key`; number pruned; one {id, label, reason} per
     pruned point)."""
     kept, reasons = [], []
+    code = code_and_data_digest()  # once per prune, not per point
     for point in points:
         try:
             sc = load_scenario(None, point["overrides"])
+            placement = point["simulate"].get("placement")
+            if placement:  # `eplb:R` replica slots cost VRAM and must divide, as simulate will ask
+                _, redundant = parse_placement(placement, sc.input.experts.redundant)
+                sc = with_redundant_experts(sc, redundant, field="placement")
             check_simulatable(sc)
         except MoesimError as exc:
             reasons.append({"id": point["id"], "label": label(point), "reason": _reason(exc)})
             continue
-        ledger = memory_ledger(sc)
-        if not ledger.fits:
-            gib = 2.0 ** 30
-            reasons.append({"id": point["id"], "label": label(point), "reason": (
-                f"does not fit in VRAM: {ledger.per_gpu['total_bytes'] / gib:.1f} GiB per GPU needed, budget "
-                f"{ledger.budget_bytes / gib:.1f} GiB ({ledger.memory_fraction:.0%} of "
-                f"{ledger.per_gpu['capacity_bytes'] / gib:.1f} GiB)")})
+        problem = fit_problem(sc)  # the check simulate and whatif make
+        if problem:
+            reasons.append({"id": point["id"], "label": label(point), "reason": problem})
             continue
-        kept.append(dict(point, key=cache_key(point, sc.model_dump(mode="json"))))
+        kept.append(dict(point, key=cache_key(point, sc.model_dump(mode="json"), code)))
     return kept, len(reasons), reasons
 
 
@@ -94,47 +131,205 @@ def run(points: list[dict], *, workers: int = 1, cache_dir: Optional[str | Path]
     for point in points:
         path = cache / f"{point['key']}.json" if cache and point.get("key") else None
         if path is not None and path.is_file():
-            try:
-                done[point["id"]] = _record(point, json.loads(path.read_text())["result"], True)
-                continue
-            except (ValueError, KeyError):
-                pass  # a corrupt cache entry is recomputed
+            cached = _cached_result(path, point["key"])
+            if cached is not None:
+                done[point["id"]] = _record(point, cached, True)
+                continue  # a corrupt entry, or one of another shape or key, is recomputed and overwritten
         todo.append((point, path))
 
     def finish(point: dict, path: Optional[Path], result: dict) -> None:
         if path is not None:
             write_atomic(path, to_json({"key": point["key"], "overrides": point["overrides"],
-                                        "simulate": point["simulate"], "version": __version__, "result": result}))
+                                        "simulate": point["simulate"], "version": __version__,
+                                        "code_and_data": code_and_data_digest(), "result": result}))
         done[point["id"]] = _record(point, result, False)
 
     with _progress(progress, len(todo)) as advance:
-        if dask:
+        if dask is not None:
             _run_dask(dask, todo, finish, advance)
         elif workers == 1 or len(todo) <= 1:
             for point, path in todo:
                 finish(point, path, simulate_point(point))
                 advance()
         else:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
-                futures = {pool.submit(simulate_point, point): (point, path) for point, path in todo}
-                for future in as_completed(futures):
-                    point, path = futures[future]
-                    finish(point, path, future.result())
-                    advance()
+            _run_pool(workers, todo, finish, advance)
     return [done[p["id"]] for p in points]
+
+
+_RESULT_KEYS = ("model", "system", "gpus", "parallel", "phase", "metrics")
+_LATENCY = {"decode": "tpot_ms", "prefill": "ttft_ms"}
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _cached_result(path: Path, key: str) -> Optional[dict]:
+    """The result a cache entry holds, or None when the entry cannot be used: unreadable, not
+    JSON, JSON of another shape, another point's key, or a result without what a plan reads."""
+    try:
+        entry = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(entry, dict) or entry.get("key") != key:
+        return None
+    result = entry.get("result")
+    if not isinstance(result, dict) or any(k not in result for k in _RESULT_KEYS):
+        return None
+    metrics, latency = result["metrics"], _LATENCY.get(result["phase"])
+    if not isinstance(metrics, dict) or latency is None or not isinstance(result["parallel"], dict):
+        return None
+    if not all(_number(metrics.get(k)) for k in ("tokens_per_s_per_gpu", "step_time_s", latency)):
+        return None
+    return result
+
+
+# ----------------------------------------------------------------------------- local pool
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+_PARENT_POLL_S = 0.5
+
+
+def _worker_init(parent: int) -> None:
+    """Start of a pool worker: it dies with the planner process `parent`. On Linux the kernel
+    sends it SIGTERM when its parent dies (prctl PR_SET_PDEATHSIG); everywhere, a daemon thread
+    exits it when its parent changes (reparented: the parent died) or `parent` is gone. Ctrl-C
+    is the planner's to handle (it tears the pool down), so workers ignore SIGINT."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not a handler inherited from the parent by fork
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # no prctl: the thread below still notices
+    ppid = os.getppid()
+    if _parent_gone(parent, ppid, None):
+        os._exit(1)  # the parent died before the death signal was armed
+    threading.Thread(target=_watch_parent, args=(parent, ppid), name="moesim-watch-parent", daemon=True).start()
+
+
+def _parent_gone(parent: int, ppid: int, expected_ppid: Optional[int]) -> bool:
+    if expected_ppid is not None and ppid != expected_ppid:
+        return True
+    try:
+        os.kill(parent, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        pass  # exists, not ours to signal
+    return False
+
+
+def _watch_parent(parent: int, ppid: int) -> None:
+    while True:
+        time.sleep(_PARENT_POLL_S)
+        if _parent_gone(parent, os.getppid(), ppid):
+            os._exit(1)
+
+
+class _Terminated(BaseException):
+    """SIGTERM arrived while the pool ran (a BaseException, like KeyboardInterrupt: no `except
+    Exception` on the way may swallow it)."""
+
+
+@contextlib.contextmanager
+def _sigterm_raises():
+    """While the pool runs, SIGTERM raises in the main thread (so the pool is torn down and the
+    `finally`s run) instead of killing this process at once; then this process exits 143."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous in (signal.SIG_IGN, None):
+        yield
+        return
+
+    def handler(signum, frame):
+        raise _Terminated()
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    except _Terminated:
+        raise SystemExit(128 + int(signal.SIGTERM)) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _kill_pool(pool: ProcessPoolExecutor) -> None:
+    """Stop a pool now: cancel what has not started, terminate the workers that run."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in processes:
+        with contextlib.suppress(Exception):
+            proc.terminate()
+    for proc in processes:
+        with contextlib.suppress(Exception):
+            proc.join(timeout=2)
+            if proc.is_alive():
+                proc.kill()
+
+
+def _run_pool(workers: int, todo: list, finish, advance) -> None:
+    """Simulate `todo` in a local process pool; finished points are cached as they arrive. Any
+    exception here (a failed point, Ctrl-C, SIGTERM) stops the workers at once instead of waiting
+    for the rest of the sweep."""
+    with _sigterm_raises():
+        pool = ProcessPoolExecutor(max_workers=workers, initializer=_worker_init, initargs=(os.getpid(),))
+        try:
+            futures = {pool.submit(simulate_point, point): (point, path) for point, path in todo}
+            for future in as_completed(futures):
+                point, path = futures[future]
+                finish(point, path, future.result())
+                advance()
+        except BaseException:
+            _kill_pool(pool)
+            raise
+        pool.shutdown(wait=True)
+
+
+def check_dask_address(address: str) -> None:
+    """A Dask scheduler address that can be dialled (`tcp://HOST:PORT`, also tls://, ws://, wss://
+    or HOST:PORT), checked before any work; MoesimError naming --dask otherwise."""
+    try:
+        from distributed.comm.addressing import parse_address
+        from distributed.comm.registry import get_backend
+    except ImportError:
+        raise MoesimError("dask.distributed is not installed", field="--dask",
+                          fix="pip install 'dask[distributed]' or run with --workers") from None
+    fix = "give the scheduler's address as tcp://HOST:PORT, e.g. tcp://127.0.0.1:8786"
+
+    def bad(why: str) -> MoesimError:
+        return MoesimError(f"{address!r} is not a Dask scheduler address: {why}", field="--dask", fix=fix)
+    try:
+        scheme, location = parse_address(address.strip(), strict=False)
+    except (ValueError, TypeError):
+        raise bad("cannot read it") from None
+    try:
+        backend = get_backend(scheme)
+    except (ValueError, ImportError):
+        raise bad(f"unknown scheme {scheme!r} (use tcp://, tls://, ws:// or wss://)") from None
+    try:
+        host, port = backend.get_address_host_port(location)
+    except NotImplementedError:  # inproc:// and the like have no host and port
+        return
+    except (ValueError, TypeError):
+        port_text = location.rpartition(":")[2] if ":" in location else ""
+        raise bad(f"the port {port_text!r} is not a number" if port_text else "no port after the host") from None
+    if not host:
+        raise bad("no host before the port")
+    if not isinstance(port, int) or not 0 < port < 65536:
+        raise bad(f"port {port} is not in 1..65535")
 
 
 def _run_dask(address: str, todo: list, finish, advance) -> None:
     """Submit every point to a Dask scheduler; finished points are cached as they arrive."""
+    check_dask_address(address)
+    from distributed import Client
+    from distributed import as_completed as dask_completed
     try:
-        from distributed import Client
-        from distributed import as_completed as dask_completed
-    except ImportError:
-        raise MoesimError("dask.distributed is not installed", field="--dask",
-                          fix="pip install 'dask[distributed]' or run with --workers") from None
-    try:
-        client = Client(address, timeout=10)
-    except (OSError, TimeoutError) as exc:
+        client = Client(address.strip(), timeout=DASK_CONNECT_TIMEOUT_S)
+    except Exception as exc:  # noqa: BLE001 -- whatever stops the connect (refused, timeout, no such backend)
         raise MoesimError(f"cannot reach the Dask scheduler at {address} ({type(exc).__name__})", field="--dask",
                           fix="start one (dask scheduler) or check the address, e.g. tcp://127.0.0.1:8786") from None
     try:
@@ -169,4 +364,4 @@ class _progress:
         return False
 
 
-__all__ = ["prune", "run"]
+__all__ = ["prune", "run", "cache_key", "check_dask_address"]

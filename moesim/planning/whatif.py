@@ -94,7 +94,8 @@ def system_variant(system_name: str, changes: dict[str, Any], folder: Path) -> s
     return str(target)
 
 
-def run_variant(scenario: Optional[str], changes: dict[str, Any], folder: Path) -> dict:
+def run_variant(scenario: Optional[str], changes: dict[str, Any], folder: Path, *,
+                ignore_memory: bool = False) -> dict:
     sim = {k: changes[k] for k in SIMULATE_KEYS if k in changes}
     system_changes = {k[len("system."):]: v for k, v in changes.items() if k.startswith("system.")}
     overrides = {k: v for k, v in changes.items() if k not in SIMULATE_KEYS and not k.startswith("system.")}
@@ -103,23 +104,39 @@ def run_variant(scenario: Optional[str], changes: dict[str, Any], folder: Path) 
         base_system = overrides.get("system") or data.get("system")
         overrides["system"] = system_variant(base_system, system_changes, folder)
     sc = load_scenario(scenario, overrides)
-    return simulate(sc, **sim)
+    return simulate(sc, ignore_memory=ignore_memory, **sim)
 
 
-def whatif(scenario: Optional[str], sets: list[str]) -> dict:
+def whatif(scenario: Optional[str], sets: list[str], *, ignore_memory: bool = False) -> dict:
     """Simulate the base and each change (a `;`-joined group applies together); return metrics
-    and relative deltas."""
+    and relative deltas.
+
+    The same VRAM check as `simulate` and `plan` (`costs.feasibility`): a base that does not fit is
+    an error; a change that does not fit gets a row that says so and no numbers, unless
+    `ignore_memory`, when its numbers come with the warning."""
     groups = [dict(parse_set(part) for part in s.split(";") if part.strip()) for s in sets]
     if not groups or not all(groups):
         raise MoesimError("no change given", field="--set", fix="add --set PATH=VALUE (one or more)")
     with tempfile.TemporaryDirectory(prefix="moesim-whatif-") as tmp:
-        base = run_variant(scenario, {}, Path(tmp))
+        base = run_variant(scenario, {}, Path(tmp), ignore_memory=ignore_memory)
         rows = []
         for changes in groups:
-            result = run_variant(scenario, changes, Path(tmp))
+            label = "; ".join(f"{k}={v}" for k, v in changes.items())
+            try:
+                result = run_variant(scenario, changes, Path(tmp), ignore_memory=ignore_memory)
+            except MoesimError as exc:
+                if exc.field != "memory":
+                    raise
+                rows.append({"change": label, "fits": False, "problem": exc.problem, "metrics": None,
+                             "relative_change": None})
+                continue
             deltas = {k: (v - base["metrics"][k]) / base["metrics"][k]
                       for k, v in result["metrics"].items()
                       if isinstance(v, (int, float)) and base["metrics"].get(k)}
-            label = "; ".join(f"{k}={v}" for k, v in changes.items())
-            rows.append({"change": label, "metrics": result["metrics"], "relative_change": deltas})
-    return {"scenario": base["scenario"], "base": base["metrics"], "variants": rows}
+            row = {"change": label, "fits": not result.get("warnings"), "metrics": result["metrics"],
+                   "relative_change": deltas}
+            if result.get("warnings"):
+                row["warnings"] = result["warnings"]
+            rows.append(row)
+    out = {"scenario": base["scenario"], "base": base["metrics"], "variants": rows}
+    return {"warnings": base["warnings"], **out} if base.get("warnings") else out

@@ -129,15 +129,21 @@ METRIC_UNITS = {"step_time_s": ("step time", lambda v: _ms(v)), "tpot_ms": ("TPO
                 "pipeline_bubble_fraction": ("pipeline bubble", lambda v: f"{100 * v:.1f} %")}
 
 
+def _fleet(data: dict) -> str:
+    """The result's GPUs as `16 × H100 (2 DGX H100 nodes of 8 GPUs)`; older results: `16 x dgx-h100`."""
+    return data.get("fleet") or f"{data['gpus']} x {data['system']}"
+
+
 # ----------------------------------------------------------------------------- sections
 def simulate_section(data: dict, input_file: str, title: Optional[str] = None) -> Section:
     sim, prov = data.get("simulation", {}), data.get("provenance") or {}
     training = data["phase"] == "training"
     inputs = [("scenario", data.get("scenario", "?")), ("model", data["model"]),
-              ("system", f"{data['system']}, {data['gpus']} GPUs"), ("parallel split", _split(data["parallel"])),
+              ("system", f"{data['system']}: {_fleet(data)}"), ("parallel split", _split(data["parallel"])),
               ("phase", data["phase"]), ("overlap", data.get("overlap", "none")), ("seed", str(data.get("seed"))),
               ("code version", _code(prov)), ("input file", input_file)]
-    assumptions = [f"Rates: {prov.get('rates') or 'not recorded in this input'}."]
+    assumptions = [f"WARNING: {w}." for w in data.get("warnings", [])]
+    assumptions += [f"Rates: {prov.get('rates') or 'not recorded in this input'}."]
     if not training:
         assumptions += [f"Routing skew: {sim.get('skew', '?')}; expert placement: {sim.get('placement', '?')}; "
                         f"dispatch in {sim.get('dispatch_dtype', '?')}; {sim.get('tokens_per_rank_per_microbatch', '?')} "
@@ -153,14 +159,19 @@ def simulate_section(data: dict, input_file: str, title: Optional[str] = None) -
         assumptions.append(f"Memory budget: {mem['memory_fraction']:g} of HBM capacity (framework setting).")
     bands = data.get("uncertainty", {})
     rests = sorted({b.get("rests_on") for b in bands.values() if b.get("rests_on")})
-    assumptions += [f"Error bands: value x (1 -+ 2 x RMS); they rest on {r}." for r in rests]
+    assumptions += [f"Error bands: bias-corrected centre value x exp(mean log measured/predicted ratio) and a 95% "
+                    f"prediction interval (Student's t) of that ratio; they rest on {r}." for r in rests]
 
     rows = []
     for key, value in data["metrics"].items():
         label, fmt = METRIC_UNITS.get(key, (key, _num))
+        if key == "tokens_per_s_per_node" and data.get("node"):
+            label = f"tokens/s per {data['node']['name']}"
         band = bands.get(key)
-        rows.append([label, fmt(value), f"{fmt(band['low'])} – {fmt(band['high'])}" if band else "—"])
-    tables = [Table("Headline metrics", ["metric", "value", "error band (k = 2)"], rows)]
+        known = band and band.get("centre") is not None
+        rows.append([label, fmt(value), fmt(band["centre"]) if known else "—",
+                     f"{fmt(band['low'])} – {fmt(band['high'])}" if known else "—"])
+    tables = [Table("Headline metrics", ["metric", "simulated", "bias-corrected", "95% band"], rows)]
     per_gpu = mem["per_gpu"]
     tables.append(Table("Memory per GPU", ["part", "GiB"],
                         [[label, f"{per_gpu.get(key, 0) / plots.GiB:,.2f}"] for key, label in plots.MEMORY_PARTS
@@ -204,7 +215,7 @@ def simulate_section(data: dict, input_file: str, title: Optional[str] = None) -
         "VRAM per GPU", "Memory per GPU by what holds it, against HBM capacity and the framework budget.",
         "memory: moesim.costs.memory ledger (weights from the model config, KV from the workload, buffers, reserve).",
         lambda: plots.vram_figure(mem)))
-    return Section(title or f"Simulation: {data['model']} on {data['gpus']} x {data['system']} ({data['phase']})",
+    return Section(title or f"Simulation: {data['model']} on {_fleet(data)} ({data['phase']})",
                    "simulate", input_file, inputs, assumptions, tables, figures)
 
 
@@ -221,7 +232,7 @@ def plan_section(data: dict, input_file: str) -> Section:
     slo = ", ".join(f"{k} = {v}" for k, v in data.get("slo", {}).items()) or "none"
     inputs = [("search space", str(data.get("space", "?"))), ("objective", str(data.get("objective"))),
               ("SLO", slo), ("models", ", ".join(sorted({p["model"] for p in points})) or "—"),
-              ("systems", ", ".join(sorted({f"{p['system']} x{p['gpus']}" for p in points})) or "—"),
+              ("systems", ", ".join(sorted({f"{p['gpus']} GPUs of {p['system']}" for p in points})) or "—"),
               ("configurations", f"{data.get('expanded', len(points))} expanded, {data.get('pruned', 0)} pruned, "
                                  f"{data.get('simulated', 0)} simulated, {data.get('from_cache', 0)} from cache"),
               ("seed", "each point's scenario seed (default 0)"),

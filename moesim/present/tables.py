@@ -95,9 +95,10 @@ def bench_table(result: dict, tokens: int) -> str:
                              "floor/kernel"], rows, align="lrrrrr")])
 
 
-def comm_table(system: str, gpus: int, op: str, rows: list[dict]) -> str:
-    """nccl-tests style: parameters, then size / time / algbw / busbw."""
-    head = [f"# moesim comm: {op} on {gpus} x {system} (predicted; nccl-tests definitions of algbw/busbw)"]
+def comm_table(fleet: str, op: str, rows: list[dict]) -> str:
+    """nccl-tests style: parameters, then size / time / algbw / busbw. `fleet` names the GPUs as
+    `System.fleet_label` does."""
+    head = [f"# moesim comm: {op} on {fleet} (predicted; nccl-tests definitions of algbw/busbw)"]
     head += [f"# {n}" for n in rows[0]["notes"]] if rows else []
     body = table(["size (B)", "time (us)", "algbw (GB/s)", "busbw (GB/s)", "algo", "proto", "bottleneck"],
                  [[f"{r['bytes']}", f"{r['time_us']:.2f}", f"{r['algbw_GBps']:.2f}", f"{r['busbw_GBps']:.2f}",
@@ -131,18 +132,26 @@ def network_bench_table(result: dict) -> str:
 def simulate_table(r: dict) -> str:
     m = r["metrics"]
     p = r["parallel"]
-    head = (f"{r['scenario']}: {r['model']} {r['phase']} on {r['gpus']} x {r['system']} "
-            f"(tp={p['tp']} dp={p['dp']} ep={p['ep']}), overlap {r['overlap']}, seed {r['seed']}")
-    lines = [head, ""]
-    lat = f"TPOT {m['tpot_ms']:.2f} ms" if "tpot_ms" in m else f"TTFT {m['ttft_ms']:.2f} ms"
-    lines.append(f"step {m['step_time_s'] * 1e3:.3f} ms; {lat}; {m['tokens_per_s_per_gpu']:,.0f} tokens/s per GPU; "
-                 f"{m['tokens_per_s_per_node']:,.0f} per node")
+    head = (f"{r['scenario']}: {r['model']} {r['phase']} on {r.get('fleet') or str(r['gpus']) + ' x ' + r['system']} "
+            f"(tp={p['tp']} pp={p['pp']} dp={p['dp']} ep={p['ep']}), overlap {r['overlap']}, seed {r['seed']}")
+    lines = [f"WARNING: {w}" for w in r.get("warnings", [])] + [head, ""]
+    if r["phase"] == "training":
+        lines.append(f"step {m['step_time_s']:.3f} s; {m['tokens_per_s_per_gpu']:,.0f} tokens/s per GPU; "
+                     f"{m['tflops_per_gpu']:,.0f} TFLOP/s per GPU; MFU {m['mfu']:.1%}; "
+                     f"pipeline bubble {m['pipeline_bubble_fraction']:.1%}")
+    else:
+        lat = f"TPOT {m['tpot_ms']:.2f} ms" if "tpot_ms" in m else f"TTFT {m['ttft_ms']:.2f} ms"
+        lines.append(f"step {m['step_time_s'] * 1e3:.3f} ms; {lat}; {m['tokens_per_s_per_gpu']:,.0f} tokens/s "
+                     f"per GPU; {m['tokens_per_s_per_node']:,.0f} per {(r.get('node') or {}).get('name', 'node')}")
     rows = [[k, f"{v['compute_s'] * 1e3:.3f}", f"{v['comm_s'] * 1e3:.3f}", f"{v['exposed_comm_s'] * 1e3:.3f}"]
             for k, v in sorted(r["breakdown"].items(), key=lambda kv: -(kv[1]["compute_s"] + kv[1]["comm_s"]))]
     lines += ["", table(["op class (critical GPU)", "compute ms", "comm ms", "exposed comm ms"], rows, align="lrrr")]
     band = r.get("uncertainty", {}).get("tokens_per_s_per_gpu")
-    if band and band["low"] is not None:
-        lines.append(f"\ntokens/s per GPU, error band: {band['low']:,.0f} .. {band['high']:,.0f} ({band['rests_on']})")
+    if band and band.get("centre") is not None:
+        lines.append(f"\ntokens/s per GPU corrected for the model's measured bias: {band['centre']:,.0f} "
+                     f"(band {band['low']:,.0f} .. {band['high']:,.0f}; {band['rests_on']})")
+    elif band:
+        lines.append(f"\ntokens/s per GPU: no error band ({band['rests_on']})")
     lines.append(f"\nmemory: {r['memory']['per_gpu']['total_bytes'] / 2**30:.2f} GiB per GPU, fits: "
                  f"{'yes' if r['memory']['fits'] else 'NO'}")
     return "\n".join(lines)
@@ -158,36 +167,63 @@ def ep_comm_table(r: dict) -> str:
 
 
 def plan_table(r: dict) -> str:
-    """Every simulated point, then the answer: best point and why the runners-up lost."""
+    """Every simulated point, then the answer: best point and why the runners-up lost, or why no
+    point meets the SLOs, or that every point was pruned. Sentences and a table only: the latency
+    column is named for its metric (TPOT for decode, TTFT for prefill)."""
+    headers = {"tpot_ms": "TPOT ms", "ttft_ms": "TTFT ms"}
+    points = r.get("points", [])
     rows = []
-    for p in r.get("points", []):
+    for p in points:
         cost = p.get("cost_per_million_tokens")
         rows.append([p["label"], f"{p['tokens_per_s_per_gpu']:,.0f}", f"{p['latency_ms']:.1f}",
                      "-" if cost is None else f"{cost:.3f}{'*' if p.get('cost_placeholder') else ''}",
                      "yes" if p.get("feasible") else "no"])
     out = [f"# moesim plan {r.get('space')}: {r.get('expanded')} points, {r.get('pruned')} pruned before "
            f"simulation, {r.get('simulated')} simulated, {r.get('from_cache')} from cache", ""]
-    out.append(table(["configuration", "tokens/s/GPU", "latency ms", "$/M tokens", "feasible"], rows,
-                     align="lrrrl"))
-    for reason in r.get("pruned_reasons", [])[:10]:
+    if points:
+        metrics = sorted({p.get("latency_metric") or "tpot_ms" for p in points})
+        latency = " / ".join(headers.get(m, m) for m in metrics)
+        out.append(table(["configuration", "tokens/s/GPU", latency, "$/M tokens", "feasible"], rows, align="lrrrl"))
+    reasons = r.get("pruned_reasons", [])
+    for reason in reasons[:10]:
         out.append(f"pruned: {reason.get('label', reason.get('id'))}: {reason.get('reason')}")
+    if len(reasons) > 10:
+        out.append(f"pruned: {len(reasons) - 10} more (moesim plan --json lists every reason)")
     best = r.get("best")
+    binding = r.get("binding_constraint")
     if best:
         out += ["", f"best ({r.get('objective')}): {best['label']}"]
         for loser in r.get("runners_up", []):
             out.append(f"  runner-up {loser['label']}: {loser.get('text') or loser.get('metric')}")
-    elif r.get("binding_constraint"):
-        out += ["", f"no configuration meets the SLOs; hardest: {r['binding_constraint']}"]
-    if any(p.get("cost_placeholder") for p in r.get("points", [])):
+    elif not points:
+        out += ["", f"no configuration was simulated: all {r.get('pruned')} points were pruned before simulation"
+                    + (" (reasons above)" if reasons else "")]
+    elif isinstance(binding, dict):
+        out += ["", f"no configuration meets the SLOs: {binding.get('text') or binding.get('constraint')}"]
+        for other in binding.get("all", [])[1:]:
+            miss = other.get("closest_miss") or {}
+            out.append(f"  also {other.get('constraint')}: violated by {other.get('violated_by')} of "
+                       f"{binding.get('points', len(points))} points; the closest ({miss.get('label')}) misses it by "
+                       f"{miss.get('relative', 0.0):.1%}")
+    elif r.get("feasible") == []:
+        out += ["", "no configuration meets the SLOs"]
+    if any(p.get("cost_placeholder") for p in points):
         out.append("* cost uses a placeholder price (workloads/costs.yaml): set your own")
     return "\n".join(out)
 
 
 def whatif_table(r: dict) -> str:
     keys = [k for k in ("tokens_per_s_per_gpu", "tpot_ms", "ttft_ms", "step_time_s", "mfu") if k in r["base"]]
-    rows = [["base"] + [f"{r['base'][k]:,.4g}" for k in keys]]
+    rows = [["base" + (" (cannot run)" if r.get("warnings") else "")] + [f"{r['base'][k]:,.4g}" for k in keys]]
+    notes = [f"# WARNING: base: {w}" for w in r.get("warnings", [])]
     for v in r["variants"]:
-        rows.append([v["change"]] + [f"{v['metrics'][k]:,.4g} ({100 * v['relative_change'].get(k, 0):+.1f}%)"
-                                     for k in keys])
+        if v.get("metrics") is None:
+            rows.append([v["change"]] + ["does not fit"] + ["-"] * (len(keys) - 1))
+            notes.append(f"# {v['change']}: {v['problem']}")
+            continue
+        flag = "" if v.get("fits", True) else " (cannot run)"
+        rows.append([v["change"] + flag] + [f"{v['metrics'][k]:,.4g} ({100 * v['relative_change'].get(k, 0):+.1f}%)"
+                                            for k in keys])
+        notes += [f"# WARNING: {v['change']}: {w}" for w in v.get("warnings", [])]
     return "\n".join([f"# moesim whatif: {r['scenario']} (each change alone against the base)", "",
-                      table(["change"] + keys, rows, align="l" + "r" * len(keys))])
+                      table(["change"] + keys, rows, align="l" + "r" * len(keys))] + ([""] + notes if notes else []))

@@ -12,23 +12,10 @@ import numpy as np
 from moesim.cluster.scenario import Scenario, Serving
 from moesim.core.errors import MoesimError
 from moesim.costs.collectives import build_fabric, ep_exchange_time
-from moesim.costs.placement import PLACEMENTS, gpu_load, imbalance, replica_bytes
+from moesim.costs.placement import PLACEMENTS, gpu_load, imbalance, parse_placement, replica_bytes
 from moesim.costs.routing import parse_skew, sample_routing
 from moesim.costs.traffic import ep_traffic, token_source_gpus
 from moesim.specs import precision
-
-
-def parse_placement(text: str, redundant: int, *, field: str = "placement") -> tuple[str, int]:
-    """`contiguous`, `round_robin`, `eplb` (redundant slots from the scenario) or `eplb:R`."""
-    name, _, arg = text.partition(":")
-    if name not in PLACEMENTS:
-        raise MoesimError(f"unknown placement {text!r}", field=field,
-                          fix=f"use one of: {', '.join(sorted(PLACEMENTS))} (eplb:R for R redundant experts)")
-    if arg:
-        if name != "eplb" or not arg.isdigit():
-            raise MoesimError(f"cannot read {text!r}", field=field, fix="write eplb:R with R >= 0 redundant experts")
-        redundant = int(arg)
-    return name, redundant
 
 
 def default_tokens(sc: Scenario) -> int:
@@ -68,7 +55,7 @@ def route_summary(sc: Scenario, *, skew: str = "uniform", placement: Optional[st
                           field="placement", fix="choose R so that experts + R is a multiple of ep")
     domain = min(sc.system.domain_gpus, n_gpus)
     nodes = max(n_gpus // domain, 1)
-    tokens = tokens or default_tokens(sc)
+    tokens = default_tokens(sc) if tokens is None else tokens
     parsed = parse_skew(skew, field="skew")
     sample = sample_routing(model, parsed, tokens, seed=sc.input.seed, layers=[layer], node_limit=node_limit,
                             nodes=nodes, capacity_factor=capacity_factor, field="skew")

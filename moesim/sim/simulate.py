@@ -8,14 +8,15 @@ overlap. Training steps run the 1F1B pipeline (`training_step`).
 """
 from __future__ import annotations
 
-import time
 from typing import Optional
 
 import numpy as np
 
-from moesim.cluster.scenario import Scenario, Serving, Training
+from moesim.cluster.scenario import Scenario, Serving, Training, with_redundant_experts
 from moesim.core.errors import MoesimError
+from moesim.costs.feasibility import fit_problem, require_fit
 from moesim.costs.memory import memory_ledger
+from moesim.costs.placement import parse_placement
 from moesim.sim.engine import chrome_trace, run_step
 from moesim.sim.event_summary import breakdown, layer_timeline
 from moesim.sim.layer_ops import serving_layers, serving_tokens_per_rank
@@ -26,14 +27,27 @@ OVERLAPS = ("none", "two_batch")
 
 
 def simulate(sc: Scenario, *, overlap: str = "none", skew: str = "uniform", placement: Optional[str] = None,
-             trace: bool = False) -> dict:
-    """Simulate one step of the scenario and return the Result (plain data)."""
+             trace: bool = False, ignore_memory: bool = False) -> dict:
+    """Simulate one step of the scenario and return the Result (plain data).
+
+    A deployment that does not fit in VRAM is refused (`costs.feasibility.require_fit`) unless
+    `ignore_memory`; then the Result says so in `warnings`, which every table and report shows.
+    """
     if overlap not in OVERLAPS:
         raise MoesimError(f"unknown overlap {overlap!r}", field="overlap", fix=f"use one of: {', '.join(OVERLAPS)}")
+    if placement:  # `eplb:R` asks for R replica slots: they cost VRAM and must divide, as in the file
+        placement, redundant = parse_placement(placement, sc.input.experts.redundant)
+        sc = with_redundant_experts(sc, redundant, field="placement")
+    warnings = []
+    if ignore_memory:
+        problem = fit_problem(sc)
+        if problem:
+            warnings.append(f"{problem}: simulated anyway (--ignore-memory); this deployment cannot run")
+    else:
+        require_fit(sc)
     w = sc.input.workload
     if isinstance(w, Training):
-        return simulate_training(sc, w, trace=trace)
-    wall = time.perf_counter()
+        return _with_warnings(simulate_training(sc, w, trace=trace), warnings)
     micro = 2 if overlap == "two_batch" else 1
     layers, group, info = serving_layers(sc, microbatches=micro, skew=skew, placement=placement)
     details = info.pop("details")
@@ -55,11 +69,11 @@ def simulate(sc: Scenario, *, overlap: str = "none", skew: str = "uniform", plac
         metrics["ttft_ms"] = step * 1e3
     out = {
         "scenario": sc.input.name, "model": sc.model.id, "system": sc.system.id, "gpus": sc.gpus,
+        "fleet": sc.system.fleet_label(sc.gpus), "node": {"name": sc.system.node_label, "gpus": sc.system.gpus_per_node},
         "parallel": p.model_dump(), "phase": w.phase, "overlap": overlap, "seed": sc.input.seed,
         "metrics": metrics, "breakdown": breakdown(result.events, critical),
         "memory": memory_ledger(sc).to_json(), "simulation": dict(info, critical_gpu=critical,
-                                                                  engine_events=len(result.events),
-                                                                  wall_s=time.perf_counter() - wall),
+                                                                  engine_events=len(result.events)),
     }
     out["uncertainty"] = metric_bands(sc, metrics, "serving")
     timeline_layer = details["moe_layers"][0] if details["moe_layers"] else 0
@@ -67,7 +81,12 @@ def simulate(sc: Scenario, *, overlap: str = "none", skew: str = "uniform", plac
     out["provenance"] = provenance(sc)
     if trace:
         out["_trace"] = chrome_trace(result, name=sc.input.name)
-    return out
+    return _with_warnings(out, warnings)
+
+
+def _with_warnings(result: dict, warnings: list[str]) -> dict:
+    """Put `warnings` first among the result's keys, where no reader can miss them (absent if none)."""
+    return {"warnings": warnings, **result} if warnings else result
 
 
 def simulate_disaggregated(prefill: Scenario, decode: Scenario, **kwargs) -> dict:

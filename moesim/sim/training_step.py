@@ -1,8 +1,6 @@
 """One training step: per-stage forward/backward costs, the 1F1B pipeline in the engine, MFU."""
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
 from moesim.cluster.scenario import Scenario, Training
@@ -120,7 +118,6 @@ def training_stage_costs(sc: Scenario, w: Training) -> dict:
 
 
 def simulate_training(sc: Scenario, w: Training, *, trace: bool) -> dict:
-    wall = time.perf_counter()
     costs = training_stage_costs(sc, w)
     result = run_pipeline(costs["forward_s"], costs["backward_s"], costs["microbatches"], costs["p2p_s"])
     # Megatron overlaps the gradient reduce with the last backward of each stage and the
@@ -137,6 +134,7 @@ def simulate_training(sc: Scenario, w: Training, *, trace: bool) -> dict:
                "pipeline_bubble_fraction": 1 - costs["microbatches"] * ideal / len(costs["forward_s"]) / result.makespan_s}
     stage0 = {"forward_s": costs["forward_s"][0], "backward_s": costs["backward_s"][0]}
     out = {"scenario": sc.input.name, "model": sc.model.id, "system": sc.system.id, "gpus": sc.gpus,
+           "fleet": sc.system.fleet_label(sc.gpus), "node": {"name": sc.system.node_label, "gpus": sc.system.gpus_per_node},
            "parallel": sc.plan.model_dump(), "phase": "training", "overlap": "1f1b", "seed": sc.input.seed,
            "metrics": metrics,
            "breakdown": {"pipeline": {"compute_s": result.makespan_s, "comm_s": 0.0, "exposed_comm_s": 0.0,
@@ -152,7 +150,7 @@ def simulate_training(sc: Scenario, w: Training, *, trace: bool) -> dict:
            "memory": memory_ledger(sc).to_json(),
            "simulation": {"microbatches": costs["microbatches"], "stage0_per_microbatch": stage0,
                           "p2p_s": costs["p2p_s"], "flop_convention": "6 x active params + 3 x causal attention scores",
-                          "engine_events": len(result.events), "wall_s": time.perf_counter() - wall}}
+                          "engine_events": len(result.events)}}
     out["uncertainty"] = metric_bands(sc, metrics, "training")
     # the pipeline schedule is the step's timeline: one row per stage (its GPUs are symmetric)
     out["details"] = {"timeline": layer_timeline(result.events, -1, unit="stage")}

@@ -27,6 +27,7 @@ def system_rows() -> list[dict]:
         spec = s.spec
         rows.append({
             "id": s.id, "name": spec.name, "gpu": s.gpu.id, "gpus_per_node": s.gpus_per_node,
+            "node": s.node_label, "nvlink_domain": s.spec.domain_name or "one node",
             "nvlink_domain_gpus": s.domain_gpus,
             "nvlink_GBps_per_direction": spec.scale_up.per_gpu_GBps_per_direction.value,
             "scale_out_Gbps_per_gpu": spec.scale_out.nics_per_gpu.value * spec.scale_out.nic_Gbps.value,

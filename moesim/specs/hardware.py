@@ -82,6 +82,7 @@ class GPUSpec(Record):
 
     id: str
     name: str
+    short_name: Optional[str] = None  # what people call it in a sentence ("H100"); default: the id
     arch: Sourced[str]
     sm_version: Sourced[int]
     sm_count: Sourced[int]
@@ -110,6 +111,10 @@ class GPUSpec(Record):
     @property
     def hbm_Bps(self) -> float:
         return self.hbm_bandwidth_TBps.value * units.TBps
+
+    @property
+    def spec_short_name(self) -> str:
+        return self.short_name or self.id
 
     def peak_flops(self, dtype_family: str) -> Optional[float]:
         value = getattr(self.dense_TFLOPs, dtype_family).value
@@ -153,6 +158,8 @@ class SystemSpec(Record):
     scale_up: ScaleUp
     scale_out: ScaleOut
     description: Optional[str] = None
+    node_name: str = "node"  # what one `gpus_per_node` unit is called ("DGX H100 node", "compute tray")
+    domain_name: Optional[str] = None  # an NVLink domain that spans nodes ("NVL72 rack"); None: one node
     calibration: Optional[str] = None  # a profile from `moesim calibrate` (name in topologies/calibration/ or path)
     hardware_profile: Optional[str] = None  # link latencies etc. (topologies/profiles/); default: the system id
 
@@ -174,6 +181,30 @@ class System(Record):
     @property
     def gpus_per_node(self) -> int:
         return self.spec.gpus_per_node.value
+
+    @property
+    def node_label(self) -> str:
+        """`8-GPU DGX H100 node`, `4-GPU compute tray`: a node always with its GPU count."""
+        return f"{self.gpus_per_node}-GPU {self.spec.node_name}"
+
+    def fleet_label(self, gpus: int) -> str:
+        """`16 × H100 (2 DGX H100 nodes of 8 GPUs)`, `72 × GB200 (1 NVL72 rack)`: GPUs counted as GPUs,
+        and the boxes they fill named as the system names them, so a GPU count never reads as a box
+        count and a 4-GPU tray never passes for an 8-GPU node."""
+        gpu, per_node, domain = self.gpu.spec_short_name, self.gpus_per_node, self.domain_gpus
+        name, domain_name = self.spec.node_name, self.spec.domain_name
+        if domain_name and domain > per_node and gpus % domain == 0:
+            units = gpus // domain
+            return f"{gpus} × {gpu} ({units} {domain_name}{'s' if units > 1 else ''})"
+        if gpus < per_node:
+            boxes = f"part of one {per_node}-GPU {name}"
+        else:
+            nodes = -(-gpus // per_node)
+            boxes = f"{nodes} {name}{'s' if nodes > 1 else ''} of {per_node} GPUs"
+            boxes += "" if gpus % per_node == 0 else ", the last one partly"
+        if domain_name and domain > per_node:
+            boxes += f", in a {domain}-GPU {domain_name}" if gpus < domain else f", across {domain}-GPU {domain_name}s"
+        return f"{gpus} × {gpu} ({boxes})"
 
 
 def gpus_dir() -> Path:

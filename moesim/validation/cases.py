@@ -11,6 +11,7 @@ from typing import Any, Optional
 
 from pydantic import ConfigDict
 
+from moesim.core.errors import MoesimError
 from moesim.core.loader import Record, parse_record, read_yaml
 from moesim.specs.hardware import load_system
 
@@ -38,7 +39,11 @@ class Skip(Exception):
 
 def load_cases(path: str) -> list[Case]:
     data, node = read_yaml(Path(path))
-    return parse_record(CasesFile, data, file=path, node=node).cases
+    cases = parse_record(CasesFile, data, file=path, node=node).cases
+    if not cases:
+        raise MoesimError("the file holds no cases", file=path, field="cases",
+                          fix="add cases in the schema of validation/SCHEMA.md")
+    return cases
 
 
 @dataclass(frozen=True)
