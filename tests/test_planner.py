@@ -493,27 +493,48 @@ def _alive(pids):
     return alive
 
 
-def test_pool_workers_die_with_a_killed_parent(tmp_path):
+def _kill_all(proc, workers: list[int]) -> None:
     import os
     import signal
+    for pid in _alive(workers):
+        os.kill(pid, signal.SIGKILL)
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def _plan_with_two_workers(path):
+    """Start `moesim plan PATH --workers 2` in its own session; return it and its pool workers' PIDs
+    once both run and have taken work."""
     import subprocess
     import sys
     import time
     psutil = pytest.importorskip("psutil")
+    proc = subprocess.Popen([sys.executable, "-m", "moesim", "plan", str(path), "--workers", "2"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    workers: list[int] = []
+    deadline = time.time() + 20
+    while time.time() < deadline and proc.poll() is None:
+        workers = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+        if len(workers) >= 2:
+            break
+        time.sleep(0.05)
+    if len(workers) < 2:
+        proc.kill()
+        proc.wait()
+        raise AssertionError("the pool workers did not start")
+    time.sleep(0.3)  # let them take work
+    return proc, workers
+
+
+def test_pool_workers_die_with_a_killed_parent(tmp_path):
+    import os
+    import signal
+    import time
     path = _write_space(tmp_path / "busy.yaml", systems=[{"name": "dgx-h100", "gpus": [32]}],
                         batch=list(range(8, 136, 8)), overlap=["none", "two_batch"])
-    proc = subprocess.Popen([sys.executable, "-m", "moesim", "plan", str(path), "--workers", "2"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    workers: list[int] = []
+    proc, workers = _plan_with_two_workers(path)
     try:
-        deadline = time.time() + 20
-        while time.time() < deadline and proc.poll() is None:
-            workers = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
-            if len(workers) >= 2:
-                break
-            time.sleep(0.05)
-        assert len(workers) >= 2, "the pool workers did not start"
-        time.sleep(0.3)  # let them take work
         os.kill(proc.pid, signal.SIGKILL)  # the parent alone, not its process group
         proc.wait()
         deadline = time.time() + 10
@@ -521,35 +542,18 @@ def test_pool_workers_die_with_a_killed_parent(tmp_path):
             time.sleep(0.1)
         assert not _alive(workers), "pool workers outlived their killed parent"
     finally:
-        for pid in _alive(workers):
-            os.kill(pid, signal.SIGKILL)
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        _kill_all(proc, workers)
 
 
 @pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
 def test_parent_signal_tears_the_pool_down(tmp_path, signum):
     import os
     import signal
-    import subprocess
-    import sys
     import time
-    psutil = pytest.importorskip("psutil")
     path = _write_space(tmp_path / "busy.yaml", systems=[{"name": "dgx-h100", "gpus": [32]}],
                         batch=list(range(8, 136, 8)), overlap=["none", "two_batch"], skew=["uniform", "zipf:1.0"])
-    proc = subprocess.Popen([sys.executable, "-m", "moesim", "plan", str(path), "--workers", "2"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    workers: list[int] = []
+    proc, workers = _plan_with_two_workers(path)
     try:
-        deadline = time.time() + 20
-        while time.time() < deadline and proc.poll() is None:
-            workers = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
-            if len(workers) >= 2:
-                break
-            time.sleep(0.05)
-        assert len(workers) >= 2, "the pool workers did not start"
-        time.sleep(0.3)
         start = time.time()
         os.kill(proc.pid, getattr(signal, signum))  # the parent alone
         proc.wait(timeout=10)
@@ -560,8 +564,4 @@ def test_parent_signal_tears_the_pool_down(tmp_path, signum):
         assert not _alive(workers)
         assert b"Traceback" not in proc.stderr.read()
     finally:
-        for pid in _alive(workers):
-            os.kill(pid, signal.SIGKILL)
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        _kill_all(proc, workers)

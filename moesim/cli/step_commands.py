@@ -30,7 +30,7 @@ def route(scenario: Optional[str], tokens: Optional[int], skew: str, placement: 
     \b
     Examples:
       moesim route
-      moesim route --skew zipf:1.0 --placement eplb:32 --gpus 64 --ep 64
+      moesim route --skew zipf:1.0 --placement eplb:64 --gpus 64 --ep 64
       moesim route --model mixtral-8x7b --gpus 8 --ep 8 --skew dirichlet:0.5 --json
     """
     from moesim.cluster.scenario import load_scenario

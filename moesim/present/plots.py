@@ -240,7 +240,7 @@ def pareto_figure(plan: dict) -> Figure:
     if best:
         ax.scatter([best["latency_ms"]], [best["tokens_per_s_per_gpu"]], s=180, facecolors="none",
                    edgecolors="black", linewidths=1.5, label=f"best: {best['label']}")
-    ax.set_xlabel(f"{metric.replace('_ms', '')} (ms)")
+    ax.set_xlabel(f"{metric.removesuffix('_ms').upper()} (ms)")
     ax.set_ylabel("tokens/s per GPU")
     ax.set_title(f"Plan {plan.get('space', '')}: {len(points)} configurations, {len(plan.get('feasible', []))} meet "
                  f"the SLO", fontsize=10)

@@ -255,7 +255,7 @@ def plan_section(data: dict, input_file: str) -> Section:
             for p in ordered]
     tables = [Table("Configurations (SLO-feasible first, then by throughput)",
                     ["configuration", "system", "GPUs", "split", "tokens/s/GPU",
-                     f"{points[0]['latency_metric'] if points else 'latency'} (ms)", "meets SLO", "$ / M tokens"], rows)]
+                     f"{(points[0]['latency_metric'] if points else 'latency_ms').removesuffix('_ms').upper()} (ms)", "meets SLO", "$ / M tokens"], rows)]
     pruned = data.get("pruned_reasons") or []
     if pruned:
         tables.append(Table("Pruned before simulation", ["configuration", "reason"],
