@@ -192,3 +192,34 @@ def test_gpus_are_counted_as_gpus_and_boxes_named_with_their_size():
     assert "72 × GB200 (1 NVL72 rack)" in rack.output and "per 4-GPU compute tray" in rack.output
     systems = run("systems")
     assert "4-GPU compute tray" in systems.output and "72 GPUs (NVL72 rack)" in systems.output
+
+
+# ---------------------------------------------------------------- found by tests/test_cli_property.py
+@pytest.mark.parametrize("args", [["memory", "--gpus", "abc"], ["simulate", "--batch"], ["nosuch-command"],
+                                  ["route", "--tokens", "64k"]])
+def test_flags_click_refuses_get_the_one_line_contract(args):
+    one_error_line(run(*args), "--help")
+
+
+def test_huge_cluster_and_odd_capacity_factor_are_errors():
+    one_error_line(run("comm", "--gpus", "1000000000000", "--op", "all_to_all"), "gpus", "at most")
+    for value in ("nan", "inf"):
+        one_error_line(run("route", "--model", "mixtral-8x7b", "--gpus", "8", "--ep", "8", "--capacity-factor", value),
+                       "capacity")
+
+
+def test_binary_hf_config_is_an_error(tmp_path):
+    config = tmp_path / "config.json"
+    config.write_bytes(bytes(range(128, 256)))
+    one_error_line(run("import-hf", config, "-o", tmp_path / "m.yaml"), "not a UTF-8 text file")
+    assert not (tmp_path / "m.yaml").exists()
+
+
+def test_report_of_a_mistyped_result_is_an_error_and_writes_nothing(tmp_path):
+    good = json.loads(run("simulate", "--batch", "16", "--json").output)
+    good["breakdown"] = {"attention": "not a mapping"}
+    good["provenance"] = ["not", "a", "mapping"]
+    path = tmp_path / "sim.json"
+    path.write_text(json.dumps(good))
+    one_error_line(run("report", path, "-o", tmp_path / "r.html"), "INPUT")
+    assert not (tmp_path / "r.html").exists()

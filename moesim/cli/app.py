@@ -22,6 +22,11 @@ class MoesimGroup(click.Group):
         except MoesimError as exc:
             click.echo(f"error: {exc.one_line()}", err=True)
             sys.exit(2)
+        except click.UsageError as exc:  # a flag click itself refused: same one-line contract
+            command = exc.ctx.command_path if exc.ctx is not None else "moesim"
+            message = " ".join(exc.format_message().split()).rstrip(".")
+            click.echo(f"error: {message}; see `{command} --help`", err=True)
+            sys.exit(2)
 
 
 class OutputFile(click.ParamType):

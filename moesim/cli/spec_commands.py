@@ -103,6 +103,9 @@ def import_hf(config_json: str, output: str, model_id: Optional[str]) -> None:
     except json.JSONDecodeError as exc:
         raise MoesimError(f"malformed JSON: {exc.msg} at line {exc.lineno}", file=config_json,
                           fix="give the model's config.json as downloaded") from None
+    except UnicodeDecodeError as exc:
+        raise MoesimError(f"not a UTF-8 text file (byte {exc.start} cannot be decoded)", file=config_json,
+                          fix="give the model's config.json as downloaded") from None
     spec = convert(config, model_id=model_id or Path(output).stem, source=config_json)
     write_atomic(output, to_yaml(spec))
     click.echo(f"wrote {output}")

@@ -107,6 +107,9 @@ def _assemble(nodes: list, edges: list, meta: dict) -> nx.DiGraph:
     return graph
 
 
+MAX_GPUS = 131_072  # 1,820 NVL72 racks: above any cluster built today, below this machine's memory
+
+
 def build_cluster(system: System, gpus: int, *, profile: str | None = None,
                   fabric: str = DEFAULT_FABRIC) -> nx.DiGraph:
     """The graph of `gpus` GPUs of `system`: NVLink domains joined by a rail-optimised fat tree.
@@ -119,6 +122,9 @@ def build_cluster(system: System, gpus: int, *, profile: str | None = None,
         raise MoesimError(f"number of GPUs must be a whole number >= 1, got {gpus!r}", field="gpus",
                           fix="give the cluster size, e.g. 16")
     gpus = int(gpus)
+    if gpus > MAX_GPUS:
+        raise MoesimError(f"{gpus:,} GPUs is more than moesim builds a topology graph for ({MAX_GPUS:,})",
+                          field="gpus", fix=f"give at most {MAX_GPUS:,} GPUs")
     try:
         prof = load_profile(profile or system.spec.hardware_profile or system.id)
     except MoesimError as exc:

@@ -14,6 +14,7 @@ bias moves by a fixed speed against its over/under-load.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -203,7 +204,7 @@ def sample_routing(model: ModelSpec, skew: Skew, tokens: int, *, seed: int, laye
             choices.append(kernels.sample_topk(pop[layer], groups, limit, tokens, k, layer_seed))
     kept, dropped = None, [0] * len(layers)
     if capacity_factor is not None:
-        if capacity_factor <= 0:
+        if not math.isfinite(capacity_factor) or capacity_factor <= 0:
             raise MoesimError(f"capacity factor must be positive, got {capacity_factor}", field="capacity_factor",
                               fix="use e.g. 1.25 (GShard/Switch) or leave it unset for dropless routing")
         capacity = int(np.ceil(capacity_factor * len(choices[0]) * k / n_experts))

@@ -346,6 +346,9 @@ def _pdf_blocks(sections: list[Section]) -> list[tuple[str, list[str]]]:
     return blocks
 
 
+MALFORMED = (KeyError, TypeError, ValueError, IndexError, AttributeError)  # what odd JSON raises here
+
+
 def check_output(output: str) -> str:
     """The report's format from its suffix (checked before any work is done)."""
     suffix = Path(output).suffix.lower()
@@ -362,9 +365,18 @@ def write_report(items: list[tuple[str, dict, str]], output: str) -> Path:
     for kind, data, name in items:
         try:
             sections += sections_for(kind, data, name)
-        except (KeyError, TypeError, ValueError, IndexError) as exc:
+        except MALFORMED as exc:
             raise MoesimError(f"{name}: a {kind} output without the expected field {exc}", field="INPUT",
                               fix="regenerate it with this moesim version") from None
+    try:  # figures are drawn lazily, so a field of the wrong type may only show here
+        return _write(sections, output, suffix)
+    except MALFORMED as exc:
+        names = ", ".join(name for _, _, name in items)
+        raise MoesimError(f"{names}: a field the report draws is missing or of the wrong type ({type(exc).__name__}: "
+                          f"{exc})", field="INPUT", fix="give outputs written by this moesim version, unedited") from None
+
+
+def _write(sections: list[Section], output: str, suffix: str) -> Path:
     title = _title(sections)
     if suffix == ".html":
         return write_atomic(output, render_html(sections, title=title))
