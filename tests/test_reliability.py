@@ -223,3 +223,15 @@ def test_report_of_a_mistyped_result_is_an_error_and_writes_nothing(tmp_path):
     path.write_text(json.dumps(good))
     one_error_line(run("report", path, "-o", tmp_path / "r.html"), "INPUT")
     assert not (tmp_path / "r.html").exists()
+
+
+def test_more_replica_slots_than_gpus_can_hold_is_an_error_not_a_hang():
+    one_error_line(run("route", "--model", "mixtral-8x7b", "--gpus", "8", "--ep", "8",
+                       "--redundant-experts", "1000000000000"), "experts.redundant", "at most 56")
+
+
+def test_a_case_measured_as_zero_makes_the_file_malformed(tmp_path):
+    cases = tmp_path / "cases.yaml"
+    cases.write_text("cases:\n- {id: a, what: gemm, system: dgx-h100, gpus: 1, metric: tflops, measured: 0,\n"
+                     "   params: {m: 4096, n: 4096, k: 4096, dtype: bf16}, source: test}\n")
+    one_error_line(run("validate", "--cases", cases), "measured")

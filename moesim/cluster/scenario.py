@@ -227,6 +227,11 @@ def resolve_scenario(raw: ScenarioInput, *, source_file: Optional[str] = None) -
         plan = resolve_plan(raw.parallel, raw.gpus, model, redundant_experts=raw.experts.redundant)
     except MoesimError as exc:
         raise exc.located(file=source_file) from None
+    most = model.moe.num_experts * (plan.ep - 1) if model.moe else 0
+    if raw.experts.redundant > most:
+        raise MoesimError(f"{raw.experts.redundant:,} redundant experts is more than EP {plan.ep} can hold apart "
+                          f"({most:,}: every expert once on every GPU)", file=source_file, field="experts.redundant",
+                          fix=f"give at most {most:,} replica slots")
     return Scenario(input=raw, model=model, system=system, plan=plan,
                     framework=frameworks[raw.runtime.framework], source_file=source_file)
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from pydantic import ConfigDict
+from pydantic import ConfigDict, Field
 
 from moesim.core.errors import MoesimError
 from moesim.core.loader import Record, parse_record, read_yaml
@@ -24,7 +24,7 @@ class Case(Record):
     gpus: Optional[int] = None
     params: dict[str, Any] = {}
     metric: str
-    measured: float
+    measured: float = Field(gt=0)  # a relative error needs a positive measurement
     source: str
 
 
