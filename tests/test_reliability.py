@@ -235,3 +235,13 @@ def test_a_case_measured_as_zero_makes_the_file_malformed(tmp_path):
     cases.write_text("cases:\n- {id: a, what: gemm, system: dgx-h100, gpus: 1, metric: tflops, measured: 0,\n"
                      "   params: {m: 4096, n: 4096, k: 4096, dtype: bf16}, source: test}\n")
     one_error_line(run("validate", "--cases", cases), "measured")
+
+
+def test_plan_with_a_replica_placement_prunes_the_splits_it_does_not_divide(tmp_path):
+    result = run("plan", ROOT / "workloads" / "spaces" / "example-dsv3-decode.yaml", "--set", "placement=eplb:32",
+                 "--json")
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.output)
+    assert plan["simulated"] + plan["from_cache"] >= 1
+    reasons = " ".join(r["reason"] for r in plan["pruned_reasons"])
+    assert "does not fit in VRAM" in reasons or "redundant" in reasons
