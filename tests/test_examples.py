@@ -31,6 +31,7 @@ import sys
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import click
 import pytest
@@ -193,12 +194,14 @@ def readme_lines() -> list[tuple[str, str]]:
     return out
 
 
-def _walk(cmd: click.Command, path: list[str]):
-    ctx = click.Context(cmd, info_name=" ".join(path))
+def _walk(cmd: click.Command, path: list[str], parent: Optional[click.Context] = None):
+    # contexts chained as `moesim` builds them: click caches each command's help option on first
+    # use, so a parentless context would leave subcommands without the group's `-h`
+    ctx = click.Context(cmd, info_name=path[-1], parent=parent, **(cmd.context_settings if parent is None else {}))
     yield path, cmd.get_help(ctx)
     if isinstance(cmd, click.Group):
         for name in cmd.list_commands(ctx):
-            yield from _walk(cmd.get_command(ctx, name), path + [name])
+            yield from _walk(cmd.get_command(ctx, name), path + [name], ctx)
 
 
 def help_lines() -> list[tuple[str, str]]:
