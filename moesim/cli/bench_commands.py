@@ -92,7 +92,7 @@ def bench_micro(name: str, backend: str, ranks: Optional[int], quick: bool, outp
     \b
     Examples:
       moesim bench micro collective --backend cpu --quick
-      moesim bench micro gemm -o results/gemm.json          # on a GPU machine
+      mkdir -p results && moesim bench micro gemm -o results/gemm.json   # on a GPU machine
     """
     from moesim.bench.micro.run import format_table, run_benchmark
 

@@ -144,7 +144,11 @@ def simulate(scenario: Optional[str], overlap: str, skew: str, placement: Option
         overrides["runtime.profile"] = profile
     sc = load_scenario(scenario, overrides)
     if prefill_file:
+        from moesim.core.errors import MoesimError
         from moesim.sim.simulate import simulate_disaggregated
+        if trace_file:
+            raise MoesimError("a trace is written for one pool's step, not for a disaggregated pair",
+                              field="--trace", fix="trace each pool alone: moesim simulate POOL.yaml --trace FILE")
         result = simulate_disaggregated(load_scenario(prefill_file), sc, overlap=overlap, skew=skew, placement=placement,
                                         ignore_memory=ignore_memory)
         if report_file:

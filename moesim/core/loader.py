@@ -217,12 +217,19 @@ def load_record(model: type[T], path: Path) -> T:
 def resolve(kind: str, name_or_path: str, folder: Path) -> Path:
     """Map a built-in name (`dgx-h100`) or a file path to the YAML file that defines it."""
     candidate = Path(name_or_path)
-    if candidate.suffix in (".yaml", ".yml") or candidate.exists():
+    try:
+        exists = candidate.exists()
+    except OSError:  # e.g. a name longer than the file system allows: not a file, so not found
+        exists = False
+    if candidate.suffix in (".yaml", ".yml") or exists:
         if not candidate.is_file():
             raise MoesimError(f"no such file {name_or_path!r}", field=kind,
                               fix=f"give an existing YAML file or a built-in {kind} name")
         return candidate
     path = folder / f"{name_or_path}.yaml"
+    if len(path.name) > 255:
+        raise MoesimError(f"no {kind} named {name_or_path[:40]!r}... ({len(name_or_path)} characters)", field=kind,
+                          fix=f"give a built-in {kind} name or a YAML path")
     if path.is_file():
         return path
     known = available(folder)

@@ -81,6 +81,9 @@ def read_input(path: str | Path) -> tuple[str, dict]:
     except OSError as exc:
         raise MoesimError(f"cannot read {p}: {exc.strerror or exc}", field="INPUT",
                           fix="give a JSON file written by moesim simulate/plan/validate --json") from None
+    except UnicodeDecodeError as exc:
+        raise MoesimError(f"{p}: not a UTF-8 text file (byte {exc.start} cannot be decoded)", field="INPUT",
+                          fix="give a JSON file written by moesim simulate/plan/validate --json") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:

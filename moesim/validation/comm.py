@@ -19,7 +19,10 @@ def predict_collective(case: Case, calibration=None) -> tuple[float, list[str]]:
         raise Skip(f"unknown collective op {op!r}")
     if case.metric not in COLLECTIVE_METRICS:
         raise Skip(f"unknown metric {case.metric!r} for a collective")
-    timing = collective_time(case.system, case.gpus, op, float(p["bytes"]),
+    size = float(p["bytes"])
+    if not size > 0:
+        raise Skip(f"bytes must be positive, got {p['bytes']!r}")
+    timing = collective_time(case.system, case.gpus, op, size,
                              link_overrides=link_overrides(calibration, case.system))
     value = {"busbw_GBps": timing.busbw_GBps, "algbw_GBps": timing.algbw_GBps,
              "time_us": timing.time_s / units.us}[case.metric]

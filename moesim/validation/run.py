@@ -67,6 +67,8 @@ def validate(cases: list[Case], *, profile: Optional[str | list[str]] = None) ->
                 reason = str(exc)
             except MoesimError as exc:
                 reason = f"cannot model: {exc.one_line()}"
+            except (KeyError, TypeError, ValueError) as exc:  # a param missing or of the wrong type
+                reason = f"malformed params ({type(exc).__name__}: {exc})"
         if reason is not None:
             skipped.append({"id": case.id, "reason": reason})
             continue
