@@ -51,11 +51,9 @@ INPUT_SUFFIX = re.compile(r"\.(ya?ml|json|csv|npy|html|pdf|png|svg)$")
 
 # Examples that cannot run on this machine or in CI, with the reason (key: the command as extracted).
 NOT_RUN = {
-    "moesim bench micro gemm -o results/gemm.json":
+    "mkdir -p results && moesim bench micro gemm -o results/gemm.json":
         "needs a CUDA GPU (--backend cuda is the default); the CPU path of the same harness runs in "
         "`moesim bench micro collective --backend cpu --quick`",
-    "mkdir -p results && moesim bench micro gemm -o results/gemm.json":
-        "needs a CUDA GPU (--backend cuda is the default)",
     "moesim plan SPACE.yaml --dask tcp://127.0.0.1:8786 --cache .moesim-cache -o plan.json":
         "needs a Dask scheduler listening at that address (the planner's Dask path is tested against a "
         "LocalCluster in tests/test_planner.py)",
