@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
@@ -33,6 +32,7 @@ from scipy.stats import t as student_t
 from moesim import __version__
 from moesim.core.loader import data_root
 from moesim.core.output import write_atomic
+from moesim.core.result import git_commit
 
 COVERAGE = 0.95  # of the prediction interval
 MIN_CASES = 2
@@ -71,11 +71,7 @@ def residual_summary(result: dict) -> dict:
 
 
 def write_residuals(path: str, result: dict, *, cases_file: str, profile: Optional[str]) -> Path:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                                cwd=Path(__file__).parent).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
+    commit = git_commit()
     data = {"format": "moesim-residuals/v1",
             "provenance": {"cases_file": Path(cases_file).name,
                            "cases_sha256": hashlib.sha256(Path(cases_file).read_bytes()).hexdigest(),

@@ -15,6 +15,7 @@ from moesim.costs.collectives import build_fabric, ep_exchange_time
 from moesim.costs.placement import PLACEMENTS, gpu_load, imbalance, parse_placement, replica_bytes
 from moesim.costs.routing import parse_skew, sample_routing
 from moesim.costs.traffic import ep_traffic, token_source_gpus
+from moesim.sim.layer_ops import serving_tokens_per_rank
 from moesim.specs import precision
 
 
@@ -22,7 +23,7 @@ def default_tokens(sc: Scenario) -> int:
     """Tokens one EP group routes per forward: each DP rank's batch (decode) or prompt chunk."""
     w = sc.input.workload
     if isinstance(w, Serving):
-        per_rank = w.batch if w.phase == "decode" else (w.prefill_chunk_tokens or w.batch * w.input_len)
+        per_rank = serving_tokens_per_rank(w)
     else:
         per_rank = w.micro_batch * w.seq_len
     ranks_per_group = max(sc.plan.dp // sc.plan.edp, 1)
