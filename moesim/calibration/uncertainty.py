@@ -57,10 +57,16 @@ def residuals_path() -> Path:
 
 
 def residual_summary(result: dict) -> dict:
-    """Per `what`: cases, RMS and mean signed relative error, MAPE - what error bars rest on."""
+    """Per `what`: cases, RMS and mean signed relative error, MAPE - what error bars rest on.
+
+    With cross-validation (`validate --cv source`) the left-out predictions are used: a band
+    must cover what a new deployment will see, not the fit's own cases."""
+    cv = "mape_cv" in result
+    cases = [dict(c, predicted=c["predicted_cv"], rel_error=c["rel_error_cv"]) for c in result["cases"]] if cv \
+        else result["cases"]
     out = {}
-    for what in sorted({c["what"] for c in result["cases"]}):
-        mine = [c for c in result["cases"] if c["what"] == what]
+    for what in sorted({c["what"] for c in cases}):
+        mine = [c for c in cases if c["what"] == what]
         errors = np.array([c["rel_error"] for c in mine])
         logs = log_speed_ratios(mine)
         out[what] = {"cases": int(errors.size), "rms_rel_error": float(np.sqrt(np.mean(errors**2))),
@@ -77,7 +83,10 @@ def write_residuals(path: str, result: dict, *, cases_file: str, profile: Option
                            "cases_sha256": hashlib.sha256(Path(cases_file).read_bytes()).hexdigest(),
                            "profile": profile, "moesim_version": __version__, "moesim_commit": commit,
                            "written": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                           "command": "moesim validate --cases CASES --write-residuals FILE"},
+                           "basis": "leave-one-source-out predictions" if "mape_cv" in result
+                           else "in-sample predictions",
+                           "command": "moesim validate --cases CASES --cv source --write-residuals FILE"
+                           if "mape_cv" in result else "moesim validate --cases CASES --write-residuals FILE"},
             "residuals": residual_summary(result)}
     return write_atomic(path, "# Residuals of moesim's predictions on measured cases, per `what`; what\n"
                               "# `moesim simulate` error bars rest on (moesim/calibration/uncertainty.py).\n"

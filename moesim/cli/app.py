@@ -96,6 +96,23 @@ def scenario_overrides(flags: dict[str, Any]) -> dict[str, Any]:
     return {FLAG_PATHS[k]: v for k, v in flags.items() if k in FLAG_PATHS and v is not None}
 
 
+def profile_overrides(profiles: tuple[str, ...]) -> dict[str, Any]:
+    """`--profile` values as scenario overrides: a kernel profile or `spec` sets runtime.kernel_profile,
+    a microbenchmark profile runtime.profile (at most one of each)."""
+    from moesim.calibration.kernel_params import split_profiles
+    from moesim.core.errors import MoesimError
+    kernel, microbench = split_profiles(profiles)
+    if len(microbench) > 1:
+        raise MoesimError(f"two calibration profiles: {microbench[0]} and {microbench[1]}", field="--profile",
+                          fix="give one microbenchmark profile (and at most one kernel profile or spec)")
+    out: dict[str, Any] = {}
+    if kernel:
+        out["runtime.kernel_profile"] = kernel
+    if microbench:
+        out["runtime.profile"] = microbench[0]
+    return out
+
+
 def echo_json(data: Any) -> None:
     from moesim.core.result import to_json
     click.echo(to_json(data))

@@ -13,26 +13,36 @@ from moesim.cli.app import FIGURE_SUFFIXES, YAML_SUFFIXES, OutputFile, echo_json
 @click.option("--cases", "cases_file", required=True, type=click.Path(dir_okay=False),
               help="Validation cases YAML (schema of the open validation set).")
 @click.option("--profile", "profiles", multiple=True,
-              help="Calibration profile applied to the cases on the GPU it was fitted on (repeat: one per GPU).")
+              help="Microbenchmark profile applied to the cases on the GPU it was fitted on (repeat: one per GPU); "
+                   "'spec' runs the kernel models from their sourced defaults, a kernel profile YAML from that fit.")
+@click.option("--cv", type=click.Choice(["source"]),
+              help="Cross-validate: refit the kernel parameters with each source left out and predict its cases.")
 @click.option("--report", "report_file", type=OutputFile(*FIGURE_SUFFIXES),
               help="Write a parity plot (predicted vs measured, one marker per what) as PNG/PDF/SVG.")
 @click.option("--write-residuals", "residuals_file", type=OutputFile(*YAML_SUFFIXES),
               help="Write the residual summary per `what` (what simulate's error bars rest on) as YAML.")
 @click.option("--json", "as_json", is_flag=True, help="Print cases, MAPE per what, and skipped cases as JSON.")
-def validate(cases_file: str, profiles: tuple[str, ...], report_file: Optional[str], residuals_file: Optional[str],
-             as_json: bool) -> None:
-    """Predict published measurements and report signed errors and MAPE per `what`.
+def validate(cases_file: str, profiles: tuple[str, ...], cv: Optional[str], report_file: Optional[str],
+             residuals_file: Optional[str], as_json: bool) -> None:
+    """Predict published measurements and report signed errors, MAPE and bias per `what`.
+
+    The kernel models use the shipped fitted kernel profile (topologies/calibration/kernels.yaml);
+    `--cv source` prints the leave-one-source-out MAPE beside the in-sample one.
 
     \b
-    Example:
+    Examples:
       moesim validate --cases validation/cases.yaml --json
+      moesim validate --cases validation/cases.yaml --cv source
+      moesim validate --cases validation/cases.yaml --profile spec
     """
+    from moesim.calibration.kernel_params import split_profiles
     from moesim.present.tables import validation_table
     from moesim.validation.cases import load_cases
     from moesim.validation.run import validate as run
 
-    profile = ", ".join(profiles) or None
-    result = run(load_cases(cases_file), profile=list(profiles))
+    kernel_profile, microbench = split_profiles(profiles)
+    profile = ", ".join(microbench) or None
+    result = run(load_cases(cases_file), profile=microbench, kernel_profile=kernel_profile, cv=cv)
     if report_file:
         from moesim.present.plots import parity_plot
         parity_plot(result, report_file)
@@ -46,18 +56,36 @@ def validate(cases_file: str, profiles: tuple[str, ...], report_file: Optional[s
 
 
 @main.command()
-@click.argument("results", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.argument("results", nargs=-1, type=click.Path(dir_okay=False))
+@click.option("--cases", "cases_files", multiple=True, type=click.Path(dir_okay=False),
+              help="Validation cases YAML: fit the kernel-model parameters to them (repeat for more files).")
 @click.option("-o", "--output", required=True, type=OutputFile(*YAML_SUFFIXES), help="Profile YAML to write.")
 @click.option("--gpu", "gpu_id", help="GPU id (default: inferred from the results' device name).")
 @click.option("--system", "system_id", help="System id (default: the one system built from that GPU).")
-def calibrate(results: tuple[str, ...], output: str, gpu_id: Optional[str], system_id: Optional[str]) -> None:
-    """Fit a hardware profile from microbenchmark results (GEMM efficiency, HBM, link alpha-beta).
+def calibrate(results: tuple[str, ...], cases_files: tuple[str, ...], output: str, gpu_id: Optional[str],
+              system_id: Optional[str]) -> None:
+    """Fit a hardware profile from microbenchmark results (GEMM efficiency, HBM, link alpha-beta),
+    or, with --cases, the kernel-model parameters from published measurements.
 
     \b
     Examples:
       moesim calibrate results/gemm.json results/memcpy.json results/collective.json -o profile.yaml
       moesim simulate --profile profile.yaml
+      moesim calibrate --cases validation/cases.yaml -o kernels.yaml
     """
+    from moesim.core.errors import MoesimError
+    if cases_files and results:
+        raise MoesimError("give microbenchmark results or --cases, not both", field="RESULTS",
+                          fix="run moesim calibrate twice: once per kind of input")
+    if cases_files:
+        from moesim.validation.calibrate_cases import calibrate_from_cases
+        command = " ".join(["moesim calibrate", *sys.argv[2:]])
+        summary = calibrate_from_cases(list(cases_files), output, command=command)
+        click.echo(summary)
+        return
+    if not results:
+        raise MoesimError("nothing to fit", field="RESULTS",
+                          fix="give microbenchmark results files (moesim bench) or --cases FILE")
     from moesim.calibration.fit import fit_profile, infer_ids
     from moesim.calibration.profile import write_profile
     from moesim.calibration.results import load_results

@@ -6,7 +6,7 @@ from typing import Any, Optional
 import click
 
 from moesim.cli.app import (REPORT_SUFFIXES, SCENARIO_ARG, OutputFile, echo_json, main, override_options,
-                            scenario_overrides)
+                            profile_overrides, scenario_overrides)
 
 
 @main.command()
@@ -115,14 +115,17 @@ def comm(system_name: Optional[str], gpus: Optional[int], op: str, size: str, al
 @click.option("--trace", "trace_file", type=OutputFile(".json"), help="Write a Chrome/Perfetto trace JSON.")
 @click.option("--prefill", "prefill_file", type=click.Path(dir_okay=False),
               help="Prefill-pool scenario: simulate prefill/decode disaggregation (SCENARIO is the decode pool).")
-@click.option("--profile", help="Calibration profile (from `moesim calibrate`): path or name in topologies/calibration/.")
+@click.option("--profile", multiple=True,
+              help="Calibration profile (from `moesim calibrate`): path or name in topologies/calibration/; a kernel "
+                   "profile (from `moesim calibrate --cases`) or `spec` (kernel models at sourced defaults only) "
+                   "replaces the shipped kernel fit. Repeat to give one of each.")
 @click.option("--report", "report_file", type=OutputFile(*REPORT_SUFFIXES),
               help="Also write a report of this result (.html or .pdf), as `moesim report` does.")
 @click.option("--ignore-memory", is_flag=True,
               help="Simulate a deployment that does not fit in VRAM anyway; every figure then says it cannot run.")
 @click.option("--json", "as_json", is_flag=True, help="Print the Result as JSON.")
 def simulate(scenario: Optional[str], overlap: str, skew: str, placement: Optional[str], trace_file: Optional[str],
-             prefill_file: Optional[str], profile: Optional[str], report_file: Optional[str], ignore_memory: bool,
+             prefill_file: Optional[str], profile: tuple[str, ...], report_file: Optional[str], ignore_memory: bool,
              as_json: bool, **flags: Any) -> None:
     """Simulate one serving step: tokens/s per GPU, TPOT or TTFT, where the time goes.
 
@@ -140,8 +143,7 @@ def simulate(scenario: Optional[str], overlap: str, skew: str, placement: Option
     from moesim.sim.simulate import simulate as run
 
     overrides = scenario_overrides(flags)
-    if profile:
-        overrides["runtime.profile"] = profile
+    overrides.update(profile_overrides(profile))
     sc = load_scenario(scenario, overrides)
     if prefill_file:
         from moesim.core.errors import MoesimError

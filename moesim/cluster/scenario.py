@@ -66,6 +66,9 @@ class Runtime(Record):
     framework: str = "sglang"
     memory_fraction: Optional[Annotated[float, Field(gt=0, le=1)]] = None
     profile: Optional[str] = Field(None, description="calibration profile (path or name in topologies/calibration/)")
+    kernel_profile: Optional[str] = Field(None, description="kernel-model parameters: a profile from `moesim calibrate "
+                                                             "--cases`, `spec` for sourced defaults; default: the "
+                                                             "shipped topologies/calibration/kernels.yaml")
 
 
 class ScenarioInput(Record):

@@ -300,6 +300,25 @@ def flows_time(fabric: Fabric, src, dst, nbytes) -> float:
     return float(times[slowest] + path_latency(fabric.table, links[ptr[slowest]:ptr[slowest + 1]]))
 
 
+def load_time(fabric: Fabric, src, dst, nbytes) -> float:
+    """Seconds until concurrent flows complete when the network is work-conserving: the most
+    loaded link's bytes over its rate, plus the longest path latency. Static max-min
+    (`flows_time`) fixes each flow's rate for its whole life, which overstates the makespan of
+    uneven flows (random routing: the largest of many small per-pair counts); a link that stays
+    busy until its last byte is what DeepEP-style chunked transfers achieve."""
+    src, dst, nbytes = np.asarray(src), np.asarray(dst), np.asarray(nbytes, dtype=np.float64)
+    keep = (nbytes > 0) & (src != dst)
+    src, dst, nbytes = src[keep], dst[keep], nbytes[keep]
+    if len(src) == 0:
+        return 0.0
+    ptr, links = routes(fabric.graph, fabric.table, np.stack([src, dst], axis=1))
+    per_flow = np.repeat(nbytes, np.diff(ptr))
+    load = np.bincount(links, weights=per_flow, minlength=len(fabric.capacity_Bps))
+    hop_latency = np.bincount(np.repeat(np.arange(len(src)), np.diff(ptr)), weights=fabric.table.latency_s[links],
+                              minlength=len(src))
+    return float(np.max(load / fabric.capacity_Bps) + hop_latency.max())
+
+
 def ep_exchange_time(fabric: Fabric, direct: np.ndarray, rdma: np.ndarray, forward: np.ndarray,
                      domain: int) -> float:
     """One EP all-to-all (dispatch or combine) as DeepEP's normal kernels run it: direct flows

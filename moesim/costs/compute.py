@@ -3,8 +3,8 @@
 The model, per kernel (every number it uses comes from `topologies/gpus/<gpu>.yaml` or
 `topologies/compute/<gpu>.yaml`, each with its source):
 
-    time    = max(compute, memory) + kernel_launch_s
-    compute = waves x 2·TM·TN·k / (peak x matmul_peak_efficiency / sm_count)
+    time    = max(compute, memory) + kernel_launch_s (+ groups x group_overhead_s, grouped)
+    compute = waves x (2·TM·TN·k / (peak x matmul_peak_efficiency / sm_count) + tile_overhead_s)
     memory  = bytes(A) + bytes(B) + bytes(C) / (HBM spec x memory efficiency)
 
 * `peak` is the dense tensor-core peak of the dtype's family (`dense_TFLOPs`), and
@@ -24,6 +24,10 @@ The model, per kernel (every number it uses comes from `topologies/gpus/<gpu>.ya
 * A, B and C are each moved once: A = m x k and B = k x n in the GEMM's dtype (W8A8 / W4A4: both
   operands in the same format, block scales included via `precision`), C = m x n in BF16, the
   usual epilogue output of BF16/FP8/FP4 GEMMs. L2 reuse and operand re-reads are not modelled.
+
+A kernel fit (`moesim calibrate --cases`, `costs.gemm_kernels.fitted_compute_profile`) replaces
+the efficiencies, the launch constant and the two overheads (zero in the data files) with the
+fitted `gemm.*` parameters of the GPU's architecture and the library that runs the GEMMs.
 
 Not modelled: split-K / stream-K, L2 bandwidth, narrow-N tiles (see the profile notes), clocks
 throttled by power. Units are SI: seconds, bytes, FLOP/s.
@@ -80,6 +84,16 @@ class GemmTiles(Sourced[list[list[int]]]):
         return v
 
 
+class KernelFitTerms(Record):
+    """What a kernel fit adds to a compute profile (`costs.gemm_kernels.fitted_compute_profile`);
+    never set by the data files."""
+
+    profile: str                    # the kernel profile it came from
+    tile_overhead_s: float          # per output tile: pipeline fill and an epilogue not hidden by the next tile
+    group_overhead_s: float         # per group of a grouped GEMM: switching to another group's weights
+    fp8_block_efficiency: Optional[float] = None  # 1x128 / 128x128 block-scaled FP8 (DeepGEMM)
+
+
 class ComputeProfile(Record):
     """Efficiencies of one GPU model for the roofline compute model (`topologies/compute/<gpu>.yaml`)."""
 
@@ -88,10 +102,22 @@ class ComputeProfile(Record):
     gemm_tiles: GemmTiles
     memory_efficiency: Optional[Fraction] = None
     kernel_launch_s: RequiredPositive
+    kernel_fit: Optional[KernelFitTerms] = None
+
+    @property
+    def tile_overhead_s(self) -> float:
+        return self.kernel_fit.tile_overhead_s if self.kernel_fit else 0.0
+
+    @property
+    def group_overhead_s(self) -> float:
+        return self.kernel_fit.group_overhead_s if self.kernel_fit else 0.0
 
     def matmul_efficiency(self, dtype: str) -> float:
         """`matmul_peak_efficiency` of a dtype name (`fp8_block128`) or family (`fp8`)."""
         family = _family(dtype)
+        block = self.kernel_fit.fp8_block_efficiency if self.kernel_fit else None
+        if family == "fp8" and "block" in dtype and block is not None:
+            return block
         value = getattr(self.matmul_peak_efficiency, family).value
         if value is None:
             raise MoesimError(f"{self.gpu} has no matmul efficiency for {family} ({dtype})",
@@ -226,7 +252,7 @@ def _gemm_parts(gpu: GPUSpec, profile: ComputeProfile, rows: np.ndarray, n: floa
     for tm, tn in profile.gemm_tiles.value:
         tiles = int(np.ceil(rows / tm).sum()) * math.ceil(n / tn)
         waves = math.ceil(tiles / sms)
-        compute = waves * 2.0 * tm * tn * k / per_sm
+        compute = waves * (2.0 * tm * tn * k / per_sm + profile.tile_overhead_s)
         if best is None or compute < best[0]:
             best = (compute, (tm, tn), tiles, waves)
     compute, tile, tiles, waves = best
@@ -238,10 +264,10 @@ def _gemm_parts(gpu: GPUSpec, profile: ComputeProfile, rows: np.ndarray, n: floa
 
 
 def _gemm(gpu: GPUSpec, profile: ComputeProfile, rows: np.ndarray, n: float, k: float, dtype: str,
-          out_dtype: str) -> GemmEstimate:
+          out_dtype: str, grouped: bool = False) -> GemmEstimate:
     """One kernel over groups with `rows[g]` > 0 output rows each, sharing n and k (all float64)."""
     compute, memory, flops, nbytes, tile, tiles, waves = _gemm_parts(gpu, profile, rows, n, k, dtype, out_dtype)
-    launch = profile.kernel_launch_s.value
+    launch = profile.kernel_launch_s.value + (len(rows) * profile.group_overhead_s if grouped else 0.0)
     rate = tensor_peak_flops(gpu, profile, dtype)
     return GemmEstimate(time_s=max(compute, memory) + launch, compute_s=compute, memory_s=memory,
                         launch_s=launch, flops=flops, bytes=nbytes, tile=tile, tiles=tiles, waves=waves,
@@ -286,7 +312,7 @@ def grouped_gemm_estimate(gpu: GPUSpec, profile: ComputeProfile, tokens_per_grou
     if rows.size == 0:
         _family(dtype)
         return None
-    return _gemm(gpu, profile, rows, n, k, dtype, out_dtype)
+    return _gemm(gpu, profile, rows, n, k, dtype, out_dtype, grouped=True)
 
 
 def grouped_gemm_time(gpu: GPUSpec, profile: ComputeProfile, tokens_per_group: Sequence[float] | np.ndarray,
@@ -313,14 +339,15 @@ def grouped_gemm_times_per_owner(gpu: GPUSpec, profile: ComputeProfile, tokens_p
     best = None
     for tm, tn in profile.gemm_tiles.value:
         tiles = np.bincount(owner, weights=np.ceil(counts / tm) * active, minlength=owners) * math.ceil(n / tn)
-        compute = np.ceil(tiles / sms) * 2.0 * tm * tn * k / (rate / sms)
+        compute = np.ceil(tiles / sms) * (2.0 * tm * tn * k / (rate / sms) + profile.tile_overhead_s)
         best = compute if best is None else np.minimum(best, compute)
     rows = np.bincount(owner, weights=counts, minlength=owners)
     groups = np.bincount(owner, weights=active.astype(float), minlength=owners)
     a = precision.bytes_per_element(dtype)
     c = precision.bytes_per_element(out_dtype, field="out_dtype")
     memory = (rows * k * a + groups * n * k * a + rows * n * c) / hbm_effective_Bps(gpu, profile)
-    return np.where(groups > 0, np.maximum(best, memory) + profile.kernel_launch_s.value, 0.0)
+    fixed = profile.kernel_launch_s.value + groups * profile.group_overhead_s
+    return np.where(groups > 0, np.maximum(best, memory) + fixed, 0.0)
 
 
 # ---------------------------------------------------------------- achieved throughput

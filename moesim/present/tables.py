@@ -107,10 +107,30 @@ def comm_table(fleet: str, op: str, rows: list[dict]) -> str:
 
 
 def validation_table(result: dict) -> str:
-    rows = [[c["id"], c["what"], c["metric"], f"{c['measured']:.4g}", f"{c['predicted']:.4g}",
-             f"{100 * c['rel_error']:+.1f}%"] for c in result["cases"]]
-    out = [table(["case", "what", "metric", "measured", "predicted", "error"], rows, align="lllrrr"), ""]
-    out.append(table(["what", "MAPE"], [[k, f"{100 * v:.1f}%"] for k, v in result["mape"].items()], align="lr"))
+    """Per case, then per `what`: with --cv the left-out (honest) MAPE and bias first, then in-sample."""
+    cv = "mape_cv" in result
+    head = ["case", "what", "metric", "measured", "predicted", "error"] + (["left-out", "error"] if cv else [])
+    rows = []
+    for c in result["cases"]:
+        row = [c["id"], c["what"], c["metric"], f"{c['measured']:.4g}", f"{c['predicted']:.4g}",
+               f"{100 * c['rel_error']:+.1f}%"]
+        if cv:
+            row += [f"{c['predicted_cv']:.4g}", f"{100 * c['rel_error_cv']:+.1f}%"]
+        rows.append(row)
+    out = [table(head, rows, align="lllrrr" + ("rr" if cv else "")), ""]
+    count = {w: sum(1 for c in result["cases"] if c["what"] == w) for w in result["mape"]}
+    count["overall"] = len(result["cases"])
+    if cv:
+        summary = [[k, str(count[k]), f"{100 * result['mape_cv'][k]:.1f}%", f"{100 * result['bias_cv'][k]:+.1f}%",
+                    f"{100 * v:.1f}%", f"{100 * result['bias'][k]:+.1f}%"] for k, v in result["mape"].items()]
+        out.append(table(["what", "cases", "MAPE left-out", "bias left-out", "MAPE in-sample", "bias in-sample"],
+                         summary, align="lrrrrr"))
+        out.append("left-out: each source's cases predicted from parameters fitted without that source")
+    else:
+        summary = [[k, str(count[k]), f"{100 * v:.1f}%", f"{100 * result['bias'][k]:+.1f}%"]
+                   for k, v in result["mape"].items()]
+        out.append(table(["what", "cases", "MAPE", "bias"], summary, align="lrrr"))
+    out.append(f"kernel profile: {result.get('provenance', {}).get('kernel_profile')}")
     if result["skipped"]:
         reasons: dict[str, int] = {}
         for s in result["skipped"]:

@@ -13,7 +13,7 @@ import numpy as np
 
 from moesim.cluster.scenario import Scenario, Serving
 from moesim.core.errors import MoesimError
-from moesim.costs.collectives import build_fabric, collective_time, ep_exchange_time
+from moesim.costs.collectives import build_fabric, collective_time
 from moesim.costs.compute import gemm_time, grouped_gemm_times_per_owner, memory_bound_time
 from moesim.costs.memory import kv_share_per_gpu
 from moesim.costs.placement import PLACEMENTS
@@ -25,14 +25,13 @@ from moesim.specs import precision
 from moesim.specs.opcosts import attention_core_flops
 
 
-def ep_comm_times(fabric, traffic, domain: int) -> tuple[float, float]:
-    """Seconds of dispatch and combine; combine mirrors dispatch with BF16 bytes per token."""
-    ratio = traffic.combine_bytes.sum() / max(traffic.dispatch_bytes.sum(), 1.0)
-    dispatch = ep_exchange_time(fabric, traffic.dispatch_bytes, traffic.rdma_bytes, traffic.nvlink_forward_bytes,
-                                domain)
-    combine = ep_exchange_time(fabric, traffic.combine_bytes, traffic.rdma_bytes.T * ratio,
-                               traffic.nvlink_forward_bytes.T * ratio, domain)
-    return dispatch, combine
+def ep_comm_times(sc: Scenario, fabric, traffic, domain: int, *, host_sync: bool) -> tuple[float, float]:
+    """Seconds of dispatch and combine: the EP kernel model (`costs.ep_kernels`) with the
+    scenario's kernel profile."""
+    from moesim.costs.ep_kernels import step_exchange_times
+    from moesim.sim.provenance import kernel_profile
+    return step_exchange_times(fabric, traffic, domain, sc.system.gpu.arch.value, kernel_profile(sc).values(),
+                               host_sync=host_sync)
 
 
 def elementwise_time(sc: Scenario, gpu, prof, tokens: float, *, moe_layer: bool) -> float:
@@ -156,7 +155,7 @@ def serving_layers(sc: Scenario, *, microbatches: int, skew: str, placement: Opt
         place = PLACEMENTS[name](history.expert_load[i].astype(float), p.ep, redundant, domain)
         traffic = ep_traffic(sample.choices[i], token_gpu, place, gpus_per_node=domain, hidden=d,
                              dispatch_dtype=dispatch_dtype)
-        t_dispatch, t_combine = ep_comm_times(fabric, traffic, domain)
+        t_dispatch, t_combine = ep_comm_times(sc, fabric, traffic, domain, host_sync=w.phase == "prefill")
         # per-slot token counts: each (token, expert) pair goes to replica token % replicas
         ptr, slots = place.expert_slot_ptr, place.expert_slots
         choice = sample.choices[i]

@@ -11,11 +11,31 @@ def calibration_name(sc: Scenario):
     return sc.input.runtime.profile or sc.system.spec.calibration
 
 
+def kernel_profile(sc: Scenario):
+    """The kernel-model parameters in force (`runtime.kernel_profile`; default the shipped fit)."""
+    from moesim.calibration.kernel_params import resolve_kernel_profile
+    return resolve_kernel_profile(sc.input.runtime.kernel_profile)
+
+
+def gemm_fit(sc: Scenario, prof):
+    """The compute profile with the kernel profile's gemm.* parameters, for the library that runs
+    the scenario's expert weights (`topologies/kernels/libraries/gemm.yaml`, simulate)."""
+    from moesim.core.loader import data_root, read_yaml
+    from moesim.costs.gemm_kernels import fitted_compute_profile
+    kp = kernel_profile(sc)
+    if not kp.fitted:
+        return prof
+    rules, _ = read_yaml(data_root() / "topologies" / "kernels" / "libraries" / "gemm.yaml")
+    block = "block" in (sc.input.dtypes.weights or "")
+    library = rules["simulate"]["block_fp8" if block else "default"]
+    return fitted_compute_profile(prof, sc.system.gpu.arch.value, kp.values(), library, kp.name)
+
+
 def hardware_for(sc: Scenario) -> tuple:
     """(gpu spec, compute profile, link overrides) for the scenario, calibrated when the scenario
     names a profile (`runtime.profile`, or `--profile`)."""
     gpu = sc.system.gpu
-    prof = load_compute_profile(gpu.id)
+    prof = gemm_fit(sc, load_compute_profile(gpu.id))
     name = calibration_name(sc)
     if not name:
         return gpu, prof, ()
@@ -42,5 +62,6 @@ def provenance(sc: Scenario) -> dict:
     from moesim.core.result import code_version
     profile = calibration_name(sc) or None
     return {"code": code_version(), "scenario": sc.input.name, "calibration_profile": profile,
+            "kernel_profile": kernel_profile(sc).name,
             "rates": f"calibrated: {profile}" if profile
             else "spec rates x efficiencies of topologies/compute and the system's published microbenchmarks"}

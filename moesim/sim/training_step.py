@@ -70,7 +70,7 @@ def training_stage_costs(sc: Scenario, w: Training) -> dict:
                                                                       sc.input.experts.redundant, domain)
         traffic = ep_traffic(sample.choices[0], token_source_gpus(group_tokens, p.ep), place, gpus_per_node=domain,
                              hidden=d, dispatch_dtype="fp8" if precision.get(dtype).family in ("fp8", "fp4") else "bf16")
-        t_dispatch, t_combine = ep_comm_times(fabric, traffic, domain)
+        t_dispatch, t_combine = ep_comm_times(sc, fabric, traffic, domain, host_sync=True)
     else:
         t_dispatch = t_combine = 0.0
     moe = set(m.moe_layer_indices)
@@ -123,7 +123,13 @@ def simulate_training(sc: Scenario, w: Training, *, trace: bool) -> dict:
     # Megatron overlaps the gradient reduce with the last backward of each stage and the
     # parameter gather with the next step's first forward: only the excess is exposed
     exposed_dp = max(0.0, costs["dp_sync_s"] - max(costs["backward_s"]) - max(costs["forward_s"]))
-    step = result.makespan_s + exposed_dp + costs["optimizer_s"]
+    engine_step = result.makespan_s + exposed_dp + costs["optimizer_s"]
+    # what Megatron-Core spends around the engine's kernels (training_mechanisms, kernel profile)
+    from moesim.sim.provenance import kernel_profile
+    from moesim.sim.training_mechanisms import step_model
+    step = step_model(sc, makespan_s=result.makespan_s, fixed_s=exposed_dp + costs["optimizer_s"],
+                      microbatches=costs["microbatches"],
+                      a2a_per_moe_layer_s=costs["dispatch_s"] + costs["combine_s"])(kernel_profile(sc).values())
     tokens = w.global_batch * w.seq_len
     flops = model_flops_per_token(sc, w.seq_len) * tokens
     peak = sc.system.gpu.peak_flops(precision.get(sc.input.dtypes.weights).family)
@@ -139,6 +145,8 @@ def simulate_training(sc: Scenario, w: Training, *, trace: bool) -> dict:
            "metrics": metrics,
            "breakdown": {"pipeline": {"compute_s": result.makespan_s, "comm_s": 0.0, "exposed_comm_s": 0.0,
                                       "idle_s": 0.0},
+                         "framework_overheads": {"compute_s": step - engine_step, "comm_s": 0.0,
+                                                 "exposed_comm_s": 0.0, "idle_s": 0.0},
                          "ep_all_to_all_per_layer": {"compute_s": 0.0,
                                                      "comm_s": costs["dispatch_s"] + costs["combine_s"],
                                                      "exposed_comm_s": costs["dispatch_s"] + costs["combine_s"],
@@ -149,7 +157,9 @@ def simulate_training(sc: Scenario, w: Training, *, trace: bool) -> dict:
                                        "idle_s": 0.0}},
            "memory": memory_ledger(sc).to_json(),
            "simulation": {"microbatches": costs["microbatches"], "stage0_per_microbatch": stage0,
-                          "p2p_s": costs["p2p_s"], "flop_convention": "6 x active params + 3 x causal attention scores",
+                          "p2p_s": costs["p2p_s"], "engine_step_s": engine_step,
+                          "step_model": "engine step rebuilt with the training.* parameters (sim/training_mechanisms)",
+                          "flop_convention": "6 x active params + 3 x causal attention scores",
                           "engine_events": len(result.events)}}
     out["uncertainty"] = metric_bands(sc, metrics, "training")
     # the pipeline schedule is the step's timeline: one row per stage (its GPUs are symmetric)

@@ -1,44 +1,27 @@
 """`moesim validate`: predict each published measurement and report the signed error.
 
 Reads a cases file in the schema of the open validation set (SCHEMA.md there): every case names
-what was measured, on which system and GPU count, with which parameters. A predictor per `what`
-turns the case into a moesim prediction from specs, profiles and models only; nothing here is
-fitted to a case. A case moesim cannot model yet is skipped with the reason, never dropped.
+what was measured, on which system and GPU count, with which parameters. Each case becomes a
+target (`validation.targets`): a kernel model whose named parameters come from a kernel profile
+(the shipped fit by default, `spec` for sourced defaults only). `cv="source"` refits the
+parameters with each source left out in turn and predicts that source's cases from the rest:
+the honest, out-of-sample error. A case moesim cannot model is skipped with the reason.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 
+from moesim.calibration.kernel_params import resolve_kernel_profile
 from moesim.core.errors import MoesimError
-from moesim.specs.hardware import load_system, system_names
-from moesim.specs.model import model_names
-from moesim.validation import compute as validation_compute
-from moesim.validation import memcpy as validation_memcpy
-from moesim.validation import memory as validation_memory
-from moesim.validation.cases import Calibrated, Case, Skip
-from moesim.validation.comm import predict_collective, predict_ep
-from moesim.validation.serving import predict_serving
-from moesim.validation.training import predict_training
+from moesim.validation.cases import Calibrated, Case
+from moesim.validation.targets import build_targets
 
-PREDICTORS: dict[str, Callable[[Case, Optional[Calibrated]], tuple[float, list[str]]]] = {
-    "training": predict_training,
-    "memory": lambda case, cal: validation_memory.predict_memory(case),
-    "memcpy": lambda case, cal: validation_memcpy.predict_memcpy(case, cal.profile if cal else None),
-    "serving": predict_serving,
-    "collective": predict_collective,
-    "ep_dispatch": predict_ep,
-    "ep_combine": predict_ep,
-    "gemm": lambda case, cal: validation_compute.predict_gemm(case, cal.profile if cal else None),
-    "grouped_gemm": lambda case, cal: validation_compute.predict_grouped_gemm(case, cal.profile if cal else None),
-}
-LATER: dict[str, str] = {}
+CV_MODES = ("source",)
 
 
-def validate(cases: list[Case], *, profile: Optional[str | list[str]] = None) -> dict:
-    """Predict every case; MAPE per `what` and overall over the cases predicted. Each calibration
-    profile applies to the cases on the GPU it was fitted on (one profile per GPU)."""
+def _microbench_profiles(profile: Optional[str | list[str]]) -> tuple[list[str], dict[str, Calibrated]]:
     profiles = [profile] if isinstance(profile, str) else list(profile or [])
     by_gpu: dict[str, Calibrated] = {}
     for path in profiles:
@@ -48,38 +31,62 @@ def validate(cases: list[Case], *, profile: Optional[str | list[str]] = None) ->
             raise MoesimError(f"two profiles for {loaded.gpu}: {by_gpu[loaded.gpu].path} and {path}",
                               field="--profile", fix="give one profile per GPU")
         by_gpu[loaded.gpu] = Calibrated(path=path, profile=loaded)
-    systems = set(system_names())
-    models = set(model_names())
-    rows, skipped = [], []
-    for case in cases:
-        reason = None
-        if case.what not in PREDICTORS:
-            reason = f"what {case.what!r} not modelled yet: {LATER.get(case.what, 'unknown kind of case')}"
-        elif case.system not in systems:
-            reason = f"unknown system {case.system!r}"
-        elif "model" in case.params and case.params["model"] not in models:
-            reason = f"unknown model {case.params['model']!r}"
-        if reason is None:
-            try:
-                calibration = by_gpu.get(load_system(case.system).gpu.id) if by_gpu else None
-                predicted, ignored = PREDICTORS[case.what](case, calibration)
-            except Skip as exc:
-                reason = str(exc)
-            except MoesimError as exc:
-                reason = f"cannot model: {exc.one_line()}"
-            except (KeyError, TypeError, ValueError) as exc:  # a param missing or of the wrong type
-                reason = f"malformed params ({type(exc).__name__}: {exc})"
-        if reason is not None:
-            skipped.append({"id": case.id, "reason": reason})
-            continue
-        rows.append({"id": case.id, "what": case.what, "metric": case.metric, "measured": case.measured,
-                     "predicted": predicted, "rel_error": (predicted - case.measured) / case.measured,
-                     "ignored_params": ignored})
+    return profiles, by_gpu
+
+
+def summary(rows: list[dict], key: str) -> tuple[dict[str, float], dict[str, float]]:
+    """MAPE and mean signed error per `what` and overall, of the rows' `key` errors."""
     mape: dict[str, float] = {}
-    if rows:
-        mape["overall"] = float(np.mean([abs(r["rel_error"]) for r in rows]))
-        for what in sorted({r["what"] for r in rows}):
-            mape[what] = float(np.mean([abs(r["rel_error"]) for r in rows if r["what"] == what]))
+    bias: dict[str, float] = {}
+    if not rows:
+        return mape, bias
+    errors = np.array([r[key] for r in rows])
+    mape["overall"], bias["overall"] = float(np.mean(np.abs(errors))), float(np.mean(errors))
+    for what in sorted({r["what"] for r in rows}):
+        e = np.array([r[key] for r in rows if r["what"] == what])
+        mape[what], bias[what] = float(np.mean(np.abs(e))), float(np.mean(e))
+    return mape, bias
+
+
+def validate(cases: list[Case], *, profile: Optional[str | list[str]] = None, kernel_profile: Optional[str] = None,
+             cv: Optional[str] = None) -> dict:
+    """Predict every case; MAPE and mean signed error per `what` and overall. Microbenchmark
+    profiles (`profile`) apply to the cases on the GPU they were fitted on; `kernel_profile` gives
+    the kernel-model parameters (None: the shipped fit)."""
+    if cv is not None and cv not in CV_MODES:
+        raise MoesimError(f"unknown cross-validation {cv!r}", field="--cv", fix="use --cv source")
+    profiles, by_gpu = _microbench_profiles(profile)
+    kprofile = resolve_kernel_profile(kernel_profile)
+    values = kprofile.values()
+    targets, skipped = build_targets(cases, by_gpu, kprofile)
+    held_out: dict[str, float] = {}
+    if cv == "source":
+        from moesim.calibration.kernel_fit import cross_validate, fit_all
+        from moesim.calibration.kernel_params import definitions
+        defs = definitions()
+        defaults = {n: d.value for n, d in defs.items()}
+        bounds = {n: d.bounds for n, d in defs.items()}
+        fitted = fit_all(targets, defaults, bounds)
+        in_sample = dict(defaults)
+        in_sample.update(fitted.values)
+        values = in_sample  # in-sample and left-out errors of the same fit, side by side
+        held_out = cross_validate(targets, in_sample, defaults, bounds)
+    rows = []
+    for t in targets:
+        predicted = t.predict(values)
+        row = {"id": t.id, "what": t.what, "metric": t.metric, "measured": t.measured, "predicted": predicted,
+               "rel_error": (predicted - t.measured) / t.measured, "source": t.group, "ignored_params": t.ignored}
+        if cv:
+            row["predicted_cv"] = held_out[t.id]
+            row["rel_error_cv"] = (held_out[t.id] - t.measured) / t.measured
+        rows.append(row)
+    mape, bias = summary(rows, "rel_error")
+    out = {"cases": rows, "mape": mape, "bias": bias}
+    if cv:
+        out["mape_cv"], out["bias_cv"] = summary(rows, "rel_error_cv")
+        out["cv"] = cv
     from moesim.core.result import code_version
-    return {"cases": rows, "mape": mape, "skipped": skipped,
-            "provenance": {"code": code_version(), "profile": ", ".join(profiles) or None}}
+    out["skipped"] = skipped
+    out["provenance"] = {"code": code_version(), "profile": ", ".join(profiles) or None,
+                         "kernel_profile": "fitted in this run (--cv)" if cv else kprofile.name}
+    return out

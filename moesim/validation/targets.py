@@ -1,0 +1,92 @@
+"""Turn validation cases into fit targets: each case as a function of the kernel-model parameters.
+
+A mechanism module per `what` builds a target from a case (`prepare(case, calibration)`): the
+costly, parameter-free part of the prediction (routing samples, traffic, spec rates, simulated
+step breakdowns) is computed here once, and the target's model maps parameter values to the
+predicted metric. Kinds without named parameters yet (memory, serving) are constant targets of
+their spec-based predictor. A case moesim cannot model raises `Skip` with the reason.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+from moesim.calibration.kernel_fit import Target, bind
+from moesim.calibration.kernel_params import KernelProfile, standing_in_for_default
+from moesim.core.errors import MoesimError
+from moesim.specs.hardware import load_system, system_names
+from moesim.specs.model import model_names
+from moesim.validation import memory as validation_memory
+from moesim.validation.cases import Calibrated, Case, Skip
+from moesim.validation.serving import predict_serving
+
+Prepare = Callable[[Case, Optional[Calibrated]], Target]
+
+
+def group_of(case: Case) -> str:
+    """The source a case comes from, for leave-one-source-out: its table, else its source."""
+    table = getattr(case, "table", None)
+    return str(table) if table else case.source
+
+
+def constant(case: Case, value: float, ignored: list[str]) -> Target:
+    return Target(id=case.id, what=case.what, metric=case.metric, measured=case.measured, group=group_of(case),
+                  model=lambda values: value, ignored=ignored)
+
+
+def _from_predictor(predict) -> Prepare:
+    def prepare(case: Case, calibration: Optional[Calibrated]) -> Target:
+        value, ignored = predict(case, calibration)
+        return constant(case, value, ignored)
+    return prepare
+
+
+def preparers() -> dict[str, Prepare]:
+    from moesim.validation import collective_model, copy_model, ep_model, gemm_model, training_model
+    return {"memory": _from_predictor(lambda case, cal: validation_memory.predict_memory(case)),
+            "serving": _from_predictor(predict_serving),
+            "training": training_model.prepare,
+            "memcpy": copy_model.prepare,
+            "collective": collective_model.prepare,
+            "ep_dispatch": ep_model.prepare,
+            "ep_combine": ep_model.prepare,
+            "gemm": gemm_model.prepare,
+            "grouped_gemm": gemm_model.prepare}
+
+
+def build_targets(cases: list[Case], by_gpu: dict[str, Calibrated], profile: KernelProfile
+                  ) -> tuple[list[Target], list[dict]]:
+    """Targets of every case moesim can model, and the skipped ones with their reason. Cases
+    predicted by simulating a whole step simulate it with `profile`."""
+    with standing_in_for_default(profile):
+        return _build(cases, by_gpu, profile.values())
+
+
+def _build(cases: list[Case], by_gpu: dict[str, Calibrated], values: dict[str, float]
+           ) -> tuple[list[Target], list[dict]]:
+    systems, models = set(system_names()), set(model_names())
+    table = preparers()
+    targets, skipped = [], []
+    for case in cases:
+        reason = None
+        if case.what not in table:
+            reason = f"what {case.what!r} not modelled yet: unknown kind of case"
+        elif case.system not in systems:
+            reason = f"unknown system {case.system!r}"
+        elif "model" in case.params and case.params["model"] not in models:
+            reason = f"unknown model {case.params['model']!r}"
+        if reason is None:
+            try:
+                calibration = by_gpu.get(load_system(case.system).gpu.id) if by_gpu else None
+                target = bind(table[case.what](case, calibration), values)
+                if not target.predict(values) > 0:
+                    raise Skip("the model predicts no time for this case")
+                targets.append(target)
+            except Skip as exc:
+                reason = str(exc)
+            except MoesimError as exc:
+                reason = f"cannot model: {exc.one_line()}"
+            except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:  # a param missing or wrong type
+                reason = f"malformed params ({type(exc).__name__}: {exc})"
+        if reason is not None:
+            skipped.append({"id": case.id, "reason": reason})
+    return targets, skipped
