@@ -1111,7 +1111,7 @@ FOUND = [
      "--prefill ignores --trace: exit 0, no trace file"),
     ("validate", (((0,), "measured-zero", ("valid",)), [], None, None, False), "ZeroDivisionError"),
     ("validate", (((COLLECTIVE_CASE,), None, ("drop", ("cases", 0, "params", "bytes"))), [], None, None, False),
-     "KeyError in validation/comm.predict_collective"),
+     "KeyError in validation/comm.predict_collective (now validation/collective_model)"),
     ("import-hf", (("mixtral-8x7b", ("raw", b"\xff\xfe\x00")), "fine", None), "UnicodeDecodeError"),
     ("report", ([("simulate", ("raw", b"\xff\xfe\x00"))], "fine"), "UnicodeDecodeError in report.read_input"),
     ("report", ([("simulate", ("set", 11, "abc", 1))], "fine"), "a mistyped top-level field (11: breakdown)"),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -16,8 +15,6 @@ from moesim.costs.compute import (ComputeProfile, achieved_tflops, compute_dir, 
                                   memory_bound_time, memory_efficiency, profile_names, tensor_peak_flops)
 from moesim.specs import precision
 from moesim.specs.hardware import Sourced, gpu_names, load_gpu
-from moesim.validation.cases import Skip
-from moesim.validation.compute import predict_gemm, predict_grouped_gemm
 
 PROFILE_FILES = sorted(compute_dir().glob("*.yaml"))
 
@@ -236,46 +233,8 @@ def test_unknown_dtype_and_bad_token_counts():
         grouped_gemm_time(gpu, profile, [[1, 2]], 64, 64, "bf16")
 
 
-# ---------------------------------------------------------------- validation predictors
-
-def case(what, params, system="dgx-h100", metric="tflops"):
-    return SimpleNamespace(id="t", what=what, system=system, gpus=1, params=params, metric=metric, measured=1.0)
-
-
-def test_predict_gemm_is_2mnk_over_time():
-    gpu, profile = gpu_and_profile("h100-sxm")
-    pred, ignored = predict_gemm(case("gemm", {"m": 4096, "n": 4096, "k": 4096, "dtype": "fp8", "tool": "x"}))
-    assert pred == pytest.approx(2 * 4096 ** 3 / gemm_time(gpu, profile, 4096, 4096, 4096, "fp8") / 1e12)
-    assert ignored == ["tool"]
-
-
-def test_predict_grouped_gemm_counts_all_groups():
-    gpu, profile = gpu_and_profile("h800-sxm")
-    p = {"groups": 4, "m": 256, "n": 7168, "k": 2048, "dtype": "fp8", "layout": "masked"}
-    pred, ignored = predict_grouped_gemm(case("grouped_gemm", p, system="dgx-h800"))
-    t = grouped_gemm_time(gpu, profile, [256] * 4, 7168, 2048, "fp8")
-    assert pred == pytest.approx(2 * 256 * 7168 * 2048 * 4 / t / 1e12)
-    assert ignored == []
-
-
-@pytest.mark.parametrize("kase", [
-    case("gemm", {"m": 64, "n": 64, "k": 64, "dtype": "fp8"}, metric="time_us"),
-    case("gemm", {"m": 64, "n": 64, "dtype": "fp8"}),
-    case("gemm", {"m": 64, "n": 64, "k": 64, "dtype": "int3"}),
-    case("gemm", {"m": 64, "n": 64, "k": 64, "dtype": "fp4"}),
-    case("gemm", {"m": 64, "n": 64, "k": 64, "dtype": "fp8"}, system="dgx-h900"),
-    case("grouped_gemm", {"groups": 2, "m": 64, "n": 64, "k": 64, "dtype": "fp8", "layout": "ragged"}),
-    case("grouped_gemm", {"groups": 0, "m": 64, "n": 64, "k": 64, "dtype": "fp8"}),
-])
-def test_unmodelled_cases_skip_with_a_reason(kase):
-    predictor = predict_gemm if kase.what == "gemm" else predict_grouped_gemm
-    with pytest.raises(Skip) as exc:
-        predictor(kase)
-    assert str(exc.value)
-
-
 def test_compute_imports_no_owned_packages():
-    code = ("import sys, moesim.costs.compute, moesim.validation.compute; "
+    code = ("import sys, moesim.costs.compute, moesim.validation.gemm_model; "
             "print(sorted(m for m in ('networkx', 'simpy', 'click', 'matplotlib', 'numba', 'jinja2') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -26,10 +26,30 @@ def sizes(text: str) -> list[int]:
 
 
 def comm_rows(system: str, gpus: int, op: str, size_text: str, algo: Optional[str]) -> list[dict]:
+    """Time, algbw, busbw per size. All-reduce, all-gather, reduce-scatter and all-to-all use the
+    collective kernel model with the shipped kernel profile (validated on nccl-tests cases, as
+    nccl-tests times them, one rank per GPU: host launch included); send/recv and the algorithms
+    it has no model for (`--algo tree`, ...) the topology plan with NCCL's older table. The
+    bottleneck link class comes from the topology plan in both."""
+    from moesim.calibration.kernel_params import resolve_kernel_profile
+    from moesim.costs.collective_kernels import OPS, choose
+    from moesim.costs.collectives import BUSBW_FACTOR
+    from moesim.specs.hardware import load_system
+    profile = resolve_kernel_profile(None)
+    values = profile.values()
     rows = []
     for size in sizes(size_text):
         t = collective_time(system, gpus, op, size, algo=algo)
-        rows.append({"bytes": size, "time_us": t.time_s / units.us, "algbw_GBps": t.algbw_GBps,
-                     "busbw_GBps": t.busbw_GBps, "algo": t.algo, "protocol": t.protocol,
-                     "bottleneck": t.bottleneck_kind, "latency_us": t.latency_s / units.us, "notes": t.notes})
+        row = {"bytes": size, "time_us": t.time_s / units.us, "algbw_GBps": t.algbw_GBps,
+               "busbw_GBps": t.busbw_GBps, "algo": t.algo, "protocol": t.protocol,
+               "bottleneck": t.bottleneck_kind, "model": "topology plan, topologies/collectives/nccl.yaml",
+               "notes": t.notes}
+        if op in OPS and algo in (None, "ring", "nvls", "direct", "collnet"):
+            choice = choose(load_system(system), gpus, op, size, values, algo)
+            time_us = max(choice.gpu_us(values), values["collective.launch_us"])
+            algbw = size / (time_us * units.us) / units.GBps
+            row.update(time_us=time_us, algbw_GBps=algbw, busbw_GBps=algbw * BUSBW_FACTOR[op](gpus),
+                       algo=choice.algo, protocol=choice.protocol,
+                       model=f"collective kernel model, kernel profile {profile.name}")
+        rows.append(row)
     return rows

@@ -71,9 +71,20 @@ def dense_op_times(sc: Scenario, gpu, prof, tokens: int, group: int, *, dtype: s
             "router": gemm_time(gpu, prof, tokens, m.moe.num_experts, d, "bf16"),
             "shared": ffn(shared_i, dtype),
             "dense": ffn((m.layers.dense_intermediate_size or 0) // p.tp, dtype),
-            "tp_allreduce": collective_time(sc.system, max(group, 2), "all_reduce", tokens * d * 2,
-                                            participants=list(range(p.tp)), link_overrides=links).time_s
-            if p.tp > 1 else 0.0}
+            "tp_allreduce": tp_allreduce_time(sc, tokens * d * 2, links) if p.tp > 1 else 0.0}
+
+
+def tp_allreduce_time(sc: Scenario, size: float, links: tuple) -> float:
+    """The TP group's all-reduce (inside one NVLink domain): the collective kernel model with the
+    scenario's kernel profile; with a microbenchmark profile's measured links, the topology model
+    at those rates instead (a measurement of this cluster beats a fit across published ones)."""
+    p = sc.plan
+    if links:
+        return collective_time(sc.system, max(p.tp, 2), "all_reduce", size, participants=list(range(p.tp)),
+                               link_overrides=links).time_s
+    from moesim.costs.collective_kernels import kernel_seconds
+    from moesim.sim.provenance import kernel_profile
+    return kernel_seconds(sc.system, p.tp, "all_reduce", size, kernel_profile(sc).values())[0]
 
 
 def serving_tokens_per_rank(w: Serving) -> int:

@@ -21,7 +21,7 @@ METRICS = ("tflops_per_gpu", "mfu", "tokens_per_s_per_gpu", "step_time_s")
 
 
 def scenario_overrides(case: Case, calibration=None) -> dict:
-    """The scenario of `validation/training.py` (Megatron split, 1F1B, balanced dropless routing)."""
+    """The case's scenario: its Megatron split, 1F1B, balanced dropless routing."""
     p = case.params
     if case.metric not in METRICS:
         raise Skip(f"unknown metric {case.metric!r} for training")
