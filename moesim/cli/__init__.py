@@ -4,7 +4,7 @@
 one layer below it. Heavy modules are imported inside commands so `moesim --help` starts instantly.
 """
 from moesim.cli import (bench_commands, calibration_commands, planning_commands,  # noqa: F401  (registers commands)
-                        report_commands, spec_commands, step_commands)
+                        report_commands, serve_commands, spec_commands, step_commands)
 from moesim.cli.app import main
 
 __all__ = ["main"]

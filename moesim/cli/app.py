@@ -59,8 +59,9 @@ FIGURE_SUFFIXES = (".png", ".pdf", ".svg")
 YAML_SUFFIXES = (".yaml", ".yml")
 
 
-def override_options(func):
-    """Flags that override fields of the scenario file (or of the built-in default)."""
+def override_options(func, *, workload: bool = True):
+    """Flags that override fields of the scenario file (or of the built-in default); without
+    `workload`, only the deployment's (a command that brings its own load: `serve`)."""
     options = [
         click.option("--model", help="Model name (see `moesim models`) or path to a model YAML."),
         click.option("--system", help="System name (see `moesim systems`) or path to a system YAML."),
@@ -74,13 +75,21 @@ def override_options(func):
         click.option("--weights-dtype", help="Format of linear weights: bf16, fp8, mxfp8, mxfp4, nvfp4."),
         click.option("--expert-dtype", help="Format of routed-expert weights, if different."),
         click.option("--kv-dtype", help="KV-cache format: bf16 or fp8."),
-        click.option("--batch", type=int, help="Serving: concurrent sequences per DP rank."),
-        click.option("--input-len", type=int, help="Serving: prompt tokens per sequence."),
-        click.option("--output-len", type=int, help="Serving: generated tokens per sequence."),
     ]
+    if workload:
+        options += [
+            click.option("--batch", type=int, help="Serving: concurrent sequences per DP rank."),
+            click.option("--input-len", type=int, help="Serving: prompt tokens per sequence."),
+            click.option("--output-len", type=int, help="Serving: generated tokens per sequence."),
+        ]
     for option in reversed(options):
         func = option(func)
     return func
+
+
+def deployment_options(func):
+    """`override_options` without the workload flags (--batch, --input-len, --output-len)."""
+    return override_options(func, workload=False)
 
 
 FLAG_PATHS = {

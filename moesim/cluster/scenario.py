@@ -87,11 +87,39 @@ class ScenarioInput(Record):
     seed: Annotated[int, Field(ge=0)] = 0
 
 
+class GraphSizes(Record):
+    """Decode batch sizes a framework captures CUDA graphs for, written as its source code builds
+    them: listed sizes plus an inclusive `range: [start, stop, step]` (e.g. vLLM's
+    `[1, 2, 4] + range(8, 513, 8)`)."""
+
+    listed: list[Annotated[int, Field(gt=0)]] = []
+    range: Optional[tuple[PositiveInt, PositiveInt, PositiveInt]] = None
+
+    def sizes(self) -> tuple[int, ...]:
+        extra = tuple(range(self.range[0], self.range[1] + 1, self.range[2])) if self.range else ()
+        return tuple(sorted(set(self.listed) | set(extra)))
+
+
+class Batching(Record):
+    """A serving framework's continuous-batching policy at its defaults (`moesim serve`): how many
+    requests one attention-DP rank runs at once, how many tokens one step may process (the chunked
+    prefill size), whether a step mixes decode and prefill tokens or runs prefill first, the batch
+    sizes a decode step is padded to (CUDA graphs) and the CPU time a step adds on the GPU's
+    critical path."""
+
+    max_running_requests_per_rank: Sourced[PositiveInt]
+    step_token_budget: Sourced[PositiveInt]
+    step_policy: Sourced[Literal["prefill_first", "mixed"]]
+    cuda_graph_batch_sizes: Sourced[GraphSizes]
+    step_cpu_overhead_s: Sourced[Annotated[float, Field(ge=0)]]
+
+
 class Framework(Record):
     memory_fraction: Sourced[float]
     cuda_context_bytes: Sourced[float]
     non_torch_bytes: Sourced[float]
     cuda_graph_bytes: Sourced[float]
+    batching: Optional[Batching] = Field(None, description="serving frameworks only (moesim serve)")
 
 
 class DeepEPLowLatency(Record):

@@ -247,3 +247,25 @@ def whatif_table(r: dict) -> str:
         notes += [f"# WARNING: {v['change']}: {w}" for w in v.get("warnings", [])]
     return "\n".join([f"# moesim whatif: {r['scenario']} (each change alone against the base)", "",
                       table(["change"] + keys, rows, align="l" + "r" * len(keys))] + ([""] + notes if notes else []))
+
+
+def serve_table(r: dict) -> str:
+    """`moesim serve`: the load, latency percentiles per metric, throughput, and the KV in use."""
+    m, ld, s, p = r["metrics"], r["load"], r["scheduler"], r["parallel"]
+    load = f"concurrency {ld['concurrency']}" if ld["mode"] == "closed" else f"rate {ld['rate_per_s']:g} requests/s"
+    head = (f"{r['scenario']}: {r['model']} on {r['fleet']} (tp={p['tp']} dp={p['dp']} ep={p['ep']}), "
+            f"{r['framework']}; {load}, ISL {ld['isl']:,}, OSL {ld['osl']:,}, {ld['requests']:,} requests "
+            f"(+{ld['warmup']} warm-up), seed {ld['seed']}")
+    rows = []
+    for key, name in (("ttft_ms", "TTFT"), ("tpot_ms", "TPOT"), ("itl_ms", "ITL"), ("e2e_ms", "E2E")):
+        v = m[key]
+        rows.append([name] + ([f"{v[k]:,.2f}" for k in ("mean", "p50", "p90", "p99")] if v else ["-"] * 4))
+    per_user = m["output_tokens_per_s_per_user"]
+    lines = [head, "", table(["latency ms", "mean", "p50", "p90", "p99"], rows, align="lrrrr"), "",
+             f"{m['output_tokens_per_s_per_gpu']:,.1f} output tokens/s per GPU ({m['gpus']} GPUs); "
+             f"{per_user:,.1f} per user; {m['requests_per_s']:,.2f} requests/s" if per_user is not None else
+             f"{m['output_tokens_per_s_per_gpu']:,.1f} output tokens/s per GPU ({m['gpus']} GPUs); "
+             f"{m['requests_per_s']:,.2f} requests/s",
+             f"KV per rank: peak {s['peak_kv_tokens_per_rank']:,} of {s['kv_capacity_tokens_per_rank']:,} tokens; "
+             f"peak {s['peak_running_per_rank']:,} running requests per rank; {s['steps']:,} engine steps"]
+    return "\n".join(lines)
