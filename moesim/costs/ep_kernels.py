@@ -4,9 +4,9 @@ One formula serves `moesim validate` (EP cases) and the simulator (every MoE lay
 and combine). Parameters are named in `topologies/kernels/ep.yaml` and fitted by `moesim
 calibrate --cases`; callers pass their values (a kernel profile's `values()`).
 
-    normal:      t = fixed[lib] + api[lib]·(torch-API timing) + max(t_link, t_sm)
+    normal:      t = fixed[lib] + (api[lib] + api_net·(ranks span NVLink domains))·(torch-API timing) + max(t_link, t_sm)
                  t_link = max(t_nvlink_spec / link_eff[arch, nvlink], t_rdma_spec / link_eff[arch, rdma])
-                 t_sm   = max(bytes_nvlink / (S · sm_rate[arch, nvlink]), bytes_rdma / (S · sm_rate[arch, rdma]))
+                 t_sm   = max(bytes_nvlink, bytes_rdma over the same path's rate) / (S · sm_rate[arch, path] · speedup[lib])
     low latency: t = ll_fixed[arch] + max(t_nvlink_spec / ll_eff[arch, nvlink], t_rdma_spec / ll_eff[arch, rdma])
 
 `t_*_spec` is the time of the exchange's NVLink (resp. RDMA) bytes at spec link rates on the
@@ -47,6 +47,7 @@ class Kernel:
     sms: float
     low_latency: bool = False
     torch_api: bool = False
+    multi_node: bool = False  # ranks span NVLink domains: the metadata exchange crosses the network
 
 
 @lru_cache(maxsize=1)
@@ -97,6 +98,8 @@ def kernel_time(ex: Exchange, k: Kernel) -> Callable[[Mapping[str, float]], floa
         sm = max(ex.nvlink_bytes / (per_sm * v[f"ep.sm_rate_GBps.{a}.nvlink"]) if ex.nvlink_bytes else 0.0,
                  ex.rdma_bytes / (per_sm * v[f"ep.sm_rate_GBps.{a}.rdma"]) if ex.rdma_bytes else 0.0)
         fixed = v[f"ep.fixed_us.{lib}"] * us + (v[f"ep.api_us.{lib}"] * us if k.torch_api else 0.0)
+        if k.torch_api and k.multi_node:
+            fixed += v["ep.api_net_us"] * us
         return fixed + max(link, sm)
     return normal
 
@@ -108,8 +111,8 @@ def step_exchange_times(fabric: Fabric, traffic, domain: int, arch: str, values:
     `fabric` is the step's fabric (its GPU count is reused at spec rates)."""
     rules = library_rules()["simulate"]
     spec = spec_fabric(fabric.system, fabric.gpus)
-    kernel = Kernel(arch, rules["library"], float(rules["sms"]["value"]), torch_api=host_sync)
     g = traffic.dispatch_bytes.shape[0]
+    kernel = Kernel(arch, rules["library"], float(rules["sms"]["value"]), torch_api=host_sync, multi_node=g > domain)
     node = np.arange(g) // domain
     same = node[:, None] == node[None, :]
     ratio = traffic.combine_bytes.sum() / max(traffic.dispatch_bytes.sum(), 1.0)

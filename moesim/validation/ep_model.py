@@ -117,7 +117,8 @@ def prepare(case: Case, calibration=None) -> Target:
     if not low_latency and sms is None:
         raise Skip("SM count (sms) not stated by the source")
     model = kernel_time(Exchange(t_nv, t_rdma, *sm_bytes),
-                        Kernel(arch, lib, float(sms or 0), low_latency=low_latency, torch_api=timing == "torch_api"))
+                        Kernel(arch, lib, float(sms or 0), low_latency=low_latency, torch_api=timing == "torch_api",
+                               multi_node=ranks > domain))
     if case.metric == "time_us":
         def predict(values, model=model):
             return model(values) / units.us
