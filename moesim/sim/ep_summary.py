@@ -5,17 +5,20 @@ plain data (the JSON contract of `moesim route --json`).
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Optional
 
 import numpy as np
 
 from moesim.cluster.scenario import Scenario, Serving
 from moesim.core.errors import MoesimError
-from moesim.costs.collectives import build_fabric, ep_exchange_time
+from moesim.costs.collectives import build_fabric
+from moesim.costs.ep_kernels import library_rules, step_exchange_times
 from moesim.costs.placement import PLACEMENTS, gpu_load, imbalance, parse_placement, replica_bytes
 from moesim.costs.routing import parse_skew, sample_routing
 from moesim.costs.traffic import ep_traffic, token_source_gpus
 from moesim.sim.layer_ops import serving_tokens_per_rank
+from moesim.sim.provenance import kernel_profile
 from moesim.specs import precision
 
 
@@ -88,7 +91,8 @@ def route_summary(sc: Scenario, *, skew: str = "uniform", placement: Optional[st
 
 def ep_comm_summary(sc: Scenario, *, skew: str = "uniform", placement: Optional[str] = None,
                     tokens: Optional[int] = None, layer: int = 0, dispatch_dtype: str = "fp8") -> dict:
-    """Dispatch and combine time of one MoE layer's routed traffic on the topology (`moesim comm --ep`).
+    """Dispatch and combine time of one MoE layer's routed traffic on the topology (`moesim comm --ep`),
+    from the EP kernel model the simulator uses (kernel time: no host-side cost).
 
     Bandwidth is reported per GPU as DeepEP does: bytes a GPU receives (dispatch) or sends
     (combine), its own share included, over the time."""
@@ -99,11 +103,12 @@ def ep_comm_summary(sc: Scenario, *, skew: str = "uniform", placement: Optional[
     dispatch = np.array(summary["dispatch_bytes_matrix"])
     combine = np.array(summary["combine_bytes_matrix"])
     totals = summary["dispatch_totals"]
-    ratio = combine.sum() / max(dispatch.sum(), 1.0)
-    rdma = np.array(summary["_rdma_bytes"])
-    forward = np.array(summary["_nvlink_forward_bytes"])
-    t_dispatch = ep_exchange_time(fabric, dispatch, rdma, forward, domain)
-    t_combine = ep_exchange_time(fabric, combine, rdma.T * ratio, forward.T * ratio, domain)
+    traffic = SimpleNamespace(dispatch_bytes=dispatch, combine_bytes=combine, rdma_bytes=np.array(summary["_rdma_bytes"]),
+                              nvlink_forward_bytes=np.array(summary["_nvlink_forward_bytes"]))
+    # the EP kernel model the simulator uses (link rates, SM budget, fixed costs), kernel time only
+    profile = kernel_profile(sc)
+    t_dispatch, t_combine = step_exchange_times(fabric, traffic, domain, sc.system.gpu.arch.value, profile.values(),
+                                                host_sync=False)
     recv = dispatch.sum(axis=0).max()
     return {"scenario": summary["scenario"], "model": summary["model"], "system": summary["system"],
             "ep": summary["ep"], "tokens": summary["tokens"], "skew": summary["skew"],
@@ -111,4 +116,6 @@ def ep_comm_summary(sc: Scenario, *, skew: str = "uniform", placement: Optional[
             "dispatch_time_us": t_dispatch * 1e6, "combine_time_us": t_combine * 1e6,
             "dispatch_GBps_per_gpu": recv / t_dispatch / 1e9 if t_dispatch else None,
             "combine_GBps_per_gpu": combine.sum(axis=1).max() / t_combine / 1e9 if t_combine else None,
-            "dispatch_totals": totals, "notes": fabric.efficiency_notes}
+            "dispatch_totals": totals,
+            "notes": [f"EP kernel model (costs/ep_kernels): {library_rules()['simulate']['library']} normal kernels, "
+                      f"{library_rules()['simulate']['sms']['value']} SMs, kernel time only; kernel profile {profile.name}"]}
