@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import pytest
+import yaml
 
 from moesim.core.errors import MoesimError
 from moesim.specs.hf_families import SUPPORTED
@@ -363,6 +365,10 @@ CASES = {
     "dbrx": (DBRX, 131596523520),
     "olmoe-1b-7b": (OLMOE_1B_7B, 6919161856),
 }
+# the issue-17 model types (kimi_k25, glm_moe_dsa, minimax_m2, qwen3_5_moe): trimmed HF configs, sourced in the file
+_NEW = yaml.safe_load((Path(__file__).parent / "data" / "hf_configs_new.yaml").read_text())
+CASES.update({"kimi-k2.5": (_NEW["kimi-k2.5"], 1026408232448), "minimax-m2.5": (_NEW["minimax-m2.5"], 228689764864),
+              "glm-5": (_NEW["glm-5"], 743911218432), "qwen3.5-397b-a17b": (_NEW["qwen3.5-397b-a17b"], 396346350336)})
 
 
 def import_config(tmp_path, config: dict, model_id: str) -> tuple[dict, ModelSpec, str]:
@@ -497,7 +503,7 @@ def test_missing_num_hidden_layers(model_id):
     if model_id == "dbrx":
         del config["n_layers"]
         expected = "n_layers"
-    elif model_id.startswith("llama4"):
+    elif "text_config" in config:  # llama4, kimi_k25, qwen3_5_moe: the decoder is text_config
         del config["text_config"]["num_hidden_layers"]
         expected = "text_config.num_hidden_layers"
     else:

@@ -11,7 +11,10 @@ Modelling choices (and where they come from):
   routers replicated. MLA's down-projections (q_a, kv_a) are replicated across TP as in vLLM's
   DeepseekV2 attention; GQA KV heads are replicated when tp > KV heads.
 - KV cache: MLA keeps the latent on every TP rank (vLLM/SGLang MLA); GQA splits KV heads over TP.
-  Sliding-window/chunked layers hold at most their window.
+  Sliding-window/chunked layers hold at most their window. Linear-attention layers (Gated
+  DeltaNet) hold no KV but a fixed state per sequence (recurrent state in its own format, conv
+  window in the KV format), split over TP by value heads as vLLM shards them; the DSA indexer's
+  key (one per token per layer) is cached beside the MLA latent, on every TP rank.
 - Activations: an estimate of the live tensors of one forward (serving) or of the micro-batches
   in flight under 1F1B (training; Korthikanti et al. 2022, "Reducing Activation Recomputation in
   Large Transformer Models", with flash attention so no s^2 term, sequence parallel with TP).
@@ -64,6 +67,7 @@ class MemoryLedger(Record):
     max_kv_tokens_per_gpu: Optional[int] = None
     max_micro_batch: Optional[int] = None
     kv_bytes_per_token_per_gpu: Optional[float] = None
+    state_bytes_per_sequence_per_gpu: Optional[float] = None
     weight_params_per_gpu: float
 
     def to_json(self) -> dict:
@@ -75,6 +79,8 @@ class MemoryLedger(Record):
         if self.max_kv_tokens_per_gpu is not None:
             out["max_kv_tokens_per_gpu"] = self.max_kv_tokens_per_gpu
             out["kv_bytes_per_token_per_gpu"] = self.kv_bytes_per_token_per_gpu
+        if self.state_bytes_per_sequence_per_gpu:
+            out["state_bytes_per_sequence_per_gpu"] = self.state_bytes_per_sequence_per_gpu
         if self.max_micro_batch is not None:
             out["max_micro_batch"] = self.max_micro_batch
         return out
@@ -95,6 +101,15 @@ def _attention_split(model: ModelSpec, tp: int) -> tuple[float, float]:
     return (total - kv) / tp + kv * kv_share, 0.0
 
 
+def _layer_attention_per_gpu(model: ModelSpec, index: int, tp: int, full: float) -> float:
+    """Token-mixer parameters one GPU holds for layer `index`: `full` (the attention split) on an
+    attention layer, plus the DSA indexer (replicated across TP, as vLLM's DeepSeek-V3.2 indexer);
+    a linear-attention layer's projections split over TP (heads sharded)."""
+    if model.attention_kind(index) == "linear":
+        return model.linear_attention_params / tp
+    return full + model.indexer_params
+
+
 def stage_weight_bytes(sc: Scenario, layers: range, *, first: bool, last: bool) -> tuple[float, float]:
     """(bytes, parameters) one GPU of a pipeline stage holds."""
     m, plan, dt = sc.model, sc.plan, sc.input.dtypes
@@ -102,11 +117,12 @@ def stage_weight_bytes(sc: Scenario, layers: range, *, first: bool, last: bool) 
     w_att = precision.bytes_per_element(dt.attention_weights or dt.weights)
     w_exp = precision.bytes_per_element(dt.expert_weights or dt.weights)
     bf16 = precision.bytes_per_element("bf16")
-    att_params, _ = _attention_split(m, plan.tp)
+    full_att, _ = _attention_split(m, plan.tp)
     slots_per_gpu = (m.moe.num_experts + sc.input.experts.redundant) / plan.ep
     nbytes = params = 0.0
     moe = set(m.moe_layer_indices)
     for i in layers:
+        att_params = _layer_attention_per_gpu(m, i, plan.tp, full_att)
         parts = [(att_params, w_att), (m.norm_params_per_layer, bf16)]
         if i in moe:
             parts += [(slots_per_gpu * m.routed_expert_params / plan.etp, w_exp),
@@ -138,12 +154,40 @@ def kv_share_per_gpu(model: ModelSpec, tp: int) -> float:
     return max(k / tp, 1) / k
 
 
-def kv_bytes_per_sequence(sc: Scenario, layers: range, context_len: int) -> float:
+def state_share_per_gpu(model: ModelSpec, tp: int) -> float:
+    """Fraction of a linear-attention layer's state a TP rank stores (value heads split over TP)."""
+    lin = model.linear_attention
+    if lin is None:
+        return 1.0
+    return max(lin.num_value_heads / tp, 1) / lin.num_value_heads
+
+
+def state_bytes_per_sequence(sc: Scenario, layers: range) -> float:
+    """Fixed bytes one sequence holds on one GPU over the stage's linear-attention layers, whatever
+    its context (0 for a model without them)."""
+    m = sc.model
+    lin = m.linear_attention
+    if lin is None:
+        return 0.0
+    count = sum(1 for i in layers if m.attention_kind(i) == "linear")
+    kv_b = precision.bytes_per_element(sc.input.dtypes.kv_cache)
+    state_b = precision.bytes_per_element(lin.state_dtype) if lin.state_dtype else None
+    return count * m.layer_state_bytes(kv_b, state_b) * state_share_per_gpu(m, sc.plan.tp)
+
+
+def kv_tokens_bytes_per_sequence(sc: Scenario, layers: range, context_len: int) -> float:
+    """KV bytes of one sequence of `context_len` tokens on one GPU over the stage's layers (the part
+    that grows with the context)."""
     m = sc.model
     held = m.kv_tokens_held(context_len)
     kv_layers = [i for i in layers if i < len(held)]
     per_elem = precision.bytes_per_element(sc.input.dtypes.kv_cache) * kv_share_per_gpu(m, sc.plan.tp)
     return sum(held[i] for i in kv_layers) * m.kv_elements_per_token_per_layer * per_elem
+
+
+def kv_bytes_per_sequence(sc: Scenario, layers: range, context_len: int) -> float:
+    """Cache bytes one sequence holds on one GPU: its KV plus, once, any linear-attention state."""
+    return kv_tokens_bytes_per_sequence(sc, layers, context_len) + state_bytes_per_sequence(sc, layers)
 
 
 # ---------------------------------------------------------------- activations
@@ -272,15 +316,17 @@ def memory_ledger(sc: Scenario) -> MemoryLedger:
     """Per-GPU VRAM for the scenario, with fit, headroom and the largest KV / micro-batch that fits."""
     w = sc.input.workload
     stages = stage_layers(sc.model.num_hidden_layers, sc.plan.pp)
-    ledgers, params, kv_seq = [], [], []
+    ledgers, params, kv_seq, state_seq = [], [], [], []
     for index, layers in enumerate(stages):
-        per_seq = kv_bytes_per_sequence(sc, layers, w.context_len if isinstance(w, Serving) else 0) \
-            if isinstance(w, Serving) else 0.0
-        ledger, p = _stage(sc, index, layers, kv_per_seq=per_seq, first=index == 0,
+        serving = isinstance(w, Serving)
+        tokens_part = kv_tokens_bytes_per_sequence(sc, layers, w.context_len) if serving else 0.0
+        state = state_bytes_per_sequence(sc, layers) if serving else 0.0
+        ledger, p = _stage(sc, index, layers, kv_per_seq=tokens_part + state, first=index == 0,
                            last=index == len(stages) - 1)
         ledgers.append(ledger)
         params.append(p)
-        kv_seq.append(per_seq)
+        kv_seq.append(tokens_part)
+        state_seq.append(state)
     binding = max(range(len(ledgers)), key=lambda i: ledgers[i].total_bytes)
     top = ledgers[binding]
     capacity = sc.system.gpu.capacity_bytes
@@ -293,11 +339,15 @@ def memory_ledger(sc: Scenario) -> MemoryLedger:
                   headroom_bytes=budget - top.total_bytes, binding_stage=binding, stages=ledgers,
                   weight_params_per_gpu=params[binding])
     if isinstance(w, Serving):
-        # room for KV on the tightest stage, in tokens of this workload's context mix
+        # room for KV on the tightest stage, in tokens of this workload's context mix; a sequence's
+        # fixed linear-attention state is counted once per sequence, i.e. spread over its context
         per_token = max(kv_seq[i] / w.context_len for i in range(len(ledgers)))
+        per_token_with_state = max((kv_seq[i] + state_seq[i]) / w.context_len for i in range(len(ledgers)))
         room = min(budget - (lg.total_bytes - lg.kv_cache_bytes) for lg in ledgers)
         result["kv_bytes_per_token_per_gpu"] = per_token
-        result["max_kv_tokens_per_gpu"] = max(int(room // per_token), 0) if per_token > 0 else 0
+        result["state_bytes_per_sequence_per_gpu"] = max(state_seq)
+        result["max_kv_tokens_per_gpu"] = max(int(room // per_token_with_state), 0) \
+            if per_token_with_state > 0 else 0
     else:
         result["max_micro_batch"] = _max_micro_batch(sc, w, ledgers, budget)
     return MemoryLedger(**result)

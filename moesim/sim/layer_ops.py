@@ -22,7 +22,7 @@ from moesim.costs.traffic import ep_traffic, token_source_gpus
 from moesim.sim.engine import Op, fuse
 from moesim.sim.provenance import hardware_for
 from moesim.specs import precision
-from moesim.specs.opcosts import attention_core_flops
+from moesim.specs.opcosts import attention_core_flops, attention_kv_elements_read
 
 
 def ep_comm_times(sc: Scenario, fabric, traffic, domain: int, *, host_sync: bool) -> tuple[float, float]:
@@ -67,7 +67,12 @@ def dense_op_times(sc: Scenario, gpu, prof, tokens: int, group: int, *, dtype: s
             if inter else 0.0
 
     shared_i = m.moe.num_shared_experts * (m.moe.shared_expert_intermediate_size or 0) // p.tp
+    by_params: dict[int, float] = {}  # layers with the same token mixer share one GEMM time
+    for params in {m.layer_attention_params(i) for i in range(m.num_hidden_layers)}:
+        by_params[params] = gemm_time(gpu, prof, tokens, int(params / (d * p.tp)), d, attention_dtype)
     return {"attention_proj": gemm_time(gpu, prof, tokens, int(m.attention_params / (d * p.tp)), d, attention_dtype),
+            # per layer: a linear-attention or sparse-attention layer has its own projections
+            "attention_proj_layers": [by_params[m.layer_attention_params(i)] for i in range(m.num_hidden_layers)],
             "router": gemm_time(gpu, prof, tokens, m.moe.num_experts, d, "bf16"),
             "shared": ffn(shared_i, dtype),
             "dense": ffn((m.layers.dense_intermediate_size or 0) // p.tp, dtype),
@@ -125,17 +130,20 @@ def serving_layers(sc: Scenario, *, microbatches: int, skew: str, placement: Opt
     kv_bytes = precision.bytes_per_element(dt.kv_cache) * kv_share_per_gpu(m, p.tp)
 
     dense = dense_op_times(sc, gpu, prof, tokens, group, dtype=w_dtype, attention_dtype=att_dtype, links=links)
-    t_attn_proj, t_router, t_shared = dense["attention_proj"], dense["router"], dense["shared"]
+    t_router, t_shared, t_proj = dense["router"], dense["shared"], dense["attention_proj_layers"]
     t_dense, t_allreduce = dense["dense"], dense["tp_allreduce"]
     peak = gpu.peak_flops(precision.get("bf16").family)
 
     def attention_core(layer: int) -> float:
+        """Per layer kind (opcosts): a full or windowed layer reads its held KV, a sparse layer the
+        indexer keys and at most top-k latents, a linear layer its fixed state."""
+        linear = m.attention_kind(layer) == "linear"
         if decode:
-            kv = tokens * held[layer] * m.kv_elements_per_token_per_layer * kv_bytes
-            flops = tokens * attention_core_flops(m, held[layer], absorbed=True) / p.tp
+            kv = tokens * attention_kv_elements_read(m, layer, held[layer]) * kv_bytes
+            flops = tokens * attention_core_flops(m, held[layer], absorbed=True, layer=layer) / p.tp
         else:
-            kv = tokens * m.kv_elements_per_token_per_layer * kv_bytes
-            flops = tokens * attention_core_flops(m, (min(held[layer], ctx) + 1) / 2, absorbed=False) / p.tp
+            kv = 0.0 if linear else tokens * m.kv_elements_per_token_per_layer * kv_bytes
+            flops = tokens * attention_core_flops(m, (min(held[layer], ctx) + 1) / 2, absorbed=False, layer=layer) / p.tp
         return max(memory_bound_time(gpu, prof, kv), flops / (peak * prof.matmul_efficiency("bf16")))
 
     moe_index = {layer: i for i, layer in enumerate(m.moe_layer_indices)}
@@ -151,7 +159,8 @@ def serving_layers(sc: Scenario, *, microbatches: int, skew: str, placement: Opt
     details: dict = {"moe_layers": [], "expert_load": [], "gpu_load": [], "traffic_layer": None,
                      "dispatch_bytes": None, "gpus_per_node": domain}
     for layer in range(m.num_hidden_layers):
-        attention = [Op("attention", "attention", "compute", (t_attn_proj + attention_core(layer),) * group),
+        attention = [Op("attention", "attention", "compute",
+                        (t_proj[layer] + attention_core(layer),) * group),
                      Op("elementwise", "elementwise", "compute",
                         (elementwise_time(sc, gpu, prof, tokens, moe_layer=layer in moe_index),) * group)]
         if layer not in moe_index:

@@ -120,9 +120,9 @@ def stage_parts(sc, a2a_per_moe_layer_s: float) -> list[Stage]:
     for s, layers in enumerate(ranges):
         gemm = flops = elem = comm = routed = kernels = 0.0
         for i in layers:
-            flops += tokens * attention_core_flops(m, (min(held[i], w.seq_len) + 1) / 2, absorbed=False) / p.tp
+            flops += tokens * attention_core_flops(m, (min(held[i], w.seq_len) + 1) / 2, absorbed=False, layer=i) / p.tp
             elem += elementwise_time(sc, gpu, prof, tokens, moe_layer=i in moe)
-            gemm += dense["attention_proj"]
+            gemm += dense["attention_proj_layers"][i]
             comm += 2 * dense["tp_allreduce"]
             kernels += KERNELS["layer"]
             if i in moe:

@@ -26,7 +26,8 @@ def model_flops_per_token(sc: Scenario, seq_len: int) -> float:
     input embedding out) + 3 x the causal attention-score FLOPs (forward + 2x backward), the
     convention of Megatron-LM's MFU (Narayanan et al. 2021) with MoE active parameters."""
     m = sc.model
-    core = sum(attention_core_flops(m, (min(t, seq_len) + 1) / 2, absorbed=False) for t in m.kv_tokens_held(seq_len))
+    core = sum(attention_core_flops(m, (min(t, seq_len) + 1) / 2, absorbed=False, layer=i)
+               for i, t in enumerate(m.kv_tokens_held(seq_len)))
     return 6.0 * m.active_params + 3.0 * core
 
 
@@ -59,7 +60,7 @@ def training_stage_costs(sc: Scenario, w: Training) -> dict:
         grouped_gemm_time(gpu, prof, np.full(slots, per_slot), d, inter, exp_dtype)
     dense = dense_op_times(sc, gpu, prof, tokens, group, dtype=dtype, attention_dtype=dt.attention_weights or dtype,
                            links=links)
-    t_attn_proj, t_router, t_shared = dense["attention_proj"], dense["router"], dense["shared"]
+    t_router, t_shared = dense["router"], dense["shared"]
     t_dense, t_tp = dense["dense"], dense["tp_allreduce"]
     held = m.kv_tokens_held(w.seq_len)
     if group > 1:
@@ -80,10 +81,10 @@ def training_stage_costs(sc: Scenario, w: Training) -> dict:
     for s, layers in enumerate(ranges):
         f_compute = f_comm = core_total = 0.0
         for i in layers:
-            core = tokens * attention_core_flops(m, (min(held[i], w.seq_len) + 1) / 2, absorbed=False) / p.tp
+            core = tokens * attention_core_flops(m, (min(held[i], w.seq_len) + 1) / 2, absorbed=False, layer=i) / p.tp
             t_core = core / (peak * eff)
             core_total += t_core
-            f_compute += t_attn_proj + t_core + elementwise_time(sc, gpu, prof, tokens, moe_layer=i in moe)
+            f_compute += dense["attention_proj_layers"][i] + t_core + elementwise_time(sc, gpu, prof, tokens, moe_layer=i in moe)
             f_comm += 2 * t_tp
             if i in moe:
                 f_compute += t_router + t_experts + t_shared

@@ -68,6 +68,94 @@ def deepseek(c: Cfg, out: dict) -> None:
         out["mtp"] = Flow(num_nextn_predict_layers=c.req("num_nextn_predict_layers"))
 
 
+def glm_moe_dsa(c: Cfg, out: dict) -> None:
+    """GLM-5: DeepSeek-V3 layout (MLA, noaux_tc router) with DeepSeek Sparse Attention on every
+    layer; the indexer caches its own key (index_head_dim) per token beside the MLA latent."""
+    deepseek(c, out)
+    dim = c.req("index_head_dim")
+    out["sparse_attention"] = {"kind": "dsa", "index_topk": c.req("index_topk"),
+                               "index_n_heads": c.req("index_n_heads"), "index_head_dim": dim,
+                               "source": f"{c.source}: index_topk / index_n_heads / index_head_dim"}
+    out["kv_cache"]["elements_per_token_per_layer"] += dim
+
+
+def minimax_m2(c: Cfg, out: dict) -> None:
+    """MiniMax-M2 family: GQA with RMSNorm over the whole q and k widths (qk_norm_type per_layer),
+    sigmoid router with a score-correction bias, no shared expert; MTP modules not counted."""
+    n = c.req("num_hidden_layers")
+    use_norm = c.opt("use_qk_norm", False, kind="bool")
+    per_head = c.opt("qk_norm_type", "per_layer", kind="str") == "per_head"
+    att = gqa_attention(c, qkv_bias=c.opt("attention_bias", False, kind="bool"),
+                        qk_norm=("per_head_rmsnorm" if per_head else "full_width_rmsnorm") if use_norm else "none")
+    out["attention"] = att
+    out["layers"] = layers([], list(range(n)), n, None, field=c.name("num_hidden_layers"), source=c.source)
+    if c.opt("shared_intermediate_size", 0):
+        raise c.error("shared_intermediate_size", "shared experts are not mapped for minimax_m2",
+                      "write the model file by hand")
+    out["moe"] = {
+        "num_experts": c.req("num_local_experts"),
+        "num_experts_per_tok": c.req("num_experts_per_tok"),
+        "moe_intermediate_size": c.req("intermediate_size"),
+        "num_shared_experts": 0,
+        "router": Flow(scoring_func=c.opt("scoring_func", "softmax", kind="str"),
+                       expert_score_bias=c.opt("use_routing_bias", False, kind="bool")),
+    }
+    if c.opt("use_mtp", False, kind="bool"):
+        out["mtp"] = Flow(num_mtp_modules=c.opt("num_mtp_modules", 0))
+
+
+def qwen3_5_moe(c: Cfg, out: dict) -> None:
+    """Qwen3.5 / Qwen3-Next hybrid: `layer_types` linear_attention layers are Gated DeltaNet (a fixed
+    state per sequence), full_attention layers gated GQA with per-head QK norm; MoE with a gated
+    shared expert on every layer not in mlp_only_layers."""
+    n = c.req("num_hidden_layers")
+    if c.has("layer_types"):
+        kinds = c.req("layer_types", kind="list")
+        if len(kinds) != n:
+            raise c.error("layer_types", f"lists {len(kinds)} layers, the model has {n}",
+                          "give one entry per decoder layer")
+        linear = [i for i, k in enumerate(kinds) if k == "linear_attention"]
+    else:  # transformers default: every full_attention_interval-th layer is full attention
+        interval = c.opt("full_attention_interval", 4)
+        if interval <= 0:
+            raise c.error("full_attention_interval", "must be at least 1", "use the config.json value")
+        linear = [i for i in range(n) if (i + 1) % interval]
+    att = gqa_attention(c, qkv_bias=c.opt("attention_bias", False, kind="bool"), qk_norm="per_head_rmsnorm")
+    att["output_gate"] = c.opt("attn_output_gate", True, kind="bool")
+    out["attention"] = att
+    out["kv_cache"] = {"elements_per_token_per_layer": 2 * att["num_key_value_heads"] * att["head_dim"],
+                       "layers_with_kv": n - len(linear)}
+    if linear:
+        ssm = c.opt("mamba_ssm_dtype", None, kind="str")
+        out["linear_attention"] = {
+            "kind": "gated_deltanet",
+            "layers": layer_rule(linear, n, field=c.name("layer_types"), source=c.source),
+            "count": len(linear),
+            "num_key_heads": c.req("linear_num_key_heads"),
+            "num_value_heads": c.req("linear_num_value_heads"),
+            "key_head_dim": c.req("linear_key_head_dim"),
+            "value_head_dim": c.req("linear_value_head_dim"),
+            "conv_kernel_dim": c.req("linear_conv_kernel_dim"),
+            **({"state_dtype": {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(ssm, ssm)}
+               if ssm else {}),
+            "source": f"{c.source}: layer_types and linear_* fields",
+        }
+    dense, moe = _qwen_layers(c, n)
+    out["layers"] = layers(dense, moe, n, c.opt("intermediate_size"),
+                           field=c.name("intermediate_size"), source=c.source)
+    shared = c.opt("shared_expert_intermediate_size", 0)
+    block: dict[str, Any] = {
+        "num_experts": c.req("num_experts"),
+        "num_experts_per_tok": c.req("num_experts_per_tok"),
+        "moe_intermediate_size": c.req("moe_intermediate_size"),
+        "num_shared_experts": 0,
+    }
+    if shared:
+        block.update(num_shared_experts=1, shared_expert_intermediate_size=shared, shared_expert_gate=True)
+    block["router"] = Flow(scoring_func="softmax", expert_score_bias=False)
+    out["moe"] = block
+
+
 def mixtral(c: Cfg, out: dict) -> None:
     n = c.req("num_hidden_layers")
     att = gqa_attention(c)
@@ -273,5 +361,5 @@ def olmoe(c: Cfg, out: dict) -> None:
     }
 
 
-SUPPORTED = ("deepseek_v2", "deepseek_v3", "kimi_k2", "mixtral", "qwen2_moe", "qwen3_moe",
-             "llama4", "llama4_text", "gpt_oss", "dbrx", "olmoe")
+SUPPORTED = ("deepseek_v2", "deepseek_v3", "kimi_k2", "kimi_k25", "glm_moe_dsa", "minimax_m2", "mixtral",
+             "qwen2_moe", "qwen3_moe", "qwen3_5_moe", "llama4", "llama4_text", "gpt_oss", "dbrx", "olmoe")

@@ -64,6 +64,9 @@ def convert(config: dict, *, model_id: str, source: str) -> dict:
         text = top.sub("text_config")
         if top.has("vision_config"):
             vision = top.sub("vision_config")
+    elif model_type in ("kimi_k25", "qwen3_5_moe") and top.has("text_config"):
+        # multimodal wrappers: the decoder is text_config; the vision tower is not modelled
+        text = top.sub("text_config")
     else:
         text = top
     dbrx = model_type == "dbrx"
@@ -92,6 +95,10 @@ def convert(config: dict, *, model_id: str, source: str) -> dict:
         "deepseek_v2": lambda: hf_families.deepseek(text, out),
         "deepseek_v3": lambda: hf_families.deepseek(text, out),
         "kimi_k2": lambda: hf_families.deepseek(text, out),
+        "kimi_k25": lambda: hf_families.deepseek(text, out),
+        "glm_moe_dsa": lambda: hf_families.glm_moe_dsa(text, out),
+        "minimax_m2": lambda: hf_families.minimax_m2(text, out),
+        "qwen3_5_moe": lambda: hf_families.qwen3_5_moe(text, out),
         "mixtral": lambda: hf_families.mixtral(text, out),
         "qwen2_moe": lambda: hf_families.qwen(text, out, qwen3=False),
         "qwen3_moe": lambda: hf_families.qwen(text, out, qwen3=True),

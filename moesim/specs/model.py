@@ -39,6 +39,7 @@ class Attention(Record):
     o_bias: bool = False
     qk_norm: Literal["none", "per_head_rmsnorm", "full_width_rmsnorm", "l2_no_weight"] = "none"
     sinks: bool = False
+    output_gate: bool = False          # q_proj also emits a per-element sigmoid gate on the output (Qwen3.5)
     sliding_window: Optional[int] = None
     attention_chunk_size: Optional[int] = None
     layer_pattern: Optional[str] = None
@@ -121,6 +122,92 @@ class KVWindow(Record):
     source: str
 
 
+class LinearAttention(Record):
+    """Linear-attention layers (Gated DeltaNet: Qwen3-Next, Qwen3.5). Each keeps, per sequence, a
+    recurrent state of num_value_heads x key_head_dim x value_head_dim and a causal-conv state of
+    conv_dim x (conv_kernel_dim - 1) whatever the context length: no KV cache that grows. Projections
+    as transformers' Qwen3_5GatedDeltaNet: in_proj_qkv (d -> conv_dim), in_proj_z (d -> value_dim),
+    in_proj_b / in_proj_a (d -> value heads), depthwise conv1d without bias, dt_bias and A_log per
+    value head, a gated RMSNorm over value_head_dim, out_proj (value_dim -> d)."""
+
+    kind: Literal["gated_deltanet"] = "gated_deltanet"
+    layers: str
+    count: int
+    num_key_heads: int
+    num_value_heads: int
+    key_head_dim: int
+    value_head_dim: int
+    conv_kernel_dim: int
+    state_dtype: Optional[str] = None   # the recurrent state's format (HF mamba_ssm_dtype); None: the KV-cache format
+    source: str
+
+    @model_validator(mode="after")
+    def _sane(self) -> "LinearAttention":
+        if min(self.num_key_heads, self.num_value_heads, self.key_head_dim, self.value_head_dim,
+               self.conv_kernel_dim) <= 0:
+            raise ValueError("linear_attention head counts, head dims and conv_kernel_dim must be positive; "
+                             "use the config.json values")
+        if self.num_value_heads % self.num_key_heads:
+            raise ValueError("linear_attention.num_value_heads must be a multiple of num_key_heads; check config.json")
+        return self
+
+    @property
+    def key_dim(self) -> int:
+        return self.num_key_heads * self.key_head_dim
+
+    @property
+    def value_dim(self) -> int:
+        return self.num_value_heads * self.value_head_dim
+
+    @property
+    def conv_dim(self) -> int:
+        return 2 * self.key_dim + self.value_dim
+
+    @property
+    def recurrent_state_elements(self) -> int:
+        """One layer's delta-rule state for one sequence: a key x value matrix per value head."""
+        return self.num_value_heads * self.key_head_dim * self.value_head_dim
+
+    @property
+    def conv_state_elements(self) -> int:
+        """One layer's causal-conv window for one sequence: the last kernel - 1 inputs."""
+        return self.conv_dim * (self.conv_kernel_dim - 1)
+
+    def params(self, hidden: int) -> int:
+        v_heads = self.num_value_heads
+        proj = hidden * (self.conv_dim + self.value_dim + 2 * v_heads) + self.value_dim * hidden
+        return proj + self.conv_dim * self.conv_kernel_dim + 2 * v_heads + self.value_head_dim
+
+    def core_flops_per_token(self) -> float:
+        """Per token and layer, whatever the context: the gated delta rule touches each value head's
+        dk x dv state 7 times (decay 1, S^T k 2, rank-1 update 2, S^T q 2), and the depthwise conv
+        costs 2 x conv_dim x kernel."""
+        return 7.0 * self.recurrent_state_elements + 2.0 * self.conv_dim * self.conv_kernel_dim
+
+
+class SparseAttention(Record):
+    """Top-k sparse attention on every attention layer (DeepSeek Sparse Attention: DeepSeek-V3.2,
+    GLM-5). A lightning indexer (index_n_heads x index_head_dim queries from the MLA q latent, one
+    index_head_dim key per token that is cached beside the MLA latent) scores every cached token;
+    the main attention attends only the index_topk best. Indexer weights as transformers'
+    GlmMoeDsaIndexer: wq_b (q_lora_rank -> heads x dim), wk (d -> dim), k_norm LayerNorm(dim) with
+    bias, weights_proj (d -> heads)."""
+
+    kind: Literal["dsa"] = "dsa"
+    index_topk: int
+    index_n_heads: int
+    index_head_dim: int
+    source: str
+
+    def indexer_params(self, hidden: int, q_lora_rank: int) -> int:
+        h, dim = self.index_n_heads, self.index_head_dim
+        return q_lora_rank * h * dim + hidden * dim + 2 * dim + hidden * h
+
+    def indexer_flops_per_key(self) -> float:
+        """Scoring one cached key for one query token (q.k per indexer head)."""
+        return 2.0 * self.index_n_heads * self.index_head_dim
+
+
 class VisionEncoder(Record):
     hidden_size: int
     num_hidden_layers: int
@@ -158,6 +245,8 @@ class ModelSpec(Record):
     attention: Attention
     kv_cache: KVCache
     kv_window: Optional[KVWindow] = None
+    linear_attention: Optional[LinearAttention] = None
+    sparse_attention: Optional[SparseAttention] = None
     layers: Layers
     moe: MoE
     mtp: Optional[dict[str, Any]] = None
@@ -182,6 +271,24 @@ class ModelSpec(Record):
                              "fix the rules")
         if dense and not self.layers.dense_intermediate_size:
             raise ValueError("dense layers need layers.dense_intermediate_size; add it")
+        lin = self.linear_attention
+        if lin is not None:
+            linear = layer_indices(lin.layers, self.num_hidden_layers, field="linear_attention.layers")
+            if len(linear) != lin.count:
+                raise ValueError("linear_attention.layers selects a different number of layers than its "
+                                 "'count' says; fix the rule or the count")
+            if self.kv_cache.layers_with_kv != self.num_hidden_layers - lin.count:
+                raise ValueError("kv_cache.layers_with_kv must count only the layers that are not linear "
+                                 f"attention ({self.num_hidden_layers - lin.count}); fix it")
+            if set(linear) & set(self.windowed_layer_indices):
+                raise ValueError("a layer cannot be both linear attention and windowed; fix kv_window.layers")
+        elif self.kv_cache.layers_with_kv != self.num_hidden_layers:
+            raise ValueError(f"kv_cache.layers_with_kv must be num_hidden_layers ({self.num_hidden_layers}) "
+                             "when no layer is linear attention; fix it")
+        if self.sparse_attention is not None and self.attention.type != "mla":
+            raise ValueError("sparse_attention (DSA) needs MLA attention (its indexer reads the q latent)")
+        if self.sparse_attention is not None and not self.attention.q_lora_rank:
+            raise ValueError("sparse_attention (DSA) needs attention.q_lora_rank; add it from config.json")
         return self
 
     # ---------------------------------------------------------------- layer structure
@@ -192,6 +299,29 @@ class ModelSpec(Record):
     @cached_property
     def dense_layer_indices(self) -> tuple[int, ...]:
         return layer_indices(self.layers.dense_layers.rule, self.num_hidden_layers)
+
+    @cached_property
+    def linear_layer_indices(self) -> tuple[int, ...]:
+        if self.linear_attention is None:
+            return ()
+        return layer_indices(self.linear_attention.layers, self.num_hidden_layers)
+
+    def attention_kind(self, index: int) -> Literal["full", "window", "linear", "sparse"]:
+        """What layer `index` attends with: linear (fixed state), window (KV capped), sparse (top-k
+        keys of a full KV cache) or full."""
+        if index in self._linear_set:
+            return "linear"
+        if index in self._windowed_set:
+            return "window"
+        return "sparse" if self.sparse_attention is not None else "full"
+
+    @cached_property
+    def _linear_set(self) -> frozenset[int]:
+        return frozenset(self.linear_layer_indices)
+
+    @cached_property
+    def _windowed_set(self) -> frozenset[int]:
+        return frozenset(self.windowed_layer_indices)
 
     @property
     def num_moe_layers(self) -> int:
@@ -232,6 +362,8 @@ class ModelSpec(Record):
               "full_width_rmsnorm": (h + k) * hd}[a.qk_norm]
         if a.sinks:
             n += h
+        if a.output_gate:
+            n += d * h * hd
         return n
 
     @cached_property
@@ -293,10 +425,28 @@ class ModelSpec(Record):
         experts = self.moe.num_experts_per_tok if active else self.moe.num_experts
         return experts * self.routed_expert_params + self.shared_experts_params + self.router_params
 
+    @cached_property
+    def indexer_params(self) -> int:
+        """Per layer: the DSA lightning indexer's weights (0 without sparse attention)."""
+        s = self.sparse_attention
+        return s.indexer_params(self.hidden_size, self.attention.q_lora_rank or 0) if s else 0
+
+    @cached_property
+    def linear_attention_params(self) -> int:
+        """Per linear-attention layer: the Gated DeltaNet block (0 without linear layers)."""
+        lin = self.linear_attention
+        return lin.params(self.hidden_size) if lin else 0
+
+    def layer_attention_params(self, index: int) -> int:
+        """The token mixer of layer `index`: linear attention, or attention (+ the DSA indexer)."""
+        if index in self._linear_set:
+            return self.linear_attention_params
+        return self.attention_params + self.indexer_params
+
     def layer_params(self, index: int, *, active: bool = False) -> int:
         body = self.moe_block_params(active=active) if index in self.moe_layer_indices \
             else self.dense_mlp_params
-        return self.attention_params + body + self.norm_params_per_layer
+        return self.layer_attention_params(index) + body + self.norm_params_per_layer
 
     @property
     def head_matmul_params(self) -> int:
@@ -325,12 +475,19 @@ class ModelSpec(Record):
 
     # ---------------------------------------------------------------- KV cache
     @cached_property
-    def kv_elements_per_token_per_layer(self) -> int:
-        """Cached scalars per token per layer: MLA latent + rope key, or K and V of every KV head."""
+    def main_kv_elements_per_token_per_layer(self) -> int:
+        """What the main attention caches per token per layer: MLA latent + rope key, or K and V."""
         a = self.attention
         if a.type == "mla":
             return a.kv_lora_rank + a.qk_rope_head_dim
         return 2 * a.num_key_value_heads * a.head_dim
+
+    @cached_property
+    def kv_elements_per_token_per_layer(self) -> int:
+        """Cached scalars per token per layer that has a KV cache: the main attention's, plus the
+        DSA indexer's key (index_head_dim) with sparse attention."""
+        s = self.sparse_attention
+        return self.main_kv_elements_per_token_per_layer + (s.index_head_dim if s else 0)
 
     @cached_property
     def windowed_layer_indices(self) -> tuple[int, ...]:
@@ -339,15 +496,32 @@ class ModelSpec(Record):
         return layer_indices(self.kv_window.layers, self.num_hidden_layers, field="kv_window.layers")
 
     def kv_bytes_per_token(self, bytes_per_element: float) -> float:
-        """KV bytes one token adds over all layers when no window caps it (the table figure)."""
+        """KV bytes one token adds over all layers when no window caps it (the table figure);
+        linear-attention layers add none (their state is per sequence: `state_bytes_per_sequence`)."""
         return self.kv_elements_per_token_per_layer * self.kv_cache.layers_with_kv * bytes_per_element
 
     def kv_tokens_held(self, context_len: int) -> tuple[int, ...]:
-        """Tokens of KV each layer holds for one sequence of `context_len` tokens."""
-        windowed = set(self.windowed_layer_indices)
+        """Tokens of KV each decoder layer holds for one sequence of `context_len` tokens (0 on a
+        linear-attention layer, at most the window on a windowed one)."""
         cap = self.kv_window.tokens if self.kv_window else 0
-        return tuple(min(context_len, cap) if i in windowed else context_len
-                     for i in range(self.kv_cache.layers_with_kv))
+        return tuple(0 if i in self._linear_set else min(context_len, cap) if i in self._windowed_set
+                     else context_len for i in range(self.num_hidden_layers))
+
+    def layer_state_bytes(self, kv_bytes_per_element: float, state_bytes_per_element: Optional[float] = None) -> float:
+        """One linear-attention layer's fixed state for one sequence (0 without linear layers): the
+        recurrent state in `state_bytes_per_element` (default: the KV format), the conv window in
+        the KV format."""
+        lin = self.linear_attention
+        if lin is None:
+            return 0.0
+        state_b = kv_bytes_per_element if state_bytes_per_element is None else state_bytes_per_element
+        return lin.recurrent_state_elements * state_b + lin.conv_state_elements * kv_bytes_per_element
+
+    def state_bytes_per_sequence(self, kv_bytes_per_element: float,
+                                 state_bytes_per_element: Optional[float] = None) -> float:
+        """Fixed bytes one sequence holds over all linear-attention layers, whatever its length."""
+        return len(self.linear_layer_indices) * self.layer_state_bytes(kv_bytes_per_element,
+                                                                        state_bytes_per_element)
 
 
 def models_dir() -> Path:
