@@ -72,7 +72,7 @@ def override_options(func, *, workload: bool = True):
         click.option("--ep", type=int, help="Expert-parallel size."),
         click.option("--etp", type=int, help="Expert tensor-parallel size."),
         click.option("--redundant-experts", type=int, help="Extra expert slots for replicas (EPLB)."),
-        click.option("--weights-dtype", help="Format of linear weights: bf16, fp8, mxfp8, mxfp4, nvfp4."),
+        click.option("--weights-dtype", help="Format of linear weights: bf16, fp8, fp8_block, mxfp8, mxfp4, nvfp4, int4_wo (see workloads/dtypes.yaml)."),
         click.option("--expert-dtype", help="Format of routed-expert weights, if different."),
         click.option("--kv-dtype", help="KV-cache format: bf16 or fp8."),
     ]

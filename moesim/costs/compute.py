@@ -23,7 +23,9 @@ The model, per kernel (every number it uses comes from `topologies/gpus/<gpu>.ya
   measurement (STREAM-type copy), else the profile's documented `memory_efficiency`.
 * A, B and C are each moved once: A = m x k and B = k x n in the GEMM's dtype (W8A8 / W4A4: both
   operands in the same format, block scales included via `precision`), C = m x n in BF16, the
-  usual epilogue output of BF16/FP8/FP4 GEMMs. L2 reuse and operand re-reads are not modelled.
+  usual epilogue output of BF16/FP8/FP4 GEMMs. A weight-only dtype (`int4_wo`, W4A16) stores B
+  in its format and A in its `activations` format (BF16), and runs at the peak of its family
+  (BF16): the weights are dequantised in registers. L2 reuse and operand re-reads are not modelled.
 
 A kernel fit (`moesim calibrate --cases`, `costs.gemm_kernels.fitted_compute_profile`) replaces
 the efficiencies, the launch constant and the two overheads (zero in the data files) with the
@@ -177,7 +179,7 @@ def _family(dtype: str) -> str:
         family = precision.get(dtype).family
         if family is None:
             raise MoesimError(f"{dtype} has no tensor-core GEMM peak", field="dtype",
-                              fix="give a tensor-core dtype: bf16, fp16, fp8, fp8_block128, mxfp8, mxfp4, nvfp4")
+                              fix="give a tensor-core dtype: bf16, fp16, fp8, fp8_block128, mxfp8, mxfp4, nvfp4, int4_wo")
         return family
     if dtype in MatmulPeakEfficiency.model_fields:
         return dtype
@@ -257,9 +259,10 @@ def _gemm_parts(gpu: GPUSpec, profile: ComputeProfile, rows: np.ndarray, n: floa
             best = (compute, (tm, tn), tiles, waves)
     compute, tile, tiles, waves = best
     total_rows = float(rows.sum())
-    a = precision.bytes_per_element(dtype)
+    a = precision.activation_bytes_per_element(dtype)
+    b = precision.bytes_per_element(dtype)
     c = precision.bytes_per_element(out_dtype, field="out_dtype")
-    nbytes = total_rows * k * a + len(rows) * n * k * a + total_rows * n * c
+    nbytes = total_rows * k * a + len(rows) * n * k * b + total_rows * n * c
     return compute, nbytes / hbm_effective_Bps(gpu, profile), 2.0 * total_rows * n * k, nbytes, tile, tiles, waves
 
 
@@ -343,9 +346,10 @@ def grouped_gemm_times_per_owner(gpu: GPUSpec, profile: ComputeProfile, tokens_p
         best = compute if best is None else np.minimum(best, compute)
     rows = np.bincount(owner, weights=counts, minlength=owners)
     groups = np.bincount(owner, weights=active.astype(float), minlength=owners)
-    a = precision.bytes_per_element(dtype)
+    a = precision.activation_bytes_per_element(dtype)
+    b = precision.bytes_per_element(dtype)
     c = precision.bytes_per_element(out_dtype, field="out_dtype")
-    memory = (rows * k * a + groups * n * k * a + rows * n * c) / hbm_effective_Bps(gpu, profile)
+    memory = (rows * k * a + groups * n * k * b + rows * n * c) / hbm_effective_Bps(gpu, profile)
     fixed = profile.kernel_launch_s.value + groups * profile.group_overhead_s
     return np.where(groups > 0, np.maximum(best, memory) + fixed, 0.0)
 
