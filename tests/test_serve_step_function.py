@@ -2,7 +2,9 @@
 
 The run evaluates thousands of steps through an interpolated grid of step-model runs; these
 tests show that grid stays within 2 % of simulating the step directly at random batch sizes,
-contexts and prefill sizes off the grid, and that a mixed step meets its two ends exactly.
+contexts and prefill sizes off the grid, that a mixed step meets its two ends exactly, and that
+simulating grid points lazily, or reading them from a disk cache, gives the same floats as
+simulating the whole grid up front.
 """
 from __future__ import annotations
 
@@ -10,8 +12,11 @@ import numpy as np
 import pytest
 
 from moesim.cluster.scenario import load_scenario
-from moesim.serve.step_function import (MIN_CONTEXT, build_step_function, context_grid, geometric_grid, simulate_decode,
-                                        simulate_prefill)
+from moesim.core.errors import MoesimError
+from moesim.core.result import to_json
+from moesim.serve import step_function
+from moesim.serve.step_function import (MIN_CONTEXT, _variant, build_step_function, context_grid, geometric_grid,
+                                        simulate_decode, simulate_prefill, step_time_s)
 
 # A cheap deployment: Qwen3-30B-A3B FP8 over 2 H100s with EP2 (two attention-DP ranks, a real
 # all-to-all across GPUs) - each step simulates in tens of milliseconds.
@@ -79,4 +84,98 @@ def test_no_extrapolation(fn):
 
 
 def test_cached_per_scenario_and_lengths(sc, fn):
-    assert build_step_function(sc, isl=ISL, osl=OSL, max_batch=MAX_BATCH, max_prefill_tokens=MAX_PREFILL) is fn
+    """A second build of the same deployment shares the simulated points: nothing is simulated again."""
+    fn.step(8, ISL + 10, 0)
+    again = build_step_function(sc, isl=ISL, osl=OSL, max_batch=MAX_BATCH, max_prefill_tokens=MAX_PREFILL)
+    assert again.times is fn.times
+    before = fn.times.simulated
+    assert again.step(8, ISL + 10, 0) == fn.step(8, ISL + 10, 0) and fn.times.simulated == before
+
+
+def test_step_time_is_what_simulate_gives(sc):
+    """The grid's shortcut around `simulate` (no breakdown, ledger, bands) returns the same float."""
+    from moesim.cluster.scenario import Serving
+    from moesim.sim.simulate import simulate
+    for w in (Serving(kind="serving", phase="decode", batch=5, input_len=700, output_len=1),
+              Serving(kind="serving", phase="prefill", batch=1, input_len=ISL, output_len=1, prefill_chunk_tokens=300)):
+        variant = _variant(sc, w)
+        assert step_time_s(variant) == simulate(variant, ignore_memory=True)["metrics"]["step_time_s"]
+
+
+def _reference_decode(batches, contexts, decode_s, batch, context):
+    """The first increment's eager interpolation (every row over contexts, then over batches)."""
+    per_batch = np.array([step_function._interp(contexts, row, context) for row in decode_s])
+    return step_function._interp(batches, per_batch, batch)
+
+
+def test_lazy_step_function_gives_the_same_bytes_as_the_eager_one(sc):
+    """Points simulated on demand, in another order, give the same floats as the whole grid simulated
+    up front, and the same floats as the first increment's dense interpolation."""
+    kwargs = dict(isl=ISL, osl=OSL, max_batch=MAX_BATCH, max_prefill_tokens=MAX_PREFILL)
+    step_function._CACHE.clear()
+    eager = build_step_function(sc, lazy=False, **kwargs)
+    assert eager.times.simulated == len(eager.batches) * len(eager.contexts) + len(eager.prefill_tokens)
+    step_function._CACHE.clear()
+    lazy = build_step_function(sc, **kwargs)
+    assert lazy.times.simulated == 0 and lazy.times is not eager.times
+    rng = np.random.default_rng(1600)
+    mixes = [(int(rng.integers(0, MAX_BATCH + 1)), float(rng.uniform(MIN_CONTEXT, ISL + OSL)),
+              int(rng.integers(0, MAX_PREFILL - MAX_BATCH))) for _ in range(200)]
+    mixes += [(b, float(c), 0) for b in eager.batches for c in eager.contexts]   # grid points exactly
+    for b, c, p in reversed(mixes):
+        assert lazy.step(b, c, p) == eager.step(b, c, p), (b, c, p)
+        if b > 0:
+            assert lazy.decode(b, c) == _reference_decode(eager.batches, eager.contexts, eager.decode_s, b, c)
+    assert 0 < lazy.times.simulated < eager.times.simulated   # only what the mixes needed...
+    used = to_json(lazy.to_json())
+    assert "null" in used
+    assert to_json(lazy.fill().to_json()) == to_json(eager.to_json())   # ...and the same grid when filled
+    step_function._CACHE.clear()
+
+
+def test_disk_cache_serves_the_same_floats(sc, tmp_path):
+    kwargs = dict(isl=ISL, osl=OSL, max_batch=8, max_prefill_tokens=256)
+    folder = tmp_path / "steps"   # the folder the user names is made; its parent must exist
+    step_function._CACHE.clear()
+    first = build_step_function(sc, cache_dir=folder, **kwargs).fill()
+    files = list(folder.glob("step-times-*.json"))
+    assert len(files) == 1 and first.times.simulated > 0
+    step_function._CACHE.clear()
+    second = build_step_function(sc, cache_dir=folder, **kwargs).fill()
+    assert second.times.simulated == 0 and to_json(second.to_json()) == to_json(first.to_json())
+    files[0].write_text("{not json")   # a corrupt file is recomputed and rewritten, never trusted
+    step_function._CACHE.clear()
+    third = build_step_function(sc, cache_dir=folder, **kwargs).fill()
+    assert third.times.simulated == first.times.simulated and to_json(third.to_json()) == to_json(first.to_json())
+    step_function._CACHE.clear()
+    with pytest.raises(MoesimError, match="cache"):
+        build_step_function(sc, cache_dir=tmp_path / "missing" / "steps", **kwargs)
+    assert not (tmp_path / "missing").exists()
+
+
+def test_longest_request_context_is_a_grid_point(sc):
+    fn = build_step_function(sc, isl=ISL, osl=OSL, max_batch=4, max_prefill_tokens=64, max_context=ISL + 3 * OSL)
+    assert fn.contexts[-1] == ISL + 3 * OSL and ISL + OSL in fn.contexts
+    assert fn.request_s(ISL, OSL, 4) > fn.prefill(64) * (ISL // 64) > 0
+
+
+def test_bench_serve_json_contract_and_table(monkeypatch):
+    """`moesim bench serve` on a cheap deployment (the issue's one takes seconds, not a test's time)."""
+    import json
+
+    from click.testing import CliRunner
+
+    from moesim.bench import serve as bench
+    from moesim.cli import main
+    monkeypatch.setattr(bench, "SCENARIO", CHEAP)
+    monkeypatch.setattr(bench, "LOAD", {"isl": 128, "osl": 16, "concurrency": 8, "requests": 40})
+    out = CliRunner().invoke(main, ["bench", "serve", "--json"])
+    assert out.exit_code == 0, out.output
+    s = json.loads(out.stdout)["serve"]
+    for key in ("step_function_build_s", "request_sim_wall_s", "requests_per_wall_s"):
+        assert s[key] > 0, key
+    assert s["plan_points_per_min"] is None and s["plan_points_per_min_reason"] == "planner integration not built"
+    assert 0 < s["grid_points_simulated"] <= s["grid_points_total"] and s["requests"] == 40
+    table = CliRunner().invoke(main, ["bench", "serve"])
+    assert table.exit_code == 0 and "step-function build" in table.stdout and "planner integration not built" in \
+        table.stdout

@@ -122,3 +122,46 @@ def bench_planner(as_json: bool) -> None:
                f"1 worker: {p['configs_per_min_1_worker']:,.0f} configs/min; 2 workers: "
                f"{p['configs_per_min_2_workers']:,.0f} configs/min (x{p['scaling_2_over_1']:.2f}); "
                f"VRAM prune {p['prune_ms_per_config']:.2f} ms per configuration")
+
+
+@bench.command(name="serve")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON contract.")
+def bench_serve(as_json: bool) -> None:
+    """Request-level serving: step-function build and event-loop wall time (DeepSeek-V3 FP8, 8 x B200, 1k/1k, C=256).
+
+    The step function's grid is simulated lazily in a cold run; the baseline in the same run is the
+    whole grid simulated eagerly, and the run's points read back from a disk cache. CPU seconds of
+    the process are shown beside wall seconds: on a shared machine they are what the wall time would
+    be without other processes on the cores.
+    """
+    from moesim.bench.serve import serve_benchmark
+
+    result = serve_benchmark()
+    if as_json:
+        echo_json(result)
+        return
+    s = result["serve"]
+
+    def verdict(key: str) -> str:
+        return f"target <= {s['targets'][key]:g} s: {'met' if s['meets_targets'][key] else 'MISSED'}"
+
+    ratio = f"x{s['eager_over_lazy_build']:.1f}" if s["eager_over_lazy_build"] else "n/a"
+    plan = (f"{s['plan_points_per_min']:,.0f}" if s["plan_points_per_min"] is not None
+            else f"n/a ({s['plan_points_per_min_reason']})")
+    d, load = s["deployment"], s["load"]
+    click.echo(f"# moesim bench serve: {d['model']} on {d['gpus']} GPUs of {d['system']} (EP {d['ep']}, {d['framework']}), "
+               f"{d['mode']}, ISL {load['isl']} / OSL {load['osl']}, concurrency {load.get('concurrency')}, "
+               f"{s['requests']:,} requests\n"
+               f"| measure | value | note |\n| --- | --- | --- |\n"
+               f"| step-function build (cold run - warm run) | {s['step_function_build_s']:.2f} s | "
+               f"{s['step_function_build_cpu_s']:.2f} CPU s; "
+               f"{verdict('step_function_build_s')}; {s['grid_points_simulated']} of {s['grid_points_total']} grid "
+               f"points simulated |\n"
+               f"| eager whole-grid build (baseline, same run) | {s['eager_grid_build_s']:.2f} s | "
+               f"lazy is {ratio} faster |\n"
+               f"| build from the disk cache | {s['disk_cached_build_s'] * 1e3:.1f} ms | |\n"
+               f"| request simulation (warm) | {s['request_sim_wall_s']:.2f} s | {s['request_sim_cpu_s']:.2f} CPU s; "
+               f"{verdict('request_sim_wall_s')}; "
+               f"{s['steps']:,} steps, {s['simulated_s']:.1f} simulated s |\n"
+               f"| simulated requests per wall second | {s['requests_per_wall_s']:,.0f} | |\n"
+               f"| load-aware plan points per minute | {plan} | |")

@@ -5,7 +5,8 @@ from typing import Any, Optional
 
 import click
 
-from moesim.cli.app import SCENARIO_ARG, deployment_options, echo_json, main, scenario_overrides
+from moesim.cli.app import (SCENARIO_ARG, OutputFile, OutputFolder, deployment_options, echo_json, main,
+                            scenario_overrides)
 
 # vLLM and SGLang bench_serving send 1,000 prompts unless told otherwise (--num-prompts default).
 DEFAULT_REQUESTS = 1000
@@ -16,37 +17,71 @@ DEFAULT_REQUESTS = 1000
 @deployment_options
 @click.option("--concurrency", type=int, help="Closed loop: C clients, each sends its next request when one finishes.")
 @click.option("--rate", type=float, help="Open loop: Poisson arrivals of R requests per second.")
-@click.option("--isl", type=int, required=True, help="Prompt (input) tokens per request.")
-@click.option("--osl", type=int, required=True, help="Output tokens per request.")
-@click.option("--requests", type=int, default=DEFAULT_REQUESTS, show_default=True,
-              help="Measured requests (bench_serving's --num-prompts default).")
+@click.option("--arrivals", "arrivals_file",
+              help="Replay a trace: a CSV (header arrival_s,input_tokens,output_tokens) or JSONL file, one request "
+                   "a row; it gives every request's time and lengths.")
+@click.option("--isl", help="Prompt (input) tokens per request: N, fixed:N, uniform:LO:HI or "
+                            "lognormal:MEAN:SIGMA[:MAX].")
+@click.option("--osl", help="Output tokens per request: N, fixed:N, uniform:LO:HI or lognormal:MEAN:SIGMA[:MAX].")
+@click.option("--requests", type=int,
+              help=f"Measured requests [default: {DEFAULT_REQUESTS:,}, bench_serving's --num-prompts; with "
+                   "--arrivals, every row after the warm-up ones].")
 @click.option("--warmup", type=int, default=0, show_default=True,
               help="Requests sent first and left out of every statistic.")
+@click.option("--closed-loop-start", type=click.Choice(["staggered", "burst"]), default="staggered", show_default=True,
+              help="Closed loop: when the clients send their first request - staggered over one request's time, "
+                   "or all at t = 0 as bench_serving does.")
 @click.option("--framework", type=click.Choice(["sglang", "vllm"]),
               help="Serving framework whose batching defaults run the engine (default: the scenario's).")
-@click.option("--seed", type=int, help="Seed of arrivals and routing (default: the scenario's).")
+@click.option("--seed", type=int, help="Seed of arrivals, lengths, client starts and routing (default: the "
+                                       "scenario's).")
+@click.option("--mode", type=click.Choice(["agg", "disagg"]), default="agg", show_default=True,
+              help="agg: every instance prefills and decodes; disagg: separate prefill and decode pools, KV sent "
+                   "between them over the topology.")
+@click.option("--prefill-workers", type=int, help="disagg: prefill engine instances (each one EP group of the split).")
+@click.option("--decode-workers", type=int, help="disagg: decode engine instances (each one EP group of the split).")
+@click.option("--cache", "cache_dir", type=OutputFolder(),
+              help="Keep the step-time grid's simulated points in this folder and reuse them in later runs of the "
+                   "same deployment, code and data.")
+@click.option("--trace", "trace_file", type=OutputFile(".json"),
+              help="Write a Chrome/Perfetto trace: engine steps per instance, phases per request.")
 @click.option("--json", "as_json", is_flag=True, help="Print the Result as JSON.")
-def serve(scenario: Optional[str], concurrency: Optional[int], rate: Optional[float], isl: int, osl: int,
-          requests: int, warmup: int, framework: Optional[str], seed: Optional[int], as_json: bool,
+def serve(scenario: Optional[str], concurrency: Optional[int], rate: Optional[float], arrivals_file: Optional[str],
+          isl: Optional[str], osl: Optional[str], requests: Optional[int], warmup: int, closed_loop_start: str,
+          framework: Optional[str], seed: Optional[int], mode: str, prefill_workers: Optional[int],
+          decode_workers: Optional[int], cache_dir: Optional[str], trace_file: Optional[str], as_json: bool,
           **flags: Any) -> None:
     """Serve a load on a deployment: TTFT, TPOT, ITL, E2E (mean, p50, p90, p99), tokens/s per GPU and per user.
 
     The scenario gives the deployment (model, system, split, dtypes, framework); the load replaces
-    its workload. Each engine step's time comes from moesim's step model.
+    its workload. Lengths are fixed or drawn per request (--isl/--osl lognormal:MEAN:SIGMA, ...),
+    or come from a trace (--arrivals). Each engine step's time comes from moesim's step model.
+    With --mode disagg the deployment is P prefill and D decode instances of the scenario's EP
+    group, prefill on the first GPUs and decode after them; each request's KV goes prefill ->
+    decode as flows on the system's topology.
 
     \b
     Examples:
       moesim serve --concurrency 64 --isl 1000 --osl 1000
+      moesim serve --concurrency 64 --isl lognormal:1000:0.5 --osl uniform:100:300
       moesim serve --model qwen3-30b-a3b --gpus 2 --ep 2 --rate 20 --isl 512 --osl 128 --requests 500
-      moesim serve workloads/scenarios/decode.yaml --concurrency 256 --isl 2000 --osl 100 --json
+      moesim serve --arrivals workloads/arrivals/example.csv --model qwen3-30b-a3b --gpus 2 --ep 2
+      moesim serve --concurrency 256 --isl 2000 --osl 100 --requests 512 --json
+      moesim serve --concurrency 64 --isl 1000 --osl 200 --trace serve.json --cache .moesim-cache
+      moesim serve --concurrency 64 --isl 1000 --osl 200 --mode disagg --prefill-workers 1 --decode-workers 1
     """
     from moesim.cluster.scenario import load_scenario
-    from moesim.serve.load import make_load
+    from moesim.serve.disagg import make_disagg
+    from moesim.serve.load import make_load, read_arrivals
     from moesim.serve.run import serve as run
 
-    load_args = dict(isl=isl, osl=osl, requests=requests, concurrency=concurrency, rate=rate, warmup=warmup,
-                     seed=seed if seed is not None else 0)
+    arrivals = read_arrivals(arrivals_file, field="--arrivals") if arrivals_file is not None else None
+    if requests is None and arrivals is None:
+        requests = DEFAULT_REQUESTS
+    load_args = dict(isl=isl, osl=osl, requests=requests, concurrency=concurrency, rate=rate, arrivals=arrivals,
+                     warmup=warmup, seed=seed if seed is not None else 0, closed_loop_start=closed_loop_start)
     make_load(**load_args, prefix="--")  # bad load options fail here, before any scenario is read
+    disagg = make_disagg(mode, prefill_workers, decode_workers, prefix="--")
     overrides = scenario_overrides(flags)
     if framework:
         overrides["runtime.framework"] = framework
@@ -54,7 +89,11 @@ def serve(scenario: Optional[str], concurrency: Optional[int], rate: Optional[fl
         overrides["seed"] = seed
     sc = load_scenario(scenario, overrides)
     load = make_load(**dict(load_args, seed=sc.input.seed), prefix="--")
-    result = run(sc, load)
+    result = run(sc, load, disagg=disagg, trace=trace_file is not None, cache_dir=cache_dir)
+    if trace_file:  # only after the run succeeded, all or nothing
+        from moesim.core.output import write_atomic
+        from moesim.core.result import to_json
+        write_atomic(trace_file, to_json(result["_trace"], indent=None))
     result = {k: v for k, v in result.items() if not k.startswith("_")}
     if as_json:
         echo_json(result)

@@ -249,12 +249,31 @@ def whatif_table(r: dict) -> str:
                       table(["change"] + keys, rows, align="l" + "r" * len(keys))] + ([""] + notes if notes else []))
 
 
+def _serve_lengths(ld: dict, key: str, nominal: str) -> str:
+    """`ISL 1,000`, or the distribution the lengths were drawn from (`ISL lognormal mean 1,000 sigma 0.5`)."""
+    d = ld.get(key)
+    name = nominal.upper()
+    if d is None:
+        return f"{name} {ld[nominal]:,}" if ld["mode"] != "trace" else f"{name} mean {ld[nominal]:,}"
+    if d["distribution"] == "uniform":
+        return f"{name} uniform {d['low']:,}-{d['high']:,}"
+    cap = f" max {d['max']:,}" if d.get("max") is not None else ""
+    return f"{name} lognormal mean {d['mean']:,g} sigma {d['sigma']:g}{cap}"
+
+
 def serve_table(r: dict) -> str:
-    """`moesim serve`: the load, latency percentiles per metric, throughput, and the KV in use."""
+    """`moesim serve`: the load, latency percentiles per metric, throughput, and the KV in use; for a
+    disaggregated run, the pools and the KV transfers."""
     m, ld, s, p = r["metrics"], r["load"], r["scheduler"], r["parallel"]
-    load = f"concurrency {ld['concurrency']}" if ld["mode"] == "closed" else f"rate {ld['rate_per_s']:g} requests/s"
+    if ld["mode"] == "closed":
+        load = f"concurrency {ld['concurrency']} ({ld.get('closed_loop_start', 'burst')} start)"
+    elif ld["mode"] == "open":
+        load = f"rate {ld['rate_per_s']:g} requests/s"
+    else:
+        load = f"arrivals {ld['arrivals']}"
     head = (f"{r['scenario']}: {r['model']} on {r['fleet']} (tp={p['tp']} dp={p['dp']} ep={p['ep']}), "
-            f"{r['framework']}; {load}, ISL {ld['isl']:,}, OSL {ld['osl']:,}, {ld['requests']:,} requests "
+            f"{r['framework']}; {load}, {_serve_lengths(ld, 'input_lengths', 'isl')}, "
+            f"{_serve_lengths(ld, 'output_lengths', 'osl')}, {ld['requests']:,} requests "
             f"(+{ld['warmup']} warm-up), seed {ld['seed']}")
     rows = []
     for key, name in (("ttft_ms", "TTFT"), ("tpot_ms", "TPOT"), ("itl_ms", "ITL"), ("e2e_ms", "E2E")):
@@ -268,4 +287,12 @@ def serve_table(r: dict) -> str:
              f"{m['requests_per_s']:,.2f} requests/s",
              f"KV per rank: peak {s['peak_kv_tokens_per_rank']:,} of {s['kv_capacity_tokens_per_rank']:,} tokens; "
              f"peak {s['peak_running_per_rank']:,} running requests per rank; {s['steps']:,} engine steps"]
+    if "pools" in r and "kv_transfer" in r:
+        pools, kv = r["pools"], r["kv_transfer"]
+        lines.append("; ".join(f"{name} pool {q['instances']} x {q['gpus'] // q['instances']} GPUs, "
+                               f"busy {q['busy_fraction']:.0%}" for name, q in pools.items()))
+        t, w = kv["transfer_ms"], kv["wait_for_decode_slot_ms"]
+        lines.append(f"KV transfer: {kv['bytes_per_request'] / 1e6:,.2f} MB per request over "
+                     f"{'/'.join(kv['first_pair_links'])}, mean {t['mean']:,.3f} ms, p90 {t['p90']:,.3f} ms; "
+                     f"wait for a decode slot mean {w['mean']:,.2f} ms, p90 {w['p90']:,.2f} ms")
     return "\n".join(lines)

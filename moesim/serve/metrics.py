@@ -2,7 +2,8 @@
 
 Definitions follow vLLM/SGLang `bench_serving` so that predictions compare with their output:
 - TTFT: first output token time - arrival time;
-- TPOT: (E2E - TTFT) / (OSL - 1) per request (undefined for one-token outputs, left out);
+- TPOT: (E2E - TTFT) / (OSL - 1) per request, with the request's own OSL (undefined for one-token
+  outputs, left out);
 - ITL: every gap between consecutive output tokens of a request, pooled over requests;
 - E2E: last output token time - arrival time;
 - statistics: mean and the 50th, 90th and 99th percentiles (numpy's linear interpolation, as the
@@ -33,21 +34,25 @@ def summary_ms(values_s) -> Optional[dict]:
     return out
 
 
-def run_metrics(*, arrival: np.ndarray, first_token: np.ndarray, finish: np.ndarray, osl: int,
+def run_metrics(*, arrival: np.ndarray, first_token: np.ndarray, finish: np.ndarray, osl,
                 itl_s: np.ndarray, gpus: int) -> dict:
-    """The `metrics` block of a serve Result over the measured requests (arrays of equal length)."""
+    """The `metrics` block of a serve Result over the measured requests (arrays of equal length).
+    `osl` is every measured request's output length (an array of the same length), or one number
+    for all: each request's TPOT divides by its own OSL - 1, and the output tokens are their sum."""
     ttft = first_token - arrival
     e2e = finish - arrival
-    tpot = (e2e - ttft) / (osl - 1) if osl > 1 else np.empty(0)
+    outs = np.broadcast_to(np.asarray(osl, dtype=np.int64), arrival.shape)
+    many = outs > 1   # a one-token output has no TPOT (bench_serving leaves it out)
+    tpot = (e2e[many] - ttft[many]) / (outs[many] - 1)
     duration = float(finish.max() - arrival.min())
     n = len(arrival)
-    tokens = n * osl
+    tokens = int(outs.sum())
     tpot_ms = summary_ms(tpot)
     return {"ttft_ms": summary_ms(ttft), "tpot_ms": tpot_ms, "itl_ms": summary_ms(itl_s), "e2e_ms": summary_ms(e2e),
             "output_tokens_per_s_per_gpu": tokens / duration / gpus,
             "output_tokens_per_s_per_user": (MS / tpot_ms["mean"]) if tpot_ms and tpot_ms["mean"] > 0 else None,
             "requests_per_s": n / duration, "output_tokens_per_s": tokens / duration, "gpus": gpus,
-            "requests": n, "duration_s": duration}
+            "requests": n, "output_tokens": tokens, "duration_s": duration}
 
 
 __all__ = ["PERCENTILES", "run_metrics", "summary_ms"]

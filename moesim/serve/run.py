@@ -1,19 +1,26 @@
 """One request-level serving run: `serve(scenario, load) -> Result` (plain data, like `simulate`).
 
 The deployment is the scenario's model, system, split, dtypes and framework; its `workload`
-block (phase, batch, lengths) is replaced by the load: requests of `load.isl` prompt and
-`load.osl` output tokens, driven closed or open loop (`serve.load`). The pieces:
+block (phase, batch, lengths) is replaced by the load: requests with their own prompt and output
+lengths (`serve.load.request_lengths`: fixed, drawn from a distribution, or a trace's), driven
+closed loop, open loop or from a trace (`serve.load`). The pieces:
 
 1. `serve.scheduler.Policy`: the framework's batching defaults (`workloads/frameworks.yaml`);
 2. `serve.scheduler.kv_capacity_tokens`: KV room per attention-DP rank from the VRAM ledger;
 3. `serve.step_function`: step time from a grid of step-model runs, sized to what this run can
-   reach (decode batches up to the admission limits, prefill steps up to the token budget);
+   reach (decode batches up to the admission limits, decode contexts up to the longest request,
+   prefill steps up to the token budget); with `cache_dir`, its points are kept on disk;
 4. the event loop below: a heap of (time, kind, order) events - arrivals, step ends and wake-ups
    of idle instances - processed in a fixed order, so the same inputs and seed give the same
    bytes. At one instant, step ends come first (a finished request's client sends its next
    request at that instant), then arrivals, then idle instances form their next step, so a step
-   sees every request that arrived by its start;
+   sees every request that arrived by its start. A closed loop's clients send their first
+   requests at `serve.load.closed_loop_starts` (staggered over one request's time by default);
 5. `serve.metrics`: latencies and throughput over the measured (non-warm-up) requests.
+
+`--mode disagg` replaces step 4 by `serve.disagg` (prefill and decode pools, KV sent between them
+over the topology); steps 1-3 and 5 are shared, so the two modes differ only where the
+deployments do. A trace of either (`serve.trace`) comes back under `_trace` when asked.
 
 Requests go to attention-DP ranks round robin over all ranks of all instances in the order
 they are sent (SGLang's default DP load balancing, `load_balance_method = round_robin`).
@@ -23,18 +30,20 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
+from typing import Optional
 
 import numpy as np
 
 from moesim.cluster.scenario import Scenario, Serving
 from moesim.core.digest import code_and_data_digest
 from moesim.core.errors import MoesimError
-from moesim.serve.load import Load, open_loop_arrivals
+from moesim.serve.disagg import Disagg, disagg_assumptions, run_disagg
+from moesim.serve.load import Load, closed_loop_starts, open_loop_arrivals, request_lengths
 from moesim.serve.metrics import run_metrics
-from moesim.serve.scheduler import Instance, Policy, kv_capacity_tokens
-from moesim.serve.step_function import build_step_function
-
-STEP_END, ARRIVAL, WAKE = 0, 1, 2   # order of events at the same instant (see the module docstring)
+from moesim.serve.scheduler import (ARRIVAL, STEP_END, WAKE, Instance, Policy, check_finished_once, kv_capacity_tokens,
+                                    mark_prefill_start)
+from moesim.serve.step_function import StepFunction, build_step_function
+from moesim.serve.trace import StepTrace, chrome_trace
 
 
 def deployment_shape(sc: Scenario) -> tuple[int, int]:
@@ -62,29 +71,73 @@ def _reachable_batch(policy: Policy, load: Load) -> int:
     return min(bound, load.concurrency) if load.concurrency is not None else bound
 
 
-def serve(sc: Scenario, load: Load) -> dict:
-    """Simulate the load on the deployment and return the Result (see the module docstring)."""
+def serve(sc: Scenario, load: Load, *, disagg: Optional[Disagg] = None, trace: bool = False,
+          cache_dir=None) -> dict:
+    """Simulate the load on the deployment and return the Result (see the module docstring).
+
+    `disagg` (from `serve.disagg.make_disagg`) runs prefill and decode on separate pools of the
+    scenario's engine instance instead (`serve.disagg`); `trace` adds the run's Chrome/Perfetto
+    trace under `_trace` (`serve.trace`); `cache_dir` (a folder the user named) keeps the step
+    function's simulated points on disk for later runs (`serve.step_function.step_times`)."""
     instances_n, ranks_n = deployment_shape(sc)
     policy = Policy.of(sc)
-    isl, osl = load.isl, load.osl
+    isl, osl = load.isl, load.osl   # nominal (mean) lengths: the ledger's activations, the grid's anchors
+    isl_of, osl_of = request_lengths(load)
+    sizes = isl_of + osl_of
+    longest = int(np.argmax(sizes))
     batch_bound = _reachable_batch(policy, load)
-    kv_capacity = kv_capacity_tokens(sc, isl=isl, osl=osl, max_batch=batch_bound, prefill_tokens=policy.token_budget)
-    max_batch = max(min(batch_bound, kv_capacity // (isl + osl)), 1)
+    kv_capacity = kv_capacity_tokens(sc, isl=isl, osl=osl, max_batch=batch_bound, prefill_tokens=policy.token_budget,
+                                     where="one decode rank" if disagg else "one rank",
+                                     longest=(int(isl_of[longest]), int(osl_of[longest])))
+    # the most requests a rank can hold: as many of the shortest as its KV takes
+    max_batch = max(min(batch_bound, kv_capacity // int(sizes.min())), 1)
     fn = build_step_function(sc, isl=isl, osl=osl, max_batch=policy.padded(max_batch),
-                             max_prefill_tokens=policy.token_budget)
+                             max_prefill_tokens=policy.token_budget, max_context=int(sizes.max()),
+                             cache_dir=cache_dir)
+    if disagg is None:
+        gpus, fleet = sc.gpus, sc.system.fleet_label(sc.gpus)
+        run = _run_agg(sc, load, policy, fn, instances_n=instances_n, ranks_n=ranks_n, kv_capacity=kv_capacity,
+                       trace=trace)
+    else:
+        gpus = disagg.gpus(sc)
+        fleet = sc.system.fleet_label(gpus)
+        run = run_disagg(sc, load, policy, fn, disagg, ranks_n=ranks_n, kv_capacity=kv_capacity, trace=trace)
+    from moesim.sim.provenance import provenance
+    out = {
+        "scenario": sc.input.name, "model": sc.model.id, "system": sc.system.id, "gpus": gpus,
+        "fleet": fleet, "parallel": sc.plan.model_dump(), "mode": "agg" if disagg is None else "disagg",
+        "framework": policy.framework, "load": load.to_json(), "metrics": run.pop("metrics"),
+    }
+    scheduler = run.pop("scheduler")
+    out["scheduler"] = dict({"policy": policy.to_json(), "instances": scheduler.pop("instances"),
+                             "ranks_per_instance": ranks_n, "kv_capacity_tokens_per_rank": kv_capacity}, **scheduler)
+    out.update({k: run.pop(k) for k in ("pools", "kv_transfer") if k in run})
+    out.update({"step_function": fn.to_json(),
+                "assumptions": assumptions(policy) + (disagg_assumptions() if disagg else []),
+                "provenance": dict(provenance(sc), code_and_data_digest=code_and_data_digest())})
+    out.update(run)   # the private parts: _requests, and _trace when asked
+    return out
 
+
+def _run_agg(sc: Scenario, load: Load, policy: Policy, fn: StepFunction, *, instances_n: int, ranks_n: int,
+             kv_capacity: int, trace: bool) -> dict:
+    """The aggregated event loop: every instance prefills and decodes (module docstring)."""
+    isl_of, osl_of = request_lengths(load)
     total = load.total
     prefilled, generated = [0] * total, [0] * total
     arrival = np.full(total, math.nan)
+    prefill_start = np.full(total, math.nan)
     first_token = np.full(total, math.nan)
     finish = np.full(total, math.nan)
     last_token = [math.nan] * total
     finishes = [0] * total
     itl: list[float] = []
-    engines = [Instance(ranks_n, policy, fn, isl=isl, osl=osl, kv_capacity=kv_capacity, prefilled=prefilled,
+    engines = [Instance(ranks_n, policy, fn, isl=isl_of, osl=osl_of, kv_capacity=kv_capacity, prefilled=prefilled,
                         generated=generated) for _ in range(instances_n)]
     plans: list = [None] * instances_n
+    plan_start = [0.0] * instances_n
     wake_pending = [False] * instances_n
+    steps_trace = StepTrace([f"instance {e}" for e in range(instances_n)]) if trace else None
     heap: list = []
     order = itertools.count()
     issued = 0
@@ -112,8 +165,10 @@ def serve(sc: Scenario, load: Load) -> dict:
             send(t)
 
     if load.mode == "closed":
-        for _ in range(min(load.concurrency, total)):
-            send(0.0)
+        # one request's time at the batch each rank runs once every client has sent
+        per_rank = -(-min(load.concurrency, total) // (instances_n * ranks_n))
+        for t0 in closed_loop_starts(load, fn.request_s(load.isl, load.osl, per_rank)).tolist():
+            send(t0)
     else:
         for t in open_loop_arrivals(load).tolist():
             send(t)
@@ -137,44 +192,43 @@ def serve(sc: Scenario, load: Load) -> dict:
                 continue
             plan = engines[e].plan()
             if plan is not None:
-                plans[e] = plan
+                plans[e], plan_start[e] = plan, t
+                mark_prefill_start(plan, prefill_start, t)
                 push(t + plan.duration_s, STEP_END, e)
         else:
             e = payload
             engines[e].apply(plans[e], t, on_token, on_finish)
+            if steps_trace is not None:
+                steps_trace.step(e, plan_start[e], t, plans[e])
             plans[e] = None
             steps += 1
             wake_pending[e] = True
             push(t, WAKE, e)
 
-    unfinished = [i for i in range(total) if finishes[i] != 1]
-    if unfinished:  # every request must finish exactly once; anything else is a scheduler bug
-        raise AssertionError(f"{len(unfinished)} requests did not finish exactly once (first: {unfinished[0]})")
+    check_finished_once(finishes)
     measured = slice(load.warmup, total)
     metrics = run_metrics(arrival=arrival[measured], first_token=first_token[measured], finish=finish[measured],
-                          osl=osl, itl_s=np.asarray(itl), gpus=sc.gpus)
-    from moesim.sim.provenance import provenance
-    return {
-        "scenario": sc.input.name, "model": sc.model.id, "system": sc.system.id, "gpus": sc.gpus,
-        "fleet": sc.system.fleet_label(sc.gpus), "parallel": sc.plan.model_dump(),
-        "framework": policy.framework, "load": load.to_json(), "metrics": metrics,
-        "scheduler": {"policy": policy.to_json(), "instances": instances_n, "ranks_per_instance": ranks_n,
-                      "kv_capacity_tokens_per_rank": kv_capacity,
-                      "peak_kv_tokens_per_rank": max(e.peak_kv_used for e in engines),
-                      "peak_kv_reserved_tokens_per_rank": max(e.peak_kv_reserved for e in engines),
-                      "peak_running_per_rank": max(e.peak_running for e in engines), "steps": steps},
-        "step_function": fn.to_json(),
-        "assumptions": assumptions(policy),
-        "provenance": dict(provenance(sc), code_and_data_digest=code_and_data_digest()),
-        "_requests": {"output_tokens": list(generated), "finishes": finishes},
-    }
+                          osl=osl_of[measured], itl_s=np.asarray(itl), gpus=sc.gpus)
+    out = {"metrics": metrics,
+           "scheduler": {"instances": instances_n,
+                         "peak_kv_tokens_per_rank": max(e.peak_kv_used for e in engines),
+                         "peak_kv_reserved_tokens_per_rank": max(e.peak_kv_reserved for e in engines),
+                         "peak_running_per_rank": max(e.peak_running for e in engines), "steps": steps},
+           "_requests": {"output_tokens": list(generated), "finishes": finishes}}
+    if steps_trace is not None:
+        out["_trace"] = chrome_trace(sc.input.name, steps_trace,
+                                     [("queue", arrival, prefill_start), ("prefill", prefill_start, first_token),
+                                      ("decode", first_token, finish)], total, load.warmup)
+    return out
 
 
 def assumptions(policy: Policy) -> list[str]:
     """What this result rests on beyond its inputs, in words a reader can check."""
     out = ["step time: a grid of moesim step-model runs, interpolated; a step that mixes decode and prefill "
            "tokens is composed from them (moesim/serve/step_function.py)",
-           "KV: a request reserves ISL + OSL tokens at admission, so nothing is preempted",
+           "KV: a request reserves its ISL + OSL tokens at admission, so nothing is preempted",
+           "prefill step time is the step model's at the mean prompt length (its attention context); "
+           "a request's own prompt and output lengths set its chunks, decode context, KV and finish",
            "ranks of an instance step in lockstep; a step takes as long as its slowest rank",
            "requests go to attention-DP ranks round robin"]
     if not policy.cpu_overhead_published:

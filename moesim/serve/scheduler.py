@@ -5,7 +5,7 @@ in lockstep (every MoE layer's all-to-all joins them), each with its own running
 cache. The policy is data with sources (`workloads/frameworks.yaml`, `batching`):
 
 - admission: a waiting request joins its rank when fewer than `max_running_requests_per_rank`
-  run there and the rank's KV cache can hold the whole request (ISL + OSL tokens, reserved at
+  run there and the rank's KV cache can hold the whole request (its own ISL + OSL tokens, reserved at
   admission, first come first served; the head of the queue blocks the rest). Reserving the full
   length means a running request can always grow, so nothing is preempted in this increment;
   frameworks admit more optimistically and preempt (a later increment).
@@ -28,7 +28,9 @@ from __future__ import annotations
 import bisect
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Sequence
+
+import numpy as np
 
 from moesim.cluster.scenario import Batching, Scenario, Serving
 from moesim.core.errors import MoesimError
@@ -77,12 +79,14 @@ def _variant(sc: Scenario, workload: Serving) -> Scenario:
     return sc.model_copy(update={"input": sc.input.model_copy(update={"workload": workload})})
 
 
-def kv_capacity_tokens(sc: Scenario, *, isl: int, osl: int, max_batch: int, prefill_tokens: int) -> int:
+def kv_capacity_tokens(sc: Scenario, *, isl: int, osl: int, max_batch: int, prefill_tokens: int,
+                       where: str = "one rank", longest: Optional[tuple[int, int]] = None) -> int:
     """KV tokens one attention-DP rank can hold, from the VRAM ledger (`costs.memory`): the
     framework's memory budget less weights, buffers, reserved memory and the activations of the
     largest step the run makes - a decode step of `max_batch` sequences or a prefill step of
     `prefill_tokens` tokens, whichever leaves less - in tokens of requests of ISL + OSL tokens
-    (`max_kv_tokens_per_gpu`; a rank's TP GPUs each hold their share of every token)."""
+    (`max_kv_tokens_per_gpu`; a rank's TP GPUs each hold their share of every token). `longest`
+    is the (ISL, OSL) of the run's longest request (default: `isl`, `osl`): it must fit alone."""
     decode = _variant(sc, Serving(kind="serving", phase="decode", batch=max_batch, input_len=isl, output_len=osl))
     prefill = _variant(sc, Serving(kind="serving", phase="prefill", batch=1, input_len=isl, output_len=osl,
                                    prefill_chunk_tokens=prefill_tokens))
@@ -92,12 +96,36 @@ def kv_capacity_tokens(sc: Scenario, *, isl: int, osl: int, max_batch: int, pref
         worst = min(ledgers, key=lambda lg: lg.headroom_bytes + lg.per_gpu["kv_cache_bytes"])
         raise MoesimError(f"no room for any KV cache: {shortfall_text(worst)}", field="memory",
                           fix="use more GPUs, a larger EP group or a smaller weights format")
-    if capacity < isl + osl:
-        raise MoesimError(f"a request of {isl:,} + {osl:,} tokens can never fit in the KV cache of one rank "
+    long_in, long_out = longest or (isl, osl)
+    if capacity < long_in + long_out:
+        raise MoesimError(f"a request of {long_in:,} + {long_out:,} tokens can never fit in the KV cache of {where} "
                           f"({capacity:,} tokens)", field="--isl/--osl",
                           fix="give shorter requests or more GPUs" + ("" if sc.input.dtypes.kv_cache == "fp8"
                                                                        else ", or an fp8 KV cache (--kv-dtype fp8)"))
     return capacity
+
+
+# Order of events at the same instant in the serve event loops (`serve.run`, `serve.disagg`):
+# a step's end first (a finished request frees its KV and its client sends the next request at
+# that instant), then KV-transfer flows (a transfer that ends now lets its request join the next
+# step), then arrivals, then idle instances form their next step, so a step sees everything that
+# happened by its start.
+STEP_END, FLOW, ARRIVAL, WAKE = 0, 1, 2, 3
+
+
+def mark_prefill_start(plan: "StepPlan", prefill_start, now: float) -> None:
+    """Record when each request's first prompt chunk starts (the end of its queueing)."""
+    for chunks in plan.chunks:
+        for req, _ in chunks:
+            if prefill_start[req] != prefill_start[req]:   # NaN: not started yet
+                prefill_start[req] = now
+
+
+def check_finished_once(finishes: list) -> None:
+    """Every request must finish exactly once; anything else is a scheduler bug, not bad input."""
+    unfinished = [i for i, n in enumerate(finishes) if n != 1]
+    if unfinished:
+        raise AssertionError(f"{len(unfinished)} requests did not finish exactly once (first: {unfinished[0]})")
 
 
 @dataclass
@@ -109,6 +137,7 @@ class Rank:
     decoding: list = field(default_factory=list)     # request ids generating tokens
     kv_reserved: int = 0
     kv_used: int = 0
+    incoming: int = 0   # disaggregated decode: requests with KV reserved here, still in transfer
 
     @property
     def running(self) -> int:
@@ -124,18 +153,39 @@ class StepPlan:
     duration_s: float
 
 
+class _Same:
+    """The same length for every request id (an `Instance` given one number for ISL or OSL)."""
+
+    def __init__(self, n: int):
+        self.n = int(n)
+
+    def __getitem__(self, req: int) -> int:
+        return self.n
+
+
+def _per_request(lengths) -> "Sequence[int] | _Same":
+    if isinstance(lengths, (int, np.integer)):
+        return _Same(lengths)
+    return [int(n) for n in lengths]   # plain ints: the hot loop's arithmetic stays in Python ints
+
+
 class Instance:
     """One engine instance: its ranks and the requests' progress, stepped by `serve.run`.
 
     Request state lives in the run's arrays (`prefilled`, `generated`), indexed by request id, so
-    the instance holds only ids.
+    the instance holds only ids. `isl`/`osl` are every request's lengths, indexed by request id
+    (`serve.load.request_lengths`), or one number for all.
     """
 
-    def __init__(self, ranks: int, policy: Policy, fn: StepFunction, *, isl: int, osl: int, kv_capacity: int,
-                 prefilled: list, generated: list):
+    def __init__(self, ranks: int, policy: Policy, fn: StepFunction, *, isl, osl, kv_capacity: int,
+                 prefilled: list, generated: list, hold_finished_kv: bool = False):
         self.ranks = [Rank() for _ in range(ranks)]
-        self.policy, self.fn, self.isl, self.osl, self.kv_capacity = policy, fn, isl, osl, kv_capacity
+        self.policy, self.fn, self.kv_capacity = policy, fn, kv_capacity
+        self.isl, self.osl = _per_request(isl), _per_request(osl)
         self.prefilled, self.generated = prefilled, generated
+        # A disaggregated prefill instance keeps a finished request's KV until it has been sent
+        # to the decode pool (SGLang frees it when the transfer reports success): `release`.
+        self.hold_finished_kv = hold_finished_kv
         self.busy = False
         self.peak_kv_used = 0
         self.peak_kv_reserved = 0
@@ -145,8 +195,12 @@ class Instance:
         return any(r.waiting or r.running for r in self.ranks)
 
     def _admit(self, rank: Rank) -> None:
-        need = self.isl + self.osl
-        while rank.waiting and rank.running < self.policy.max_running and rank.kv_reserved + need <= self.kv_capacity:
+        isl, osl = self.isl, self.osl
+        while rank.waiting and rank.running < self.policy.max_running:
+            head = rank.waiting[0]
+            need = isl[head] + osl[head]
+            if rank.kv_reserved + need > self.kv_capacity:
+                break
             rank.prefilling.append(rank.waiting.popleft())
             rank.kv_reserved += need
         self.peak_kv_reserved = max(self.peak_kv_reserved, rank.kv_reserved)
@@ -157,7 +211,7 @@ class Instance:
         for req in rank.prefilling:
             if budget <= 0:
                 break
-            take = min(self.isl - self.prefilled[req], budget)
+            take = min(self.isl[req] - self.prefilled[req], budget)
             chunks.append((req, take))
             budget -= take
         return chunks
@@ -180,7 +234,8 @@ class Instance:
             if not decodes and not tokens:
                 continue
             batch = len(decodes)
-            context = (sum(self.isl + self.generated[r] for r in decodes) / batch) if batch else 0.0
+            isl, generated = self.isl, self.generated
+            context = (sum(isl[r] + generated[r] for r in decodes) / batch) if batch else 0.0
             if batch and not tokens:
                 batch = p.padded(batch)
             longest = max(longest, self.fn.step(batch, context, tokens))
@@ -192,23 +247,24 @@ class Instance:
         """Apply a finished step at time `now`: prompt chunks advance (a finished prompt gives the
         request its first token), decode requests get one token each, finished requests free
         their KV. `on_token(req, now)` and `on_finish(req, now)` record what happened."""
+        isl, osl = self.isl, self.osl
         for rank, chunks, decodes in zip(self.ranks, plan.chunks, plan.decodes):
             done = []
             for req in decodes:
                 self.generated[req] += 1
                 rank.kv_used += 1
                 on_token(req, now)
-                if self.generated[req] >= self.osl:
+                if self.generated[req] >= osl[req]:
                     done.append(req)
             for req, n in chunks:
                 self.prefilled[req] += n
                 rank.kv_used += n
-                if self.prefilled[req] >= self.isl:
+                if self.prefilled[req] >= isl[req]:
                     rank.prefilling.remove(req)
                     self.generated[req] = 1
                     rank.kv_used += 1
                     on_token(req, now)
-                    if self.osl > 1:
+                    if osl[req] > 1:
                         rank.decoding.append(req)
                     else:
                         done.append(req)
@@ -218,9 +274,45 @@ class Instance:
             for req in done:
                 if req in rank.decoding:
                     rank.decoding.remove(req)
-                rank.kv_used -= self.isl + self.generated[req]
-                rank.kv_reserved -= self.isl + self.osl
+                if not self.hold_finished_kv:
+                    rank.kv_used -= isl[req] + self.generated[req]
+                    rank.kv_reserved -= isl[req] + osl[req]
                 on_finish(req, now)
 
+    # ------------------------------------------------------------ disaggregation (serve.disagg)
+    def release(self, rank_index: int, req: int) -> None:
+        """Free the KV finished request `req` held on a `hold_finished_kv` instance (its transfer is
+        done); a finished request has generated its OSL tokens, so it held ISL + OSL tokens."""
+        rank, need = self.ranks[rank_index], self.isl[req] + self.osl[req]
+        rank.kv_used -= need
+        rank.kv_reserved -= need
 
-__all__ = ["Instance", "Policy", "StepPlan", "kv_capacity_tokens"]
+    def reserve(self, rank_index: int, req: int) -> bool:
+        """Reserve request `req`'s whole KV (its ISL + OSL) on a decode rank before its KV is sent,
+        as SGLang's decode PreallocQueue does; False while the rank is full (requests or KV)."""
+        rank, need = self.ranks[rank_index], self.isl[req] + self.osl[req]
+        if rank.running + rank.incoming >= self.policy.max_running or rank.kv_reserved + need > self.kv_capacity:
+            return False
+        rank.kv_reserved += need
+        rank.incoming += 1
+        self.peak_kv_reserved = max(self.peak_kv_reserved, rank.kv_reserved)
+        return True
+
+    def join(self, rank_index: int, req: int) -> None:
+        """A request whose KV has arrived joins the rank's decode batch (from its next step on)."""
+        rank = self.ranks[rank_index]
+        rank.incoming -= 1
+        rank.kv_used += self.isl[req] + self.generated[req]
+        rank.decoding.append(req)
+        self.peak_kv_used = max(self.peak_kv_used, rank.kv_used)
+        self.peak_running = max(self.peak_running, rank.running)
+
+    def cancel(self, rank_index: int, req: int) -> None:
+        """Drop the reservation of request `req`, which needs no decode step (a one-token output)."""
+        rank = self.ranks[rank_index]
+        rank.incoming -= 1
+        rank.kv_reserved -= self.isl[req] + self.osl[req]
+
+
+__all__ = ["ARRIVAL", "FLOW", "Instance", "Policy", "STEP_END", "StepPlan", "WAKE", "check_finished_once",
+           "kv_capacity_tokens", "mark_prefill_start"]

@@ -6,7 +6,8 @@ minutes. So the step model is run once per point of a small grid and interpolate
 
 - decode part `T_dec(B, L)`: a decode step of B sequences per attention-DP rank at context L,
   on a doubling grid of B (`workloads/serve.yaml`) and at contexts {2, the sliding window if the
-  model has one, ISL + 1, ISL + OSL}; linear in B between grid batches (a decode step is close to
+  model has one, ISL + 1, ISL + OSL, and the longest request's ISL + OSL when lengths vary};
+  linear in B between grid batches (a decode step is close to
   affine in B between doublings: weights are read once, per-token work is linear; log-linear
   would bend a linear stretch by up to ~6 %), piecewise linear in L (attention reads the KV of
   every held token: linear in L, with a kink where a sliding window caps it).
@@ -25,14 +26,24 @@ their attention over their contexts (the context-dependent part of the decode st
 against a context of 2 tokens). It is exact at P = 0 and at B = 0 by construction; mixed steps
 are checked against measurements in the serving-fidelity work that follows (issue 16).
 
-Functions are cached in memory per resolved scenario, ISL/OSL, grid bounds and the digest of
-moesim's code and data (`core.digest`), so a sweep over loads builds each one once.
+Grid points are simulated lazily: a point is simulated the first time a step needs it (a
+decode step needs at most the 2 x 2 points around its batch and context, a prefill step the 2
+around its size), so a run pays only for the corner of the grid it reaches (DeepSeek-V3 on
+8 x B200 at concurrency 256, ISL/OSL 1k: 6 of 41 points). Simulated points are shared in memory
+by every function built for the same resolved scenario and digest of moesim's code and data
+(`core.digest`), and, given a cache folder, kept on disk under that key for later runs. A
+point's value does not depend on when or in what order it is simulated, so lazy, eager (`fill`)
+and cached functions give the same floats (tests/test_serve_step_function.py).
 """
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass
+import hashlib
+import json
+import math
+import time
 from functools import lru_cache
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -81,36 +92,200 @@ def context_grid(sc: Scenario, isl: int, osl: int) -> tuple[int, ...]:
     return tuple(sorted(points))
 
 
-def _interp(xs: tuple[int, ...], ys: np.ndarray, x: float) -> float:
-    """Piecewise-linear interpolation on a sorted grid; refuses to extrapolate (a caller asking
-    outside the grid is a bug in how the grid was sized, not something to guess)."""
+def _bracket(xs: tuple[int, ...], x: float) -> int:
+    """Index i of the grid interval [xs[i-1], xs[i]] holding x (as `_interp` picks it); refuses to
+    extrapolate (a caller asking outside the grid is a bug in how the grid was sized, not something
+    to guess)."""
     if not xs[0] <= x <= xs[-1]:
         raise ValueError(f"{x} outside the step-function grid [{xs[0]}, {xs[-1]}]")
-    i = min(bisect.bisect_right(xs, x), len(xs) - 1)
+    return min(bisect.bisect_right(xs, x), len(xs) - 1)
+
+
+def _interp(xs: tuple[int, ...], ys, x: float) -> float:
+    """Piecewise-linear interpolation on a sorted grid (`ys` indexable, or a function of the index:
+    only the one or two values used are asked for)."""
+    get = ys if callable(ys) else ys.__getitem__
+    i = _bracket(xs, x)
     if i == 0 or xs[i - 1] == x:
-        return float(ys[max(i - 1, 0)])
+        return float(get(max(i - 1, 0)))
     x0, x1 = xs[i - 1], xs[i]
-    return float(ys[i - 1] + (ys[i] - ys[i - 1]) * (x - x0) / (x1 - x0))
+    y0, y1 = get(i - 1), get(i)
+    return float(y0 + (y1 - y0) * (x - x0) / (x1 - x0))
 
 
-@dataclass(frozen=True)
+def _variant(sc: Scenario, workload: Serving) -> Scenario:
+    """The scenario with another serving workload: only the workload changes, so nothing needs
+    resolving again (model, system, split and framework stay the resolved ones)."""
+    return sc.model_copy(update={"input": sc.input.model_copy(update={"workload": workload})})
+
+
+def step_time_s(sc: Scenario) -> float:
+    """Seconds of one step of the (serving) scenario: the number `sim.simulate(sc, ignore_memory=True)`
+    gives as `metrics.step_time_s` - the serving layers (`sim.layer_ops`) run through the engine
+    (`sim.engine.run_step`), no overlap, uniform routing, the scenario's placement - without what
+    `simulate` adds around it (breakdown, VRAM ledger, error bands, timeline), which a grid point
+    does not use and which doubles its cost. tests/test_serve_step_function.py checks the two are
+    the same float. The step's time does not depend on whether the grid corner fits in VRAM (the
+    run's KV admission keeps every real step inside it), so no memory check is made."""
+    from moesim.sim.engine import run_step
+    from moesim.sim.layer_ops import serving_layers
+    layers, group, _ = serving_layers(sc, microbatches=1, skew="uniform", placement=None)
+    return run_step(layers, group, microbatches=1).makespan_s
+
+
+def simulate_decode(sc: Scenario, batch: int, context: int) -> float:
+    """Seconds of one decode step of `batch` sequences per rank at context `context`, simulated."""
+    return step_time_s(_variant(sc, Serving(kind="serving", phase="decode", batch=batch, input_len=context - 1,
+                                            output_len=1)))
+
+
+def simulate_prefill(sc: Scenario, tokens: int, isl: int) -> float:
+    """Seconds of one prefill step of `tokens` tokens per rank of prompts of `isl` tokens, simulated."""
+    return step_time_s(_variant(sc, Serving(kind="serving", phase="prefill", batch=1, input_len=isl, output_len=1,
+                                            prefill_chunk_tokens=tokens)))
+
+
+CACHE_FORMAT = 1
+
+
+class StepTimes:
+    """The simulated step times of one deployment (resolved scenario, code and data digest), shared
+    by every StepFunction built for it: a grid point is simulated once per process, or once per
+    cache folder. Each value is exactly what `simulate_decode` / `simulate_prefill` return (a step
+    simulation depends only on its scenario and seed, not on what was simulated before), so the
+    order points are asked in cannot change a value, and a cached value is the same float (JSON
+    writes floats with repr, which reads back exactly)."""
+
+    def __init__(self, sc: Scenario, key: str, path: Optional[Path]):
+        self.sc, self.key, self.path = sc, key, path
+        self.decode: dict[tuple[int, int], float] = {}
+        self.prefill: dict[tuple[int, int], float] = {}
+        self.simulated = 0          # points simulated by this process
+        self.simulate_s = 0.0       # wall seconds spent simulating them
+        if path is not None:
+            self._merge(path)
+
+    def _merge(self, path: Path) -> None:
+        """Add the points of a cache file written for this key; a missing, unreadable or foreign
+        file adds nothing (its points are simulated again and the file rewritten)."""
+        try:
+            data = json.loads(path.read_text())
+            if data.get("format") != CACHE_FORMAT or data.get("key") != self.key:
+                return
+            for b, c, v in data["decode"]:
+                self.decode.setdefault((int(b), int(c)), float(v))
+            for p, i, v in data["prefill"]:
+                self.prefill.setdefault((int(p), int(i)), float(v))
+        except (OSError, ValueError, KeyError, TypeError):
+            return
+
+    def _simulated(self, fn, *args) -> float:
+        start = time.perf_counter()
+        value = fn(self.sc, *args)
+        self.simulate_s += time.perf_counter() - start
+        self.simulated += 1
+        return value
+
+    def decode_s(self, batch: int, context: int) -> float:
+        value = self.decode.get((batch, context))
+        if value is None:
+            value = self.decode[(batch, context)] = self._simulated(simulate_decode, batch, context)
+            self._save()
+        return value
+
+    def prefill_s(self, tokens: int, isl: int) -> float:
+        value = self.prefill.get((tokens, isl))
+        if value is None:
+            value = self.prefill[(tokens, isl)] = self._simulated(simulate_prefill, tokens, isl)
+            self._save()
+        return value
+
+    def _save(self) -> None:
+        """Write every known point, with those another process wrote meanwhile, all-or-nothing
+        (`core.output.write_atomic`): an interrupted run keeps what it simulated."""
+        if self.path is None:
+            return
+        from moesim.core.output import write_atomic
+        self._merge(self.path)
+        write_atomic(self.path, json.dumps({
+            "format": CACHE_FORMAT, "key": self.key, "code_and_data": code_and_data_digest(),
+            "decode": [[b, c, v] for (b, c), v in sorted(self.decode.items())],
+            "prefill": [[p, i, v] for (p, i), v in sorted(self.prefill.items())]}, indent=0))
+
+
 class StepFunction:
-    """Step time (seconds) from the grid of step-model runs; plain data, see the module docstring."""
+    """Step time (seconds) from the grid of step-model runs, see the module docstring.
 
-    batches: tuple[int, ...]
-    contexts: tuple[int, ...]
-    prefill_tokens: tuple[int, ...]
-    decode_s: np.ndarray        # [len(batches), len(contexts)]
-    prefill_s: np.ndarray       # [len(prefill_tokens)]
+    Grid points are simulated when a step first needs them (`StepTimes`), so a run pays only for
+    the corner of the grid its steps reach; `fill()` simulates the whole grid (what an eager build
+    does). Values are the same floats either way. `to_json` shows the points this function used."""
+
+    def __init__(self, batches: tuple[int, ...], contexts: tuple[int, ...], prefill_tokens: tuple[int, ...],
+                 isl: int, times: StepTimes):
+        self.batches, self.contexts, self.prefill_tokens, self.isl, self.times = \
+            batches, contexts, prefill_tokens, isl, times
+        self._decode = [[None] * len(contexts) for _ in batches]   # filled as used
+        self._prefill = [None] * len(prefill_tokens)
+
+    def _decode_at(self, i: int, j: int) -> float:
+        row = self._decode[i]
+        value = row[j]
+        if value is None:
+            value = row[j] = self.times.decode_s(self.batches[i], self.contexts[j])
+        return value
+
+    def _prefill_at(self, k: int) -> float:
+        value = self._prefill[k]
+        if value is None:
+            value = self._prefill[k] = self.times.prefill_s(self.prefill_tokens[k], self.isl)
+        return value
+
+    def fill(self) -> "StepFunction":
+        """Simulate every grid point now (an eager build)."""
+        for i in range(len(self.batches)):
+            for j in range(len(self.contexts)):
+                self._decode_at(i, j)
+        for k in range(len(self.prefill_tokens)):
+            self._prefill_at(k)
+        return self
+
+    @property
+    def decode_s(self) -> np.ndarray:
+        """[len(batches), len(contexts)] seconds, NaN where not simulated (yet)."""
+        return np.array([[math.nan if v is None else v for v in row] for row in self._decode], dtype=float)
+
+    @property
+    def prefill_s(self) -> np.ndarray:
+        return np.array([math.nan if v is None else v for v in self._prefill], dtype=float)
 
     def decode(self, batch: float, context: float) -> float:
         """T_dec: a decode step of `batch` sequences per rank at mean context `context`."""
-        per_batch = np.array([_interp(self.contexts, row, context) for row in self.decode_s])
-        return _interp(self.batches, per_batch, batch)
+        # `_interp` over batches of `_interp` over contexts, written out: the run's hot path. Only
+        # the (up to) two bracketing batch rows are evaluated, each at its (up to) two bracketing
+        # contexts, with the same arithmetic as interpolating every row, so the same floats.
+        xs, bs = self.contexts, self.batches
+        j, i = _bracket(xs, context), _bracket(bs, batch)
+        at = self._decode_at
+        if j == 0 or xs[j - 1] == context:
+            jj = max(j - 1, 0)
+
+            def row(r: int) -> float:
+                return float(at(r, jj))
+        else:
+            x0, x1 = xs[j - 1], xs[j]
+
+            def row(r: int) -> float:
+                y0, y1 = at(r, j - 1), at(r, j)
+                return float(y0 + (y1 - y0) * (context - x0) / (x1 - x0))
+        if i == 0 or bs[i - 1] == batch:
+            return row(max(i - 1, 0))
+        b0, b1 = bs[i - 1], bs[i]
+        y0, y1 = row(i - 1), row(i)
+        return float(y0 + (y1 - y0) * (batch - b0) / (b1 - b0))
 
     def prefill(self, tokens: float) -> float:
         """T_pre: a prefill step of `tokens` prompt tokens per rank."""
-        return _interp(self.prefill_tokens, self.prefill_s, tokens)
+        return _interp(self.prefill_tokens, self._prefill_at, tokens)
 
     def step(self, decode_batch: int, decode_context: float, prefill_tokens: int) -> float:
         """Seconds of one step with `decode_batch` decode sequences (mean context
@@ -122,56 +297,69 @@ class StepFunction:
         attention = self.decode(decode_batch, decode_context) - self.decode(decode_batch, MIN_CONTEXT)
         return self.prefill(prefill_tokens + decode_batch) + attention
 
+    def request_s(self, isl: int, osl: int, batch: int) -> float:
+        """Rough seconds of one request among `batch` per rank: its prompt as prefill steps of at
+        most the grid's largest step, then OSL - 1 decode steps of `batch` at its mean context. A
+        time scale (e.g. for `load.closed_loop_starts`), not a prediction: the run simulates the
+        real mix of steps."""
+        top = self.prefill_tokens[-1]
+        full, rest = divmod(int(isl), top)
+        prompt = full * self.prefill(top) + (self.prefill(rest) if rest else 0.0)
+        batch = min(max(int(batch), 1), self.batches[-1])
+        context = min(max(isl + osl / 2, self.contexts[0]), self.contexts[-1])
+        return prompt + max(int(osl) - 1, 0) * self.decode(batch, context)
+
     def to_json(self) -> dict:
-        """The grid and its step times (ms), for the Result: a reader sees what was simulated."""
+        """The grid and the step times (ms) this function used, null where a point was not needed:
+        a reader sees what was simulated. It depends only on this function's inputs and the steps
+        asked of it, not on what the shared `StepTimes` held before."""
+        def ms(v):
+            return None if v is None else round(v * 1e3, 6)
         return {"decode_batches": list(self.batches), "decode_contexts": list(self.contexts),
-                "prefill_tokens": list(self.prefill_tokens),
-                "decode_step_ms": [[round(v * 1e3, 6) for v in row] for row in self.decode_s.tolist()],
-                "prefill_step_ms": [round(v * 1e3, 6) for v in self.prefill_s.tolist()]}
+                "prefill_tokens": list(self.prefill_tokens), "prefill_prompt_tokens": self.isl,
+                "decode_step_ms": [[ms(v) for v in row] for row in self._decode],
+                "prefill_step_ms": [ms(v) for v in self._prefill]}
 
 
-def _variant(sc: Scenario, workload: Serving) -> Scenario:
-    """The scenario with another serving workload: only the workload changes, so nothing needs
-    resolving again (model, system, split and framework stay the resolved ones)."""
-    return sc.model_copy(update={"input": sc.input.model_copy(update={"workload": workload})})
+_CACHE: dict = {}   # (scenario, digest, cache file) -> StepTimes, for this process
 
 
-def simulate_decode(sc: Scenario, batch: int, context: int) -> float:
-    """Seconds of one decode step of `batch` sequences per rank at context `context`, simulated."""
-    from moesim.sim.simulate import simulate
-    w = Serving(kind="serving", phase="decode", batch=batch, input_len=context - 1, output_len=1)
-    # The step's time does not depend on whether the grid corner fits in VRAM (the run's KV
-    # admission keeps every real step inside it), so the memory check is skipped here.
-    return simulate(_variant(sc, w), ignore_memory=True)["metrics"]["step_time_s"]
-
-
-def simulate_prefill(sc: Scenario, tokens: int, isl: int) -> float:
-    """Seconds of one prefill step of `tokens` tokens per rank of prompts of `isl` tokens, simulated."""
-    from moesim.sim.simulate import simulate
-    w = Serving(kind="serving", phase="prefill", batch=1, input_len=isl, output_len=1, prefill_chunk_tokens=tokens)
-    return simulate(_variant(sc, w), ignore_memory=True)["metrics"]["step_time_s"]
-
-
-_CACHE: dict = {}
+def step_times(sc: Scenario, cache_dir: Optional[str | Path]) -> StepTimes:
+    """The shared step times of the deployment; with `cache_dir`, backed by a file in it named by
+    the hash of the resolved scenario and `core.digest.code_and_data_digest()`."""
+    key = hashlib.sha256(f"{sc.model_dump_json()}\n{code_and_data_digest()}".encode()).hexdigest()
+    path = None
+    if cache_dir is not None:
+        folder = Path(cache_dir)
+        if not folder.is_dir():
+            from moesim.core.output import check_output_folder
+            check_output_folder(folder, field="cache")  # one error line if its parent is missing or a file
+            folder.mkdir(exist_ok=True)  # the folder the user named, as `moesim plan --cache` does
+        path = folder / f"step-times-{key[:32]}.json"
+    cache_key = (key, str(path))
+    times = _CACHE.get(cache_key)
+    if times is None:
+        times = _CACHE[cache_key] = StepTimes(sc, key, path)
+    return times
 
 
 def build_step_function(sc: Scenario, *, isl: int, osl: int, max_batch: int, max_prefill_tokens: int,
-                        grid: Optional[StepGrid] = None) -> StepFunction:
+                        grid: Optional[StepGrid] = None, max_context: Optional[int] = None,
+                        cache_dir: Optional[str | Path] = None, lazy: bool = True) -> StepFunction:
     """The step function of a deployment for requests of `isl`/`osl` tokens, covering decode
-    batches up to `max_batch` and prefill steps up to `max_prefill_tokens` tokens per rank."""
+    batches up to `max_batch`, decode contexts up to `max_context` (default ISL + OSL; give the
+    longest request's ISL + OSL when lengths vary) and prefill steps up to `max_prefill_tokens`
+    tokens per rank. Grid points are simulated as steps need them (`lazy`), or all now; with
+    `cache_dir` (a folder the user named), simulated points are kept on disk and reused by later
+    runs of the same deployment, code and data."""
     grid = grid or serve_settings().step_function
-    key = (sc.model_dump_json(), isl, osl, max_batch, max_prefill_tokens, grid.model_dump_json(),
-           code_and_data_digest())
-    if key in _CACHE:
-        return _CACHE[key]
-    batches = geometric_grid(max_batch, grid.batch_ratio)
     contexts = context_grid(sc, isl, osl)
-    prefill = geometric_grid(max_prefill_tokens, grid.prefill_ratio)
-    decode_s = np.array([[simulate_decode(sc, b, c) for c in contexts] for b in batches])
-    prefill_s = np.array([simulate_prefill(sc, p, isl) for p in prefill])
-    fn = StepFunction(batches, contexts, prefill, decode_s, prefill_s)
-    _CACHE[key] = fn
-    return fn
+    if max_context is not None and max_context > contexts[-1]:
+        contexts = tuple(sorted(set(context_grid(sc, isl, max_context - isl)) | set(contexts)))
+    fn = StepFunction(geometric_grid(max_batch, grid.batch_ratio), contexts,
+                      geometric_grid(max_prefill_tokens, grid.prefill_ratio), isl, step_times(sc, cache_dir))
+    return fn if lazy else fn.fill()
 
 
-__all__ = ["StepFunction", "build_step_function", "simulate_decode", "simulate_prefill", "serve_settings"]
+__all__ = ["StepFunction", "StepTimes", "build_step_function", "serve_settings", "simulate_decode", "simulate_prefill",
+           "step_time_s", "step_times"]
