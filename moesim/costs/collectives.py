@@ -285,15 +285,23 @@ def bandwidth_time(fabric: Fabric, plan: Plan) -> tuple[float, str]:
     return float(times[slowest]), kind
 
 
+def _routed_flows(fabric: Fabric, src, dst, nbytes):
+    """(bytes, ptr, links) of the flows that cross the network (non-empty, not GPU-local); None if none do."""
+    src, dst, nbytes = np.asarray(src), np.asarray(dst), np.asarray(nbytes, dtype=np.float64)
+    keep = (nbytes > 0) & (src != dst)
+    if not keep.any():
+        return None
+    ptr, links = routes(fabric.graph, fabric.table, np.stack([src[keep], dst[keep]], axis=1))
+    return nbytes[keep], ptr, links
+
+
 def flows_time(fabric: Fabric, src, dst, nbytes) -> float:
     """Seconds until the slowest of these concurrent flows (global GPU indices) completes under
     max-min sharing, plus that flow's path latency. Zero-byte and GPU-local flows cost nothing."""
-    src, dst, nbytes = np.asarray(src), np.asarray(dst), np.asarray(nbytes, dtype=np.float64)
-    keep = (nbytes > 0) & (src != dst)
-    src, dst, nbytes = src[keep], dst[keep], nbytes[keep]
-    if len(src) == 0:
+    routed = _routed_flows(fabric, src, dst, nbytes)
+    if routed is None:
         return 0.0
-    ptr, links = routes(fabric.graph, fabric.table, np.stack([src, dst], axis=1))
+    nbytes, ptr, links = routed
     rates = solve_rates(fabric.capacity_Bps, ptr, links)
     times = nbytes / rates
     slowest = int(np.argmax(times))
@@ -306,16 +314,14 @@ def load_time(fabric: Fabric, src, dst, nbytes) -> float:
     (`flows_time`) fixes each flow's rate for its whole life, which overstates the makespan of
     uneven flows (random routing: the largest of many small per-pair counts); a link that stays
     busy until its last byte is what DeepEP-style chunked transfers achieve."""
-    src, dst, nbytes = np.asarray(src), np.asarray(dst), np.asarray(nbytes, dtype=np.float64)
-    keep = (nbytes > 0) & (src != dst)
-    src, dst, nbytes = src[keep], dst[keep], nbytes[keep]
-    if len(src) == 0:
+    routed = _routed_flows(fabric, src, dst, nbytes)
+    if routed is None:
         return 0.0
-    ptr, links = routes(fabric.graph, fabric.table, np.stack([src, dst], axis=1))
+    nbytes, ptr, links = routed
     per_flow = np.repeat(nbytes, np.diff(ptr))
     load = np.bincount(links, weights=per_flow, minlength=len(fabric.capacity_Bps))
-    hop_latency = np.bincount(np.repeat(np.arange(len(src)), np.diff(ptr)), weights=fabric.table.latency_s[links],
-                              minlength=len(src))
+    hop_latency = np.bincount(np.repeat(np.arange(len(nbytes)), np.diff(ptr)), weights=fabric.table.latency_s[links],
+                              minlength=len(nbytes))
     return float(np.max(load / fabric.capacity_Bps) + hop_latency.max())
 
 
