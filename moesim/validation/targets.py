@@ -57,8 +57,27 @@ def build_targets(cases: list[Case], by_gpu: dict[str, Calibrated], profile: Ker
                   ) -> tuple[list[Target], list[dict]]:
     """Targets of every case moesim can model, and the skipped ones with their reason. Cases
     predicted by simulating a whole step simulate it with `profile`."""
+    key = _cache_key(cases, by_gpu, profile)
+    if key in _BUILT:  # validate, calibrate and --cv on the same cases in one process build once
+        targets, skipped = _BUILT[key]
+        return list(targets), [dict(s) for s in skipped]
     with standing_in_for_default(profile):
-        return _build(cases, by_gpu, profile.values())
+        built = _build(cases, by_gpu, profile.values())
+    if len(_BUILT) >= 4:
+        _BUILT.pop(next(iter(_BUILT)))
+    _BUILT[key] = built
+    return list(built[0]), [dict(s) for s in built[1]]
+
+
+_BUILT: dict = {}
+
+
+def _cache_key(cases: list[Case], by_gpu: dict[str, Calibrated], profile: KernelProfile) -> tuple:
+    """Targets depend on the cases, the microbenchmark profiles, the kernel profile (whole-step
+    targets simulate with it) and moesim's code and data (a changed file changes every answer)."""
+    from moesim.core.digest import code_and_data_digest
+    return (tuple(c.model_dump_json() for c in cases), tuple(sorted((g, c.path) for g, c in by_gpu.items())),
+            tuple(sorted(profile.fitted.items())), code_and_data_digest())
 
 
 def _build(cases: list[Case], by_gpu: dict[str, Calibrated], values: dict[str, float]
