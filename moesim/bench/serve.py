@@ -14,22 +14,55 @@ Measured in one process, in this order:
    (after step 1, so with imports warm: a floor of what the eager build cost), and reading the
    run's points back from a disk cache (`build_step_function(cache_dir=...)`, a temporary folder).
 
-`plan_points_per_min` is null: the load-aware planner (issue 16, "Planner and what-if") is not
-built, so there is nothing to time; the JSON says so rather than give a number. The disaggregated
-NVL72 run of the issue's benchmark is not measured here yet.
+`plan_points_per_min` (`plan_benchmark`): the load-aware plan of `PLAN_SPACE`
+(workloads/spaces/example-serve-load.yaml: Qwen3-30B-A3B on DGX H100, agg and disagg, 11 served
+points) with `PLAN_WORKERS` = 2 local worker processes, cold (no step times in memory, no disk
+cache), wall time from expansion to summary: points served per minute. That space is not the
+issue's (DeepSeek-V3 FP8 over 8 x B200 and an NVL72 rack, >= 500 points, target >= 1,000 points per
+minute): the JSON names the space, the points and the target beside the figure, and
+`plan_meets_target` is true only when both the size and the rate are met. The disaggregated NVL72
+run of the issue's benchmark is not measured here yet.
 """
 from __future__ import annotations
 
 import tempfile
 import time
+from pathlib import Path
 
 from moesim.cluster.scenario import load_scenario
+from moesim.core.loader import data_root
 
 SCENARIO = {"model": "deepseek-v3", "system": "hgx-b200", "gpus": 8, "parallel.ep": 8,
             "dtypes.weights": "fp8", "dtypes.kv_cache": "fp8"}
 LOAD = {"isl": 1000, "osl": 1000, "concurrency": 256, "requests": 2000}
 TARGETS = {"step_function_build_s": 10.0, "request_sim_wall_s": 2.0}   # issue 16's benchmark targets
-NO_PLANNER = "planner integration not built"
+PLAN_SPACE: Path | None = data_root() / "workloads" / "spaces" / "example-serve-load.yaml"
+PLAN_WORKERS = 2
+PLAN_TARGET = {"points_per_min": 1000.0, "points": 500}   # issue 16: >= 1,000 points/min over >= 500 points
+PLAN_SKIPPED = "plan benchmark not run (no PLAN_SPACE)"
+
+
+def plan_benchmark(space_path=None, workers: int = PLAN_WORKERS) -> dict:
+    """Wall time of a cold load-aware plan of `space_path` (default PLAN_SPACE) on `workers` local
+    processes (module docstring)."""
+    from moesim.planning import sweep
+    from moesim.planning.planner import plan
+    from moesim.planning.space import load_space
+    from moesim.serve import step_function
+
+    path = Path(space_path or PLAN_SPACE)
+    step_function._CACHE.clear()
+    sweep._SCENARIOS.clear()
+    start, cpu = time.perf_counter(), time.process_time()
+    result = plan(load_space(path), workers=workers)
+    wall = time.perf_counter() - start
+    points = result["simulated"]
+    rate = 60.0 * points / wall if wall > 0 else None
+    return {"plan_points_per_min": rate, "plan_wall_s": wall, "plan_parent_cpu_s": time.process_time() - cpu,
+            "plan_points": points, "plan_pruned": result["pruned"], "plan_workers": workers,
+            "plan_space": path.name, "plan_target": dict(PLAN_TARGET),
+            "plan_meets_target": bool(rate is not None and rate >= PLAN_TARGET["points_per_min"]
+                                      and points >= PLAN_TARGET["points"])}
 
 
 def serve_benchmark(warm_repeats: int = 2, scenario: dict | None = None, load: dict | None = None) -> dict:
@@ -77,9 +110,10 @@ def serve_benchmark(warm_repeats: int = 2, scenario: dict | None = None, load: d
 
     build_s = max(cold - request_wall, 0.0)
     requests = load.total
+    planned = plan_benchmark() if PLAN_SPACE is not None else {"plan_points_per_min": None,
+                                                                "plan_points_per_min_reason": PLAN_SKIPPED}
     out = {"step_function_build_s": build_s, "request_sim_wall_s": request_wall,
-           "requests_per_wall_s": requests / request_wall, "plan_points_per_min": None,
-           "plan_points_per_min_reason": NO_PLANNER,
+           "requests_per_wall_s": requests / request_wall, **planned,
            "step_function_build_cpu_s": max(cold_cpu - request_cpu, 0.0), "request_sim_cpu_s": request_cpu,
            "grid_points_simulated": points, "grid_points_total": len(batches) * len(contexts) + len(prefill),
            "grid_simulate_s": simulate_s, "eager_grid_build_s": eager_s,
@@ -96,4 +130,4 @@ def serve_benchmark(warm_repeats: int = 2, scenario: dict | None = None, load: d
     return {"serve": out}
 
 
-__all__ = ["serve_benchmark", "SCENARIO", "LOAD", "TARGETS"]
+__all__ = ["serve_benchmark", "plan_benchmark", "SCENARIO", "LOAD", "TARGETS", "PLAN_SPACE", "PLAN_TARGET"]

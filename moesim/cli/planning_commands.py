@@ -7,7 +7,7 @@ from typing import Optional
 
 import click
 
-from moesim.cli.app import REPORT_SUFFIXES, SCENARIO_ARG, OutputFile, OutputFolder, echo_json, main
+from moesim.cli.app import FIGURE_SUFFIXES, REPORT_SUFFIXES, SCENARIO_ARG, OutputFile, OutputFolder, echo_json, main
 
 
 @main.command()
@@ -21,15 +21,23 @@ from moesim.cli.app import REPORT_SUFFIXES, SCENARIO_ARG, OutputFile, OutputFold
 @click.option("-o", "--output", type=OutputFile(".json"), help="Write the whole plan as JSON.")
 @click.option("--report", "report_file", type=OutputFile(*REPORT_SUFFIXES),
               help="Also write a report of the plan (.html or .pdf), as `moesim report` does.")
+@click.option("--front", "front_file", type=OutputFile(*FIGURE_SUFFIXES),
+              help="A space with a load: write the throughput-interactivity front (tokens/s per GPU against "
+                   "tokens/s per user, one curve per system) as .png, .pdf or .svg.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 def plan(space_file: str, workers: int, cache_dir: Optional[str], dask_address: Optional[str],
-         sets: tuple[str, ...], output: Optional[str], report_file: Optional[str], as_json: bool) -> None:
+         sets: tuple[str, ...], output: Optional[str], report_file: Optional[str], front_file: Optional[str],
+         as_json: bool) -> None:
     """Search configurations under SLOs: prune by VRAM, simulate, feasible set, Pareto fronts, best.
 
     \b
     Example:
       moesim plan workloads/spaces/example-dsv3-decode.yaml --workers 2 --cache .moesim-cache
       moesim plan SPACE.yaml --set system.nvlink_GBps=900 --set skew=zipf:1.2
+      moesim plan workloads/spaces/example-serve-load.yaml --workers 2 --front front.png
+
+    A space with `load:` serves every point under that load (`moesim serve`) instead of one
+    step, agg and disagg as its `mode` lists, and ranks them by percentile SLOs.
     """
     from moesim.core.errors import MoesimError
     from moesim.core.output import write_atomic
@@ -40,10 +48,17 @@ def plan(space_file: str, workers: int, cache_dir: Optional[str], dask_address: 
 
     if workers < 1:
         raise MoesimError(f"workers must be >= 1, got {workers}", field="--workers", fix="give 1 or more")
-    result = run_plan(load_space(space_file), workers=workers, cache_dir=cache_dir, dask=dask_address,
+    space = load_space(space_file)
+    if front_file and space.load is None:
+        raise MoesimError("the throughput-interactivity front needs a space with a load", field="--front",
+                          fix="add load: {concurrency: C, isl: N, osl: M} to the space, or leave out --front")
+    result = run_plan(space, workers=workers, cache_dir=cache_dir, dask=dask_address,
                       progress=sys.stderr.isatty() and not as_json, sets=list(sets))
     if output:
         write_atomic(output, to_json(result))
+    if front_file:
+        from moesim.present.plots import front_plot
+        front_plot(json.loads(to_json(result)), front_file)
     if report_file:
         from moesim.present.report import write_report
         write_report([("plan", json.loads(to_json(result)), f"moesim plan {space_file} (this run)")], report_file)

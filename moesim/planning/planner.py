@@ -12,6 +12,13 @@ moesim.planning.sweep) -> `summarize(results, slo, objective, costs)`
 fronts, best point and why the runners-up lost). `plan` runs the whole pipeline, with optional
 `--set` changes on every point (`apply_sets`).
 
+A space with a load (issue 16) serves each point (`sweep.serve_point`); its rows carry TTFT and
+TPOT p90, output tokens/s per GPU and per user, GPUs (both pools under disagg), cost per million
+output tokens and whether the percentile SLOs are met, and the summary gains the
+throughput-interactivity front (`pareto.throughput_vs_interactivity`: tokens/s per GPU against
+tokens/s per user) overall and per system (`fronts_by_system`), which `present.plots.front_figure`
+draws. A space without a load gives exactly the rows and keys it gave before.
+
 A point is a plain dict: `{"id": int, "overrides": {dotted scenario path: value},
 "simulate": {"overlap": ..., "skew": ...}}`; overrides are applied to the built-in default
 scenario exactly as CLI flags are (`moesim.cluster.scenario.load_scenario`).
@@ -62,10 +69,41 @@ def _violations(row: dict, slo: SLO) -> dict[str, float]:
     bound = slo.min_tokens_per_s_per_gpu
     if bound is not None and row["tokens_per_s_per_gpu"] < bound:
         out["min_tokens_per_s_per_gpu"] = 1.0 - row["tokens_per_s_per_gpu"] / bound
+    for name in ("ttft_p90_ms", "tpot_p90_ms"):   # percentile SLOs: rows of a served point only
+        bound = getattr(slo, name)
+        if bound is not None and row.get(name) is not None and row[name] > bound:
+            out[name] = row[name] / bound - 1.0
+    bound = slo.min_tokens_per_s_per_user
+    if bound is not None and row.get("tokens_per_s_per_user") is not None and row["tokens_per_s_per_user"] < bound:
+        out["min_tokens_per_s_per_user"] = 1.0 - row["tokens_per_s_per_user"] / bound
     return out
 
 
-_METRIC_OF = {"tpot_ms_max": "tpot_ms", "ttft_ms_max": "ttft_ms", "min_tokens_per_s_per_gpu": "tokens_per_s_per_gpu"}
+_METRIC_OF = {"tpot_ms_max": "tpot_ms", "ttft_ms_max": "ttft_ms", "min_tokens_per_s_per_gpu": "tokens_per_s_per_gpu",
+              "ttft_p90_ms": "ttft_p90_ms", "tpot_p90_ms": "tpot_p90_ms",
+              "min_tokens_per_s_per_user": "tokens_per_s_per_user"}
+
+
+def _served_row(rec: dict, costs: Optional[CostTable]) -> dict:
+    """The row of a served point (module docstring): latency is TPOT p90."""
+    res = rec["result"]
+    m = res["metrics"]
+    served = rec["serve"]
+    price = costs.systems.get(res["system"]) if costs else None
+    tps = m["output_tokens_per_s_per_gpu"]
+    cost = price.price_per_gpu_hour / 3600.0 / tps * 1e6 if price and tps > 0 else None
+    return {"id": rec["id"], "label": rec["label"], "model": res["model"], "system": res["system"],
+            "gpus": res["gpus"], "parallel": res["parallel"], "phase": "serve", "mode": res["mode"],
+            "prefill_workers": served.get("prefill_workers"), "decode_workers": served.get("decode_workers"),
+            "redundant_experts": rec["overrides"].get("experts.redundant", 0),
+            "tokens_per_s_per_gpu": tps, "tokens_per_s": tps * res["gpus"],
+            "tokens_per_s_per_user": m["output_tokens_per_s_per_user"],
+            "ttft_p90_ms": m["ttft_ms"]["p90"], "tpot_p90_ms": m["tpot_ms"]["p90"],
+            "ttft_ms": m["ttft_ms"]["mean"], "tpot_ms": m["tpot_ms"]["mean"],
+            "requests_per_s": m.get("requests_per_s"),
+            "latency_metric": "tpot_p90_ms", "latency_ms": m["tpot_ms"]["p90"],
+            "cost_per_million_tokens": cost, "cost_placeholder": bool(price and price.placeholder),
+            "price_source": price.source if price else None}
 
 
 def binding_constraint(rows: list[dict], slo: SLO) -> Optional[dict]:
@@ -89,6 +127,14 @@ def binding_constraint(rows: list[dict], slo: SLO) -> Optional[dict]:
                     f"the closest ({miss['label']}) misses it by {miss['relative']:.1%} "
                     f"(relax the bound to {miss['value']:.4g} to admit it)")
     return best
+
+
+def _interactivity_front(rows: list[dict]) -> list[int]:
+    """Ids of the throughput-interactivity Pareto front (tokens/s per GPU and per user, both
+    higher better), ordered by tokens/s per user."""
+    axes = [("tokens_per_s_per_gpu", "max"), ("tokens_per_s_per_user", "max")]
+    front = [rows[i] for i in pareto_front(rows, axes)]
+    return [r["id"] for r in sorted(front, key=lambda r: (r["tokens_per_s_per_user"], r["id"]))]
 
 
 def _objective_key(objective: str):
@@ -126,6 +172,12 @@ def summarize(results: list[dict], slo: SLO, objective: str, costs: Optional[Cos
         raise MoesimError(f"unknown objective {objective!r}", field="objective", fix=f"use one of: {', '.join(OBJECTIVES)}")
     rows = []
     for rec in results:
+        if rec.get("serve") is not None:
+            row = _served_row(rec, costs)
+            row["violations"] = _violations(row, slo)
+            row["feasible"] = row["meets_slo"] = not row["violations"]
+            rows.append(row)
+            continue
         res = rec["result"]
         m = res["metrics"]
         lat = _latency(res["phase"])
@@ -156,10 +208,16 @@ def summarize(results: list[dict], slo: SLO, objective: str, costs: Optional[Cos
         "cost_vs_latency": [rows[i]["id"] for i in
                             pareto_front(rows, [("cost_per_million_tokens", "min"), ("latency_ms", "min")])],
     }
+    served = any(r["phase"] == "serve" for r in rows)
+    if served:
+        fronts["throughput_vs_interactivity"] = _interactivity_front(rows)
     out: dict[str, Any] = {"objective": objective, "slo": slo.model_dump(exclude_none=True), "points": rows,
                            "feasible": [r["id"] for r in feasible], "pareto": fronts,
                            "costs_are_placeholders": any(r["cost_placeholder"] for r in rows),
                            "binding_constraint": None, "best": None, "runners_up": []}
+    if served:
+        out["fronts_by_system"] = {system: _interactivity_front([r for r in rows if r["system"] == system])
+                                   for system in sorted({r["system"] for r in rows})}
     if not feasible:
         out["binding_constraint"] = binding_constraint(rows, slo)
         return out

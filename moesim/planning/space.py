@@ -6,11 +6,21 @@ skew, SLOs, objective) and checks that every name in it resolves (`check_names`)
 "overrides": {dotted scenario path: value}, "simulate": {"overlap": ..., "skew": ...}}`; overrides
 are applied to the built-in default scenario exactly as CLI flags are
 (`moesim.cluster.scenario.load_scenario`). `load_costs` reads the price file the summary uses.
+
+A space with `load:` (issue 16, "Planner and what-if") is served, not stepped: each point is a
+deployment (model, system, GPUs, split, redundant experts) in one `mode` (agg, or disagg with
+`prefill_workers` x `decode_workers` engine instances), run under the load by
+`moesim.serve.run.serve`; `batch`, `overlap` and `skew` are not crossed (the scheduler forms the
+batches; serving runs without overlap and with uniform routing). Such a point also holds `serve:
+{load, mode, prefill_workers, decode_workers}` and `group`: the deployment's key, the same for all
+its modes and worker ratios, so the sweep runs them in one process and they share one step-time
+function (`moesim.serve.step_function`). Percentile SLOs (`ttft_p90_ms`, `tpot_p90_ms`,
+`min_tokens_per_s_per_user`) apply to such spaces only.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import Field
 
@@ -50,6 +60,31 @@ class SLO(Record):
     tpot_ms_max: Optional[PositiveFloat] = None
     ttft_ms_max: Optional[PositiveFloat] = None
     min_tokens_per_s_per_gpu: Optional[PositiveFloat] = None
+    # percentile SLOs of a space under load (`load:`), on the served requests
+    ttft_p90_ms: Optional[PositiveFloat] = None
+    tpot_p90_ms: Optional[PositiveFloat] = None
+    min_tokens_per_s_per_user: Optional[PositiveFloat] = None
+
+
+LOAD_SLOS = ("ttft_p90_ms", "tpot_p90_ms", "min_tokens_per_s_per_user")
+
+
+class SpaceLoad(Record):
+    """The load every point serves (as `moesim serve` takes it); checked by `serve.load.make_load`,
+    so a bad value is one error naming `load.<field>`. Values are kept loose here on purpose."""
+
+    concurrency: Optional[Any] = None
+    rate: Optional[Any] = None
+    isl: Optional[Any] = None
+    osl: Optional[Any] = None
+    requests: Any = 1000        # bench_serving's --num-prompts default, as `moesim serve`
+    warmup: Any = 0
+    seed: Any = 0
+
+    def make(self):
+        """The checked `serve.load.Load` (MoesimError naming `load.<field>` when a value is bad)."""
+        from moesim.serve.load import make_load
+        return make_load(**self.model_dump(), prefix="load.")
 
 
 class Space(Record):
@@ -61,14 +96,19 @@ class Space(Record):
                                     description="GPU counts for systems given by name only")
     parallel: Union[Literal["all"], list[SplitChoice]] = "all"
     redundant_experts: list[Annotated[int, Field(ge=0)]] = [0]
-    batch: list[PositiveInt] = Field(description="sequences per DP (attention) rank")
-    input_len: PositiveInt
-    output_len: PositiveInt
+    batch: list[PositiveInt] = Field(default_factory=list,
+                                     description="sequences per DP (attention) rank (not with load)")
+    input_len: Optional[PositiveInt] = Field(None, description="not with load (its isl gives it)")
+    output_len: Optional[PositiveInt] = Field(None, description="not with load (its osl gives it)")
     phase: Literal["decode", "prefill"] = "decode"
     dtypes: SpaceDTypes = SpaceDTypes()
     overlap: list[Literal["none", "two_batch"]] = ["none"]
     skew: list[str] = ["uniform"]
     slo: SLO = SLO()
+    load: Optional[SpaceLoad] = Field(None, description="serve every point under this load (issue 16)")
+    mode: list[Literal["agg", "disagg"]] = ["agg"]
+    prefill_workers: list[PositiveInt] = [1]
+    decode_workers: list[PositiveInt] = [1]
     objective: Literal["max_tokens_per_s_per_gpu", "min_cost_per_million_tokens", "min_gpus"] = \
         "max_tokens_per_s_per_gpu"
     costs: Optional[str] = Field(None, description="price file; default workloads/costs.yaml")
@@ -88,8 +128,50 @@ class CostTable(Record):
 def load_space(path: str | Path) -> Space:
     """Read a space file and check that every name in it resolves (`check_names`)."""
     space = load_record(Space, Path(path))
+    check_load(space, file=str(path))
     check_names(space, file=str(path))
     return space
+
+
+def check_load(space: Space, *, file: Optional[str] = None) -> None:
+    """A space's load and the fields that go with it are consistent: the load itself
+    (`serve.load.make_load`, errors naming `load.<field>`); percentile SLOs, modes other than agg
+    and worker counts only with a load; no `batch`, `overlap` or `skew` choices with one."""
+    def bad(problem: str, field: str, fix: str) -> MoesimError:
+        return MoesimError(problem, field=field, file=file, fix=fix)
+
+    if space.load is None:
+        for name in ("input_len", "output_len"):
+            if getattr(space, name) is None:
+                raise bad("required field is missing", name,
+                          f"add {name}: N (tokens), or give a load: {{concurrency: C, isl: N, osl: M}} instead")
+        for name in LOAD_SLOS:
+            if getattr(space.slo, name) is not None:
+                raise bad("a percentile SLO needs a load", f"slo.{name}",
+                          "add load: {concurrency: C, isl: N, osl: M} or use tpot_ms_max / ttft_ms_max")
+        if space.mode != ["agg"]:
+            raise bad("serving modes need a load", "mode", "add load: {concurrency: C, isl: N, osl: M}")
+        return
+    try:
+        space.load.make()
+    except MoesimError as exc:
+        raise MoesimError(exc.problem, field=exc.field, file=exc.file or file, fix=exc.fix) from None
+    for name, other in (("input_len", "isl"), ("output_len", "osl")):
+        if getattr(space, name) is not None:
+            raise bad(f"{name} is given by the load under a load", name, f"leave {name} out; give load.{other}")
+    if space.batch:
+        raise bad("batch is not searched under a load: the scheduler forms the batches", "batch",
+                  "leave batch out of a space with load")
+    if space.overlap != ["none"] or space.skew != ["uniform"]:
+        field = "overlap" if space.overlap != ["none"] else "skew"
+        raise bad(f"{field} is not searched under a load (serving runs without overlap, uniform routing)", field,
+                  f"leave {field} out of a space with load")
+    if not space.mode:
+        raise bad("the search space is empty", "mode", "list agg and/or disagg")
+    if "disagg" in space.mode:
+        for field in ("prefill_workers", "decode_workers"):
+            if not getattr(space, field):
+                raise bad("the search space is empty", field, f"list at least one count in {field}")
 
 
 def _system_field(space: Space, i: int) -> str:
@@ -189,6 +271,8 @@ def _system_gpus(space: Space) -> list[tuple[str, list[int]]]:
 def expand(space: Space) -> list[dict]:
     """All points of the space, in a fixed order (model, system, gpus, redundant, split, batch,
     overlap, skew). Raises MoesimError naming the field when the space holds no point."""
+    if space.load is not None:
+        return _expand_served(space)
     for field in ("models", "systems", "batch", "redundant_experts", "overlap", "skew"):
         if not getattr(space, field):
             raise MoesimError("the search space is empty", field=field, fix=f"list at least one value in {field}")
@@ -225,13 +309,75 @@ def expand(space: Space) -> list[dict]:
     return points
 
 
+def _splits(space: Space, model: str, gpus: int, redundant: int) -> list[dict]:
+    if space.parallel == "all":
+        return all_splits(model, gpus, redundant)
+    return [dict(s.model_dump(exclude_none=True), ep=gpus // s.pp if s.ep == "gpus" else s.ep) for s in space.parallel]
+
+
+def _expand_served(space: Space) -> list[dict]:
+    """The points of a space with a load (module docstring): model, system, gpus, redundant,
+    split, then mode (agg, then disagg with every prefill x decode worker count)."""
+    for field in ("models", "systems", "redundant_experts", "mode"):
+        if not getattr(space, field):
+            raise MoesimError("the search space is empty", field=field, fix=f"list at least one value in {field}")
+    if isinstance(space.parallel, list) and not space.parallel:
+        raise MoesimError("the search space is empty", field="parallel", fix="list at least one split, or write 'all'")
+    load = space.load.make()
+    modes = [("agg", None, None)] if "agg" in space.mode else []
+    if "disagg" in space.mode:
+        modes += [("disagg", p, d) for p in space.prefill_workers for d in space.decode_workers]
+    load_json = space.load.model_dump()
+    points: list[dict] = []
+    seen_instances: set = set()   # a disagg deployment is P + D copies of one EP group, whatever the GPU count
+    for model in space.models:
+        for system, counts in _system_gpus(space):
+            for gpus in counts:
+                for redundant in space.redundant_experts:
+                    for split in _splits(space, model, gpus, redundant):
+                        overrides = {"model": model, "system": system, "gpus": gpus}
+                        overrides.update({f"parallel.{k}": v for k, v in split.items()})
+                        overrides.update({
+                            "experts.redundant": redundant,
+                            "dtypes.weights": space.dtypes.weights, "dtypes.kv_cache": space.dtypes.kv_cache,
+                            # the serve run replaces the workload; this one only sizes the VRAM check
+                            "workload": {"kind": "serving", "phase": "decode", "batch": 1,
+                                         "input_len": load.isl, "output_len": load.osl}})
+                        group = len(points)
+                        instance = (model, system, redundant, split.get("tp", 1), split.get("ep", 1),
+                                    split.get("etp", 1), split.get("pp", 1))
+                        for mode, prefill, decode in modes:
+                            if mode == "disagg" and (instance, prefill, decode) in seen_instances:
+                                continue   # the same pools of the same EP group as a point before
+                            seen_instances.add((instance, prefill, decode))
+                            points.append({"id": len(points), "overrides": overrides, "group": group,
+                                           "simulate": {"overlap": "none", "skew": "uniform"},
+                                           "serve": {"load": load_json, "mode": mode, "prefill_workers": prefill,
+                                                     "decode_workers": decode}})
+    if not points:
+        raise MoesimError("the search space is empty: no valid split for any model and GPU count",
+                          field="parallel" if space.parallel == "all" else "systems",
+                          fix="add GPU counts that the models' experts and heads divide, or list splits explicitly")
+    return points
+
+
 def label(point: dict) -> str:
     o, s = point["overrides"], point["simulate"]
     w = o["workload"]
     dp = o.get("parallel.dp", o["gpus"] // (o.get("parallel.tp", 1) * o.get("parallel.pp", 1)))
     system = point.get("system_name", o["system"])
+    served = point.get("serve")
+    if served is not None and served["mode"] == "disagg":   # P + D engine instances of one EP group
+        group = o.get("parallel.ep", 1) * o.get("parallel.etp", 1)
+        pools = served["prefill_workers"] + served["decode_workers"]
+        return (f"{o['model']} {pools * group} GPUs of {system} tp{o.get('parallel.tp', 1)} "
+                f"dp{group // o.get('parallel.tp', 1)} ep{o.get('parallel.ep', 1)} pp{o.get('parallel.pp', 1)} "
+                f"r{o.get('experts.redundant', 0)} disagg {served['prefill_workers']}P:{served['decode_workers']}D")
     text = (f"{o['model']} {o['gpus']} GPUs of {system} tp{o.get('parallel.tp', 1)} dp{dp} ep{o.get('parallel.ep', 1)}"
-            f" pp{o.get('parallel.pp', 1)} r{o.get('experts.redundant', 0)} b{w['batch']}")
+            f" pp{o.get('parallel.pp', 1)} r{o.get('experts.redundant', 0)}")
+    if served is not None:
+        return text + " agg"
+    text += f" b{w['batch']}"
     if s["overlap"] != "none":
         text += f" {s['overlap']}"
     if s["skew"] != "uniform":
@@ -239,4 +385,5 @@ def label(point: dict) -> str:
     return text
 
 
-__all__ = ["Space", "SLO", "CostTable", "load_space", "check_names", "load_costs", "expand", "all_splits"]
+__all__ = ["Space", "SLO", "SpaceLoad", "CostTable", "load_space", "check_load", "check_names", "load_costs", "expand",
+           "all_splits", "LOAD_SLOS"]

@@ -7,6 +7,12 @@ Dask cluster, caching each finished point as JSON keyed by the sha256 of the res
 of the code and data that compute it (`cache_key`) so a rerun resumes, and a code or data change
 recomputes. Pool workers die with the planner process (`_worker_init`); a SIGINT or SIGTERM of
 the planner tears the pool down (`_run_pool`).
+
+A point with `serve` (a space with a load, `planning.space`) is run by `serve.run.serve` instead
+of one `simulate` step (`serve_point`); pruning also asks what a serve run needs (one engine
+instance's shape, the framework's batching policy, a request that fits the KV cache). Points of
+one `group` (one deployment in its modes and worker ratios) run in the same process one after the
+other, so they share the deployment's step-time function (`serve.step_function._CACHE`).
 """
 from __future__ import annotations
 
@@ -50,10 +56,12 @@ def cache_key(point: dict, scenario_dump: dict, code: Optional[str] = None) -> s
     file they name) and the digest of the code and data that compute the point
     (`core.digest.code_and_data_digest`, or `code` when the caller has it): a cached point is
     served only to the code and data that computed it."""
-    blob = json.dumps({"scenario": scenario_dump, "overrides": point["overrides"], "simulate": point["simulate"],
-                       "skew_file": _skew_file_digest(point["simulate"].get("skew")),
-                       "version": __version__, "code": code or code_and_data_digest()},
-                      sort_keys=True, default=str)
+    fields = {"scenario": scenario_dump, "overrides": point["overrides"], "simulate": point["simulate"],
+              "skew_file": _skew_file_digest(point["simulate"].get("skew")),
+              "version": __version__, "code": code or code_and_data_digest()}
+    if point.get("serve") is not None:
+        fields["serve"] = point["serve"]
+    blob = json.dumps(fields, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -81,9 +89,15 @@ def prune(points: list[dict]) -> tuple[list[dict], int, list[dict]]:
     pruned point)."""
     kept, reasons = [], []
     code = code_and_data_digest()  # once per prune, not per point
+    resolved: dict = {}   # group -> scenario: the modes of one deployment resolve it once
     for point in points:
         try:
-            sc = load_scenario(None, point["overrides"])
+            group = point.get("group")
+            sc = resolved.get(group) if group is not None else None
+            if sc is None:
+                sc = load_scenario(None, point["overrides"])
+                if group is not None:
+                    resolved[group] = sc
             placement = point["simulate"].get("placement")
             if placement:  # `eplb:R` replica slots cost VRAM and must divide, as simulate will ask
                 _, redundant = parse_placement(placement, sc.input.experts.redundant)
@@ -93,6 +107,8 @@ def prune(points: list[dict]) -> tuple[list[dict], int, list[dict]]:
             reasons.append({"id": point["id"], "label": label(point), "reason": _reason(exc)})
             continue
         problem = fit_problem(sc)  # the check simulate and whatif make
+        if not problem and point.get("serve") is not None:
+            problem = serve_problem(sc, point["serve"])
         if problem:
             reasons.append({"id": point["id"], "label": label(point), "reason": problem})
             continue
@@ -100,18 +116,85 @@ def prune(points: list[dict]) -> tuple[list[dict], int, list[dict]]:
     return kept, len(reasons), reasons
 
 
+def _serve_args(served: dict):
+    from moesim.serve.disagg import make_disagg
+    from moesim.serve.load import make_load
+    load = make_load(**served["load"], prefix="load.")
+    return load, make_disagg(served["mode"], served["prefill_workers"], served["decode_workers"])
+
+
+def serve_problem(sc, served: dict) -> Optional[str]:
+    """Why a serve run of this deployment cannot start (the checks `serve.run.serve` makes before
+    its event loop: engine-instance shape, batching policy, a request that fits the KV cache), or
+    None."""
+    import numpy as np
+
+    from moesim.serve.load import request_lengths
+    from moesim.serve.run import _reachable_batch, deployment_shape
+    from moesim.serve.scheduler import Policy, kv_capacity_tokens
+    try:
+        load, disagg = _serve_args(served)
+        deployment_shape(sc)
+        policy = Policy.of(sc)
+        isl_of, osl_of = request_lengths(load)
+        longest = int(np.argmax(isl_of + osl_of))
+        kv_capacity_tokens(sc, isl=load.isl, osl=load.osl, max_batch=_reachable_batch(policy, load),
+                           prefill_tokens=policy.token_budget, where="one decode rank" if disagg else "one rank",
+                           longest=(int(isl_of[longest]), int(osl_of[longest])))
+    except MoesimError as exc:
+        return _reason(exc)
+    return None
+
+
 # ----------------------------------------------------------------------------- running
+# results of a served point keep what a plan reads; the step function's grid stays with `moesim serve`
+_SERVE_DROP = ("step_function", "provenance")
+
+
+def serve_point(point: dict) -> dict:
+    """Serve the load on one point's deployment (`serve.run.serve`). The scenario and its step
+    times are shared by the points of a group run in this process (`serve.step_function._CACHE`)."""
+    from moesim.serve.run import serve
+    load, disagg = _serve_args(point["serve"])
+    out = serve(_scenario(point["overrides"]), load, disagg=disagg)
+    out = {k: v for k, v in out.items() if not k.startswith("_") and k not in _SERVE_DROP}
+    return json.loads(to_json(out, indent=None))
+
+
+_SCENARIOS: dict = {}   # overrides (JSON) -> resolved scenario, for the points of a group in this process
+
+
+def _scenario(overrides: dict):
+    key = json.dumps(overrides, sort_keys=True, default=str)
+    sc = _SCENARIOS.get(key)
+    if sc is None:
+        if len(_SCENARIOS) > 64:
+            _SCENARIOS.clear()
+        sc = _SCENARIOS[key] = load_scenario(None, overrides)
+    return sc
+
+
 def simulate_point(point: dict) -> dict:
     """Simulate one point (top-level so worker processes can pickle it)."""
+    if point.get("serve") is not None:
+        return serve_point(point)
     sc = load_scenario(None, point["overrides"])
     out = simulate(sc, **point["simulate"])
     out.pop("_trace", None)
     return json.loads(to_json(out, indent=None))
 
 
+def simulate_group(points: list[dict]) -> list[dict]:
+    """Simulate the points of one group in order, in one process (top-level for worker pools)."""
+    return [simulate_point(point) for point in points]
+
+
 def _record(point: dict, result: dict, cached: bool) -> dict:
-    return {"id": point["id"], "label": label(point), "key": point.get("key"), "overrides": point["overrides"],
-            "simulate": point["simulate"], "result": result, "cached": cached}
+    out = {"id": point["id"], "label": label(point), "key": point.get("key"), "overrides": point["overrides"],
+           "simulate": point["simulate"], "result": result, "cached": cached}
+    if point.get("serve") is not None:
+        out["serve"] = point["serve"]
+    return out
 
 
 def run(points: list[dict], *, workers: int = 1, cache_dir: Optional[str | Path] = None,
@@ -139,9 +222,11 @@ def run(points: list[dict], *, workers: int = 1, cache_dir: Optional[str | Path]
 
     def finish(point: dict, path: Optional[Path], result: dict) -> None:
         if path is not None:
-            write_atomic(path, to_json({"key": point["key"], "overrides": point["overrides"],
-                                        "simulate": point["simulate"], "version": __version__,
-                                        "code_and_data": code_and_data_digest(), "result": result}))
+            entry = {"key": point["key"], "overrides": point["overrides"], "simulate": point["simulate"],
+                     "version": __version__, "code_and_data": code_and_data_digest(), "result": result}
+            if point.get("serve") is not None:
+                entry["serve"] = point["serve"]
+            write_atomic(path, to_json(entry))
         done[point["id"]] = _record(point, result, False)
 
     with _progress(progress, len(todo)) as advance:
@@ -174,6 +259,8 @@ def _cached_result(path: Path, key: str) -> Optional[dict]:
     if not isinstance(entry, dict) or entry.get("key") != key:
         return None
     result = entry.get("result")
+    if isinstance(result, dict) and "load" in result:
+        return result if _served_result_ok(result) else None
     if not isinstance(result, dict) or any(k not in result for k in _RESULT_KEYS):
         return None
     metrics, latency = result["metrics"], _LATENCY.get(result["phase"])
@@ -182,6 +269,16 @@ def _cached_result(path: Path, key: str) -> Optional[dict]:
     if not all(_number(metrics.get(k)) for k in ("tokens_per_s_per_gpu", "step_time_s", latency)):
         return None
     return result
+
+
+def _served_result_ok(result: dict) -> bool:
+    """A served point's cached result holds what the plan reads."""
+    metrics = result.get("metrics")
+    if any(k not in result for k in ("model", "system", "gpus", "parallel", "mode")) or not isinstance(metrics, dict):
+        return False
+    if not all(isinstance(metrics.get(k), dict) and _number(metrics[k].get("p90")) for k in ("ttft_ms", "tpot_ms")):
+        return False
+    return all(_number(metrics.get(k)) for k in ("output_tokens_per_s_per_gpu", "output_tokens_per_s_per_user"))
 
 
 # ----------------------------------------------------------------------------- local pool
@@ -277,15 +374,32 @@ def _run_pool(workers: int, todo: list, finish, advance) -> None:
     with _sigterm_raises():
         pool = ProcessPoolExecutor(max_workers=workers, initializer=_worker_init, initargs=(os.getpid(),))
         try:
-            futures = {pool.submit(simulate_point, point): (point, path) for point, path in todo}
+            futures = {pool.submit(simulate_group, [p for p, _ in items]): items for items in _groups(todo)}
             for future in as_completed(futures):
-                point, path = futures[future]
-                finish(point, path, future.result())
-                advance()
+                for (point, path), result in zip(futures[future], future.result()):
+                    finish(point, path, result)
+                    advance()
         except BaseException:
             _kill_pool(pool)
             raise
         pool.shutdown(wait=True)
+
+
+def _groups(todo: list) -> list[list]:
+    """`todo` split into the units a worker runs: the points of one `group` together (in their
+    order), every other point alone."""
+    out: list[list] = []
+    index: dict = {}
+    for item in todo:
+        group = item[0].get("group")
+        if group is None:
+            out.append([item])
+        elif group in index:
+            out[index[group]].append(item)
+        else:
+            index[group] = len(out)
+            out.append([item])
+    return out
 
 
 def check_dask_address(address: str) -> None:
@@ -364,4 +478,4 @@ class _progress:
         return False
 
 
-__all__ = ["prune", "run", "cache_key", "check_dask_address"]
+__all__ = ["prune", "run", "cache_key", "check_dask_address", "serve_point", "serve_problem", "simulate_group"]

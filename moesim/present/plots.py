@@ -249,6 +249,49 @@ def pareto_figure(plan: dict) -> Figure:
     return fig
 
 
+def front_figure(plan: dict) -> Figure:
+    """The throughput-interactivity front of a plan under load (issue 16): output tokens/s per GPU
+    against output tokens/s per user, every served configuration a marker (filled: meets the SLOs,
+    x: violates them), each system's Pareto points joined into its curve, the best ringed."""
+    points = [p for p in plan["points"] if p.get("tokens_per_s_per_user") is not None]
+    fronts = plan.get("fronts_by_system", {})
+    fig, ax = _figure(9.0, 5.6)
+    for i, system in enumerate(sorted({p["system"] for p in points})):
+        colour = OKABE_ITO[i % len(OKABE_ITO)]
+        mine = [p for p in points if p["system"] == system]
+        for feasible, marker in ((True, "o"), (False, "x")):
+            sel = [p for p in mine if p["feasible"] == feasible]
+            if sel:
+                ax.scatter([p["tokens_per_s_per_user"] for p in sel], [p["tokens_per_s_per_gpu"] for p in sel],
+                           color=colour, marker=marker, s=36,
+                           label=f"{system} ({'meets SLO' if feasible else 'violates SLO'})")
+        ids = fronts.get(system, [])
+        curve = sorted((p for p in mine if p["id"] in ids), key=lambda p: p["tokens_per_s_per_user"])
+        if curve:
+            ax.plot([p["tokens_per_s_per_user"] for p in curve], [p["tokens_per_s_per_gpu"] for p in curve],
+                    color=colour, linewidth=1.4, label=f"{system} Pareto front")
+    limit = plan.get("slo", {}).get("min_tokens_per_s_per_user")
+    if limit is not None:
+        ax.axvline(limit, color=OKABE_ITO[3], linestyle="--", linewidth=1.2,
+                   label=f"SLO tokens/s per user >= {limit:g}")
+    best = plan.get("best")
+    if best and best.get("tokens_per_s_per_user") is not None:
+        ax.scatter([best["tokens_per_s_per_user"]], [best["tokens_per_s_per_gpu"]], s=180, facecolors="none",
+                   edgecolors="black", linewidths=1.5, label=f"best: {best['label']}")
+    ax.set_xlabel("output tokens/s per user (interactivity)")
+    ax.set_ylabel("output tokens/s per GPU (throughput)")
+    ax.set_title(f"Plan {plan.get('space', '')}: throughput-interactivity front, {len(points)} served configurations, "
+                 f"{len(plan.get('feasible', []))} meet the SLO", fontsize=10)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, frameon=False)
+    ax.grid(True, alpha=0.3)
+    return fig
+
+
+def front_plot(plan: dict, path: str) -> Path:
+    """The throughput-interactivity front written atomically (PNG, or PDF/SVG by suffix)."""
+    return write_atomic_bytes(path, figure_bytes(front_figure(plan), Path(path).suffix.lstrip(".") or "png"))
+
+
 # ----------------------------------------------------------------------------- validation
 def parity_figure(result: dict, *, band: float = 0.15) -> Figure:
     """Predicted vs measured for every validated case, one marker per `what`, log-log, with the
