@@ -256,3 +256,29 @@ def test_grouped_gemm_per_owner_matches_the_scalar_model():
     vector = grouped_gemm_times_per_owner(gpu, prof, counts, owner, 8, 4096, 7168, "fp8")
     for o in range(8):
         assert vector[o] == pytest.approx(grouped_gemm_time(gpu, prof, counts[owner == o], 4096, 7168, "fp8"), rel=1e-12)
+
+
+def test_fitted_group_cost_is_paid_per_wave_not_per_group():
+    """With a kernel fit, a grouped GEMM pays min(groups, waves) group switches: a decode step's
+    hundreds of one-row experts run side by side, not one after another; and the vectorised
+    per-owner path agrees with the scalar one."""
+    from moesim.calibration.kernel_params import resolve_kernel_profile
+    from moesim.costs.compute import grouped_gemm_estimate, grouped_gemm_times_per_owner, load_compute_profile
+    from moesim.costs.gemm_kernels import fitted_compute_profile
+    from moesim.specs.hardware import load_gpu
+    gpu = load_gpu("h200-sxm")
+    prof = fitted_compute_profile(load_compute_profile("h200-sxm"), "hopper", resolve_kernel_profile("spec").values(),
+                                  "deepgemm", "spec")
+    assert prof.group_overhead_s > 0
+    many = grouped_gemm_estimate(gpu, prof, np.ones(128), 512, 7168, "fp8")
+    assert many.waves < 128
+    assert many.launch_s == pytest.approx(prof.kernel_launch_s.value + many.waves * prof.group_overhead_s)
+    few = grouped_gemm_estimate(gpu, prof, np.full(4, 4096.0), 4096, 7168, "fp8")
+    assert few.waves > 4 and few.launch_s == pytest.approx(prof.kernel_launch_s.value + 4 * prof.group_overhead_s)
+    rng = np.random.default_rng(1)
+    counts = rng.integers(0, 40, size=64).astype(float)
+    owner = np.repeat(np.arange(8), 8)
+    vector = grouped_gemm_times_per_owner(gpu, prof, counts, owner, 8, 512, 7168, "fp8")
+    for o in range(8):
+        est = grouped_gemm_estimate(gpu, prof, counts[owner == o], 512, 7168, "fp8")
+        assert vector[o] == pytest.approx(0.0 if est is None else est.time_s, rel=1e-12)

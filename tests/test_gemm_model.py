@@ -79,8 +79,13 @@ def test_per_group_costs():
     names = dict(NAMES, group_us="gemm.group_us.deepgemm")
     one = _shape(1024, 4096, 7168, rows=[1024])
     four = _shape(256, 4096, 7168, rows=[256] * 4)
+    g = values["gemm.group_us.deepgemm"] * 1e-6
+    per_sm = four.peak_flops * values[NAMES["eff"]] / four.sms
+    _, waves = min((w * (f / per_sm + values[NAMES["tile_us"]] * 1e-6), w) for w, f in zip(four.waves, four.tile_flops))
     extra = gk.kernel_time(four, values, **names) - gk.kernel_time(four, values, **NAMES)
-    assert extra == pytest.approx(4 * values["gemm.group_us.deepgemm"] * 1e-6)
+    assert extra == pytest.approx(min(4, waves) * g)  # one switch per tile an SM takes, at most per group
+    big = _shape(4096, 4096, 7168, rows=[4096] * 4)
+    assert gk.kernel_time(big, values, **names) - gk.kernel_time(big, values, **NAMES) == pytest.approx(4 * g)
     assert gk.kernel_time(one, values, **names) < gk.kernel_time(four, values, **names)
     # a library that runs one kernel per group pays the fixed cost per group
     per_group = _shape(7168, 4096, 4096, kernels=4)

@@ -3,7 +3,7 @@
 The model, per kernel (every number it uses comes from `topologies/gpus/<gpu>.yaml` or
 `topologies/compute/<gpu>.yaml`, each with its source):
 
-    time    = max(compute, memory) + kernel_launch_s (+ groups x group_overhead_s, grouped)
+    time    = max(compute, memory) + kernel_launch_s (+ min(groups, waves) x group_overhead_s, grouped)
     compute = waves x (2·TM·TN·k / (peak x matmul_peak_efficiency / sm_count) + tile_overhead_s)
     memory  = bytes(A) + bytes(B) + bytes(C) / (HBM spec x memory efficiency)
 
@@ -270,7 +270,8 @@ def _gemm(gpu: GPUSpec, profile: ComputeProfile, rows: np.ndarray, n: float, k: 
           out_dtype: str, grouped: bool = False) -> GemmEstimate:
     """One kernel over groups with `rows[g]` > 0 output rows each, sharing n and k (all float64)."""
     compute, memory, flops, nbytes, tile, tiles, waves = _gemm_parts(gpu, profile, rows, n, k, dtype, out_dtype)
-    launch = profile.kernel_launch_s.value + (len(rows) * profile.group_overhead_s if grouped else 0.0)
+    # a group switch per tile an SM takes, at most: min(groups, waves) on the critical path
+    launch = profile.kernel_launch_s.value + (min(len(rows), waves) * profile.group_overhead_s if grouped else 0.0)
     rate = tensor_peak_flops(gpu, profile, dtype)
     return GemmEstimate(time_s=max(compute, memory) + launch, compute_s=compute, memory_s=memory,
                         launch_s=launch, flops=flops, bytes=nbytes, tile=tile, tiles=tiles, waves=waves,
@@ -339,18 +340,23 @@ def grouped_gemm_times_per_owner(gpu: GPUSpec, profile: ComputeProfile, tokens_p
     rate = tensor_peak_flops(gpu, profile, dtype)
     sms = gpu.sm_count.value
     active = counts > 0
-    best = None
+    best = best_waves = None
     for tm, tn in profile.gemm_tiles.value:
         tiles = np.bincount(owner, weights=np.ceil(counts / tm) * active, minlength=owners) * math.ceil(n / tn)
-        compute = np.ceil(tiles / sms) * (2.0 * tm * tn * k / (rate / sms) + profile.tile_overhead_s)
-        best = compute if best is None else np.minimum(best, compute)
+        waves = np.ceil(tiles / sms)
+        compute = waves * (2.0 * tm * tn * k / (rate / sms) + profile.tile_overhead_s)
+        if best is None:
+            best, best_waves = compute, waves
+        else:  # the first tile wins ties, as in _gemm_parts
+            better = compute < best
+            best, best_waves = np.where(better, compute, best), np.where(better, waves, best_waves)
     rows = np.bincount(owner, weights=counts, minlength=owners)
     groups = np.bincount(owner, weights=active.astype(float), minlength=owners)
     a = precision.activation_bytes_per_element(dtype)
     b = precision.bytes_per_element(dtype)
     c = precision.bytes_per_element(out_dtype, field="out_dtype")
     memory = (rows * k * a + groups * n * k * b + rows * n * c) / hbm_effective_Bps(gpu, profile)
-    fixed = profile.kernel_launch_s.value + groups * profile.group_overhead_s
+    fixed = profile.kernel_launch_s.value + np.minimum(groups, best_waves) * profile.group_overhead_s
     return np.where(groups > 0, np.maximum(best, memory) + fixed, 0.0)
 
 

@@ -120,12 +120,15 @@ def kernel_time(shape: KernelShape, values: Mapping[str, float], *, eff: str, fi
     """Seconds of all the kernels of `shape` under parameter `values` (names given by the caller).
 
     `group_us`: a per-group time of grouped layouts (switching a persistent CTA to another
-    group's weights and row range), paid once per group on the critical path."""
+    group's weights and row range). An SM switches group at most once per tile it takes, so the
+    critical path pays min(groups, waves) switches: every one with a few large groups, and no
+    more than the waves with many small ones (a decode step's hundreds of experts run side by
+    side on different SMs)."""
     per_sm = shape.peak_flops * values[eff] / shape.sms
     overhead = values[tile_us] * US
-    compute = min(w * (f / per_sm + overhead) for w, f in zip(shape.waves, shape.tile_flops))
+    compute, waves = min((w * (f / per_sm + overhead), w) for w, f in zip(shape.waves, shape.tile_flops))
     memory = shape.bytes / shape.hbm_Bps
-    groups = shape.groups * values[group_us] * US if group_us else 0.0
+    groups = min(shape.groups, waves) * values[group_us] * US if group_us else 0.0
     return shape.kernels * (values[fixed] * US + max(compute, memory) + groups)
 
 
