@@ -160,3 +160,19 @@ def test_fp4_formats_run_at_the_fp4_peak_on_blackwell_ultra():
     for name in ("nvfp4", "mxfp4"):
         assert tensor_peak_flops(gpu, prof, name) == pytest.approx(15000e12 * prof.matmul_peak_efficiency.fp4.value)
     assert tensor_peak_flops(gpu, prof, "fp8_block") == tensor_peak_flops(gpu, prof, "fp8_block128")
+
+
+def test_a_weight_only_format_is_refused_for_computed_tensors():
+    """int4_wo stores weights only: as a KV cache (a flag) or activation format (a scenario field)
+    it is one error line naming the field, exit 2."""
+    from click.testing import CliRunner
+
+    from moesim.cli import main
+    from moesim.cluster.scenario import load_scenario
+    from moesim.core.errors import MoesimError
+    result = CliRunner().invoke(main, ["simulate", "--kv-dtype", "int4_wo"])
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and "weight-only" in lines[0] and "dtypes.kv_cache" in lines[0]
+    with pytest.raises(MoesimError) as err:
+        load_scenario(None, {"dtypes.activations": "int4_wo"})
+    assert err.value.field == "dtypes.activations" and "weight-only" in err.value.one_line()

@@ -243,6 +243,11 @@ def resolve_scenario(raw: ScenarioInput, *, source_file: Optional[str] = None) -
                 precision.canonical(value, field=f"dtypes.{name}")
             except MoesimError as exc:
                 raise exc.located(file=source_file) from None
+    for name in ("kv_cache", "activations"):  # a weight-only format stores weights, never a tensor that is computed
+        if precision.get(getattr(raw.dtypes, name), field=f"dtypes.{name}").weight_only:
+            raise MoesimError(f"{getattr(raw.dtypes, name)} is a weight-only format: it stores weights, not a "
+                              f"{name.replace('_', ' ')}", file=source_file, field=f"dtypes.{name}",
+                              fix="use bf16 or fp8 (or nvfp4 for the KV cache on Blackwell)")
     kv_family = precision.get(raw.dtypes.kv_cache, field="dtypes.kv_cache").family
     if kv_family is not None and system.gpu.peak_flops(kv_family) is None:
         usable = [n for n in ("bf16", "fp8", "nvfp4")
