@@ -40,7 +40,6 @@ after its path latency, then at its fair share until its last byte). A run of N 
 """
 from __future__ import annotations
 
-import heapq
 import itertools
 import math
 from collections import deque
@@ -56,10 +55,10 @@ from moesim.core.errors import MoesimError
 from moesim.costs.collectives import Fabric, build_fabric
 from moesim.costs.memory import kv_bytes_per_sequence
 from moesim.costs.network import COMPLETION_RTOL, solve_rates
-from moesim.serve.load import Load, closed_loop_starts, open_loop_arrivals, request_lengths
+from moesim.serve.load import Load, request_lengths
 from moesim.serve.metrics import run_metrics, summary_ms
-from moesim.serve.scheduler import (ARRIVAL, FLOW, STEP_END, WAKE, Instance, Policy, check_finished_once,
-                                    mark_prefill_start)
+from moesim.serve.scheduler import (ARRIVAL, FLOW, STEP_END, WAKE, Clients, EventQueue, Instance, Policy,
+                                    check_finished_once, mark_prefill_start)
 from moesim.serve.step_function import StepFunction
 from moesim.serve.trace import StepTrace, chrome_trace
 
@@ -242,17 +241,9 @@ def run_disagg(sc: Scenario, load: Load, policy: Policy, fn: StepFunction, disag
     wake_pending = [False] * n
     decode_queue = [deque() for _ in range(D * ranks_n)]
     steps_trace = StepTrace([f"prefill {i}" for i in range(P)] + [f"decode {i}" for i in range(D)]) if trace else None
-    heap: list = []
-    order = itertools.count()
-    issued = 0
-
-    def push(t: float, kind: int, payload) -> None:
-        heapq.heappush(heap, (t, kind, next(order), payload))
-
-    def send(t: float) -> None:
-        nonlocal issued
-        push(t, ARRIVAL, issued)
-        issued += 1
+    events = EventQueue()
+    clients = Clients(events, load, total)
+    push = events.push
 
     def wake(e: int, t: float) -> None:
         if plans[e] is None and not wake_pending[e]:
@@ -287,8 +278,7 @@ def run_disagg(sc: Scenario, load: Load, policy: Policy, fn: StepFunction, disag
     def client_finish(req: int, t: float) -> None:
         finish[req] = t
         finishes[req] += 1
-        if load.mode == "closed" and issued < total:
-            send(t)
+        clients.finished(t)
 
     def prefill_done(req: int, t: float) -> None:
         times["prefill_end"][req] = t
@@ -324,19 +314,12 @@ def run_disagg(sc: Scenario, load: Load, policy: Policy, fn: StepFunction, disag
                 start_transfers((e - P) * ranks_n + r, t)
         return on_finish
 
-    if load.mode == "closed":
-        # one request's time at the decode batch each decode rank runs once every client has sent
-        per_rank = -(-min(load.concurrency, total) // (D * ranks_n))
-        for t0 in closed_loop_starts(load, fn.request_s(load.isl, load.osl, per_rank)).tolist():
-            send(t0)
-    else:
-        for t in open_loop_arrivals(load).tolist():
-            send(t)
+    clients.start(fn, D * ranks_n)  # requests decode on the decode pool's ranks only
 
     def prefill_token(req: int, t: float) -> None:
         """A prefill instance's token reaches the client later, through the decode worker."""
-    while heap:
-        t, kind, _, payload = heapq.heappop(heap)
+    while events:
+        t, kind, payload = events.pop()
         if kind == ARRIVAL:
             req = payload
             arrival[req] = t

@@ -27,8 +27,6 @@ they are sent (SGLang's default DP load balancing, `load_balance_method = round_
 """
 from __future__ import annotations
 
-import heapq
-import itertools
 import math
 from typing import Optional
 
@@ -38,10 +36,10 @@ from moesim.cluster.scenario import Scenario, Serving
 from moesim.core.digest import code_and_data_digest
 from moesim.core.errors import MoesimError
 from moesim.serve.disagg import Disagg, disagg_assumptions, run_disagg
-from moesim.serve.load import Load, closed_loop_starts, open_loop_arrivals, request_lengths
+from moesim.serve.load import Load, request_lengths
 from moesim.serve.metrics import run_metrics
-from moesim.serve.scheduler import (ARRIVAL, STEP_END, WAKE, Instance, Policy, check_finished_once, kv_capacity_tokens,
-                                    mark_prefill_start)
+from moesim.serve.scheduler import (ARRIVAL, STEP_END, WAKE, Clients, EventQueue, Instance, Policy, check_finished_once,
+                                    kv_capacity_tokens, mark_prefill_start)
 from moesim.serve.step_function import StepFunction, build_step_function
 from moesim.serve.trace import StepTrace, chrome_trace
 
@@ -138,18 +136,10 @@ def _run_agg(sc: Scenario, load: Load, policy: Policy, fn: StepFunction, *, inst
     plan_start = [0.0] * instances_n
     wake_pending = [False] * instances_n
     steps_trace = StepTrace([f"instance {e}" for e in range(instances_n)]) if trace else None
-    heap: list = []
-    order = itertools.count()
-    issued = 0
+    events = EventQueue()
+    clients = Clients(events, load, total)
+    push = events.push
     steps = 0
-
-    def push(t: float, kind: int, payload: int) -> None:
-        heapq.heappush(heap, (t, kind, next(order), payload))
-
-    def send(t: float) -> None:
-        nonlocal issued
-        push(t, ARRIVAL, issued)
-        issued += 1
 
     def on_token(req: int, t: float) -> None:
         if math.isnan(first_token[req]):
@@ -161,21 +151,13 @@ def _run_agg(sc: Scenario, load: Load, policy: Policy, fn: StepFunction, *, inst
     def on_finish(req: int, t: float) -> None:
         finish[req] = t
         finishes[req] += 1
-        if load.mode == "closed" and issued < total:
-            send(t)
+        clients.finished(t)
 
-    if load.mode == "closed":
-        # one request's time at the batch each rank runs once every client has sent
-        per_rank = -(-min(load.concurrency, total) // (instances_n * ranks_n))
-        for t0 in closed_loop_starts(load, fn.request_s(load.isl, load.osl, per_rank)).tolist():
-            send(t0)
-    else:
-        for t in open_loop_arrivals(load).tolist():
-            send(t)
+    clients.start(fn, instances_n * ranks_n)  # requests decode on every rank of every instance
 
     total_ranks = instances_n * ranks_n
-    while heap:
-        t, kind, _, payload = heapq.heappop(heap)
+    while events:
+        t, kind, payload = events.pop()
         if kind == ARRIVAL:
             req = payload
             arrival[req] = t

@@ -26,6 +26,8 @@ simpy stays owned by `sim.engine` alone (the import-linter owner contract).
 from __future__ import annotations
 
 import bisect
+import heapq
+import itertools
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
@@ -36,6 +38,7 @@ from moesim.cluster.scenario import Batching, Scenario, Serving
 from moesim.core.errors import MoesimError
 from moesim.costs.feasibility import shortfall_text
 from moesim.costs.memory import memory_ledger
+from moesim.serve.load import Load, closed_loop_starts, open_loop_arrivals
 from moesim.serve.step_function import StepFunction
 
 
@@ -111,6 +114,56 @@ def kv_capacity_tokens(sc: Scenario, *, isl: int, osl: int, max_batch: int, pref
 # step), then arrivals, then idle instances form their next step, so a step sees everything that
 # happened by its start.
 STEP_END, FLOW, ARRIVAL, WAKE = 0, 1, 2, 3
+
+
+class EventQueue:
+    """A run's events in time order; ties by kind (STEP_END, FLOW, ARRIVAL, WAKE), then in the order
+    they were pushed, so the same inputs give the same run (both event loops use it)."""
+
+    def __init__(self) -> None:
+        self._heap: list = []
+        self._order = itertools.count()
+
+    def push(self, t: float, kind: int, payload) -> None:
+        heapq.heappush(self._heap, (t, kind, next(self._order), payload))
+
+    def pop(self) -> tuple:
+        t, kind, _, payload = heapq.heappop(self._heap)
+        return t, kind, payload
+
+    def __bool__(self) -> bool:
+        return bool(self._heap)
+
+
+class Clients:
+    """The load's clients, as ARRIVAL events numbered in send order: a closed loop's C clients start
+    at `closed_loop_starts` and send their next request when one finishes; an open loop or trace
+    sends at its arrival times."""
+
+    def __init__(self, events: EventQueue, load: Load, total: int) -> None:
+        self.events, self.load, self.total = events, load, total
+        self.issued = 0
+
+    def send(self, t: float) -> None:
+        self.events.push(t, ARRIVAL, self.issued)
+        self.issued += 1
+
+    def start(self, fn: StepFunction, decode_ranks: int) -> None:
+        """Every first send; `decode_ranks` share the closed loop's requests when they decode, which
+        sets the batch of the one-request time the clients' starts are spread over."""
+        load = self.load
+        if load.mode == "closed":
+            per_rank = -(-min(load.concurrency, self.total) // decode_ranks)
+            for t0 in closed_loop_starts(load, fn.request_s(load.isl, load.osl, per_rank)).tolist():
+                self.send(t0)
+        else:
+            for t in open_loop_arrivals(load).tolist():
+                self.send(t)
+
+    def finished(self, t: float) -> None:
+        """A request finished: in a closed loop its client sends the next one, while any remain."""
+        if self.load.mode == "closed" and self.issued < self.total:
+            self.send(t)
 
 
 def mark_prefill_start(plan: "StepPlan", prefill_start, now: float) -> None:
