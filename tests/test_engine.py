@@ -1,6 +1,7 @@
 """SimPy engine: critical paths, synchronised collectives, overlap, traces."""
 import json
 
+import numpy as np
 import pytest
 
 from moesim.sim.engine import Op, chrome_trace, run_step
@@ -91,3 +92,29 @@ def test_splitting_compute_ops_does_not_change_the_schedule():
     for micro in (1, 2):
         assert run_step(fine, 2, microbatches=micro).makespan_s == pytest.approx(
             run_step(coarse, 2, microbatches=micro).makespan_s)
+
+
+def test_one_microbatch_without_trace_is_the_simpy_float():
+    """The SimPy-free path (`record=False`, one micro-batch) gives the very float SimPy gives,
+    on random op lists and on a real serving step."""
+    rng = np.random.default_rng(7)
+    for _ in range(30):
+        gpus = int(rng.integers(1, 9))
+        layers = []
+        for _ in range(int(rng.integers(1, 6))):
+            ops = []
+            for k in range(int(rng.integers(1, 7))):
+                if rng.random() < 0.6:
+                    ops.append(Op(f"c{k}", "gemm", "compute", tuple(rng.random(gpus) * 1e-3)))
+                else:
+                    ops.append(Op(f"a{k}", "a2a", "comm", (float(rng.random() * 1e-3),)))
+            layers.append(ops)
+        assert run_step(layers, gpus, record=False).makespan_s == run_step(layers, gpus).makespan_s
+
+    from moesim.cluster.scenario import load_scenario
+    from moesim.sim.layer_ops import serving_layers
+    sc = load_scenario(None, {"model": "qwen3-30b-a3b", "system": "dgx-h100", "gpus": 8, "parallel.ep": 8,
+                              "workload": {"kind": "serving", "phase": "decode", "batch": 16, "input_len": 900,
+                                           "output_len": 1}})
+    layers, group, _ = serving_layers(sc, microbatches=1, skew="uniform", placement=None)
+    assert run_step(layers, group, record=False).makespan_s == run_step(layers, group).makespan_s

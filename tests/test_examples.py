@@ -54,6 +54,13 @@ NOT_RUN = {
     "mkdir -p results && moesim bench micro gemm -o results/gemm.json":
         "needs a CUDA GPU (--backend cuda is the default); the CPU path of the same harness runs in "
         "`moesim bench micro collective --backend cpu --quick`",
+    "moesim validate --cases validation/serving_load.yaml --workers 2 --cv config":
+        "serves 1,823 measured benchmarks and refits once per deployment left out (minutes on 2 cores); the "
+        "serving_load kind, its workers and --cv config are tested on small case files in "
+        "tests/test_validation_serving_load.py",
+    "moesim calibrate --cases validation/cases.yaml --cases validation/serving_load.yaml --workers 2 -o kernels.yaml":
+        "a two-pass fit over 1,823 served benchmarks (about 20 minutes on 2 cores); the fit of serving "
+        "parameters is tested on small case files in tests/test_validation_serving_load.py",
     "moesim plan SPACE.yaml --dask tcp://127.0.0.1:8786 --cache .moesim-cache -o plan.json":
         "needs a Dask scheduler listening at that address (the planner's Dask path is tested against a "
         "LocalCluster in tests/test_planner.py)",

@@ -179,3 +179,29 @@ def test_bench_serve_json_contract_and_table(monkeypatch):
     assert 0 < s["grid_points_simulated"] <= s["grid_points_total"] and s["requests"] == 40
     table = CliRunner().invoke(main, ["bench", "serve"])
     assert table.exit_code == 0 and "step-function build" in table.stdout and bench.PLAN_SKIPPED in table.stdout
+
+
+def test_many_ranks_at_once_is_the_scalar_path(sc):
+    """`step_many` (one numpy call for every rank of an instance) gives the floats `step` gives
+    rank by rank, simulates only the grid points `step` would, and refuses what it refuses."""
+    rng = np.random.default_rng(11)
+    lazy_many = build_step_function(sc, isl=300, osl=60, max_batch=64, max_prefill_tokens=4096)
+    lazy_one = build_step_function(sc, isl=300, osl=60, max_batch=64, max_prefill_tokens=4096)
+    lazy_one.times = step_function.StepTimes(sc, lazy_many.times.key, None)   # its own points
+    for _ in range(20):
+        n = int(rng.integers(1, 40))
+        batch = rng.integers(0, 65, n)
+        batch[rng.random(n) < 0.2] = 0
+        on_grid = rng.random(n) < 0.3
+        batch[on_grid] = rng.choice(lazy_many.batches, int(on_grid.sum()))
+        context = np.where(batch > 0, rng.uniform(MIN_CONTEXT, 360, n), 0.0)
+        context[rng.random(n) < 0.2] = 301.0
+        tokens = rng.integers(0, 4097 - 64, n) * (rng.random(n) < 0.4)
+        tokens[(batch == 0) & (tokens == 0)] = 128
+        many = lazy_many.step_many(batch, context, tokens)
+        one = [lazy_one.step(int(b), float(c), int(t)) for b, c, t in zip(batch, context, tokens)]
+        assert many.tolist() == one
+    assert np.array_equal(np.isnan(lazy_many.decode_s), np.isnan(lazy_one.decode_s))
+    assert np.array_equal(np.isnan(lazy_many.prefill_s), np.isnan(lazy_one.prefill_s))
+    with pytest.raises(ValueError, match="outside"):
+        lazy_many.step_many(np.array([1]), np.array([1e6]), np.array([0]))

@@ -14,14 +14,15 @@ Measured in one process, in this order:
    (after step 1, so with imports warm: a floor of what the eager build cost), and reading the
    run's points back from a disk cache (`build_step_function(cache_dir=...)`, a temporary folder).
 
+4. the same load disaggregated on a GB200 NVL72 rack (`DISAGG`: 2 prefill instances of EP 8 and
+   one decode instance of EP 32, 48 GPUs): cold and warm wall times as in 1-2 (`disagg_nvl72`).
+
 `plan_points_per_min` (`plan_benchmark`): the load-aware plan of `PLAN_SPACE`
-(workloads/spaces/example-serve-load.yaml: Qwen3-30B-A3B on DGX H100, agg and disagg, 11 served
-points) with `PLAN_WORKERS` = 2 local worker processes, cold (no step times in memory, no disk
-cache), wall time from expansion to summary: points served per minute. That space is not the
-issue's (DeepSeek-V3 FP8 over 8 x B200 and an NVL72 rack, >= 500 points, target >= 1,000 points per
-minute): the JSON names the space, the points and the target beside the figure, and
-`plan_meets_target` is true only when both the size and the rate are met. The disaggregated NVL72
-run of the issue's benchmark is not measured here yet.
+(workloads/spaces/deepseek-v3-b200-nvl72-serve.yaml: DeepSeek-V3 FP8 over HGX B200 and an NVL72
+rack, 540 served points: splits, agg and disagg worker ratios, batch limits, at one load with SLOs)
+with `PLAN_WORKERS` = 2 local worker processes, cold (no step times in memory, no disk cache), wall
+time from expansion to summary: points served per minute. `plan_meets_target` is true only when
+both the size (>= 500 points) and the rate (>= 1,000 points per minute) are met.
 """
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ SCENARIO = {"model": "deepseek-v3", "system": "hgx-b200", "gpus": 8, "parallel.e
             "dtypes.weights": "fp8", "dtypes.kv_cache": "fp8"}
 LOAD = {"isl": 1000, "osl": 1000, "concurrency": 256, "requests": 2000}
 TARGETS = {"step_function_build_s": 10.0, "request_sim_wall_s": 2.0}   # issue 16's benchmark targets
-PLAN_SPACE: Path | None = data_root() / "workloads" / "spaces" / "example-serve-load.yaml"
+PLAN_SPACE: Path | None = data_root() / "workloads" / "spaces" / "deepseek-v3-b200-nvl72-serve.yaml"
+DISAGG = {"system": "gb200-nvl72", "prefill_workers": 2, "decode_workers": 1, "decode_parallel": {"tp": 1, "ep": 32}}
 PLAN_WORKERS = 2
 PLAN_TARGET = {"points_per_min": 1000.0, "points": 500}   # issue 16: >= 1,000 points/min over >= 500 points
 PLAN_SKIPPED = "plan benchmark not run (no PLAN_SPACE)"
@@ -126,8 +128,35 @@ def serve_benchmark(warm_repeats: int = 2, scenario: dict | None = None, load: d
            "targets": dict(TARGETS),
            "meets_targets": {k: (build_s if k == "step_function_build_s" else request_wall) <= v
                              for k, v in TARGETS.items()},
-           "disagg_nvl72": None, "disagg_nvl72_reason": "not measured by this benchmark yet"}
+           "disagg_nvl72": disagg_benchmark(load, scenario) if scenario is None else None}
     return {"serve": out}
 
 
-__all__ = ["serve_benchmark", "plan_benchmark", "SCENARIO", "LOAD", "TARGETS", "PLAN_SPACE", "PLAN_TARGET"]
+def disagg_benchmark(load, scenario: dict | None = None) -> dict:
+    """Step 4 of the module docstring: the benchmark's load disaggregated on an NVL72 rack."""
+    from moesim.serve import step_function
+    from moesim.serve.disagg import make_disagg
+    from moesim.serve.run import serve
+
+    sc = load_scenario(None, dict(scenario or SCENARIO, system=DISAGG["system"]))
+    disagg = make_disagg("disagg", DISAGG["prefill_workers"], DISAGG["decode_workers"],
+                         decode_parallel=DISAGG["decode_parallel"])
+    step_function._CACHE.clear()
+    start = time.perf_counter()
+    result = serve(sc, load, disagg=disagg)
+    cold = time.perf_counter() - start
+    start = time.perf_counter()
+    serve(sc, load, disagg=disagg)
+    warm = time.perf_counter() - start
+    step_function._CACHE.clear()
+    m = result["metrics"]
+    return {"step_function_build_s": max(cold - warm, 0.0), "request_sim_wall_s": warm,
+            "requests_per_wall_s": load.total / warm, "gpus": result["gpus"], "system": sc.system.id,
+            "prefill": {"workers": DISAGG["prefill_workers"], "ep": sc.plan.ep, "tp": sc.plan.tp},
+            "decode": dict(DISAGG["decode_parallel"], workers=DISAGG["decode_workers"]),
+            "ttft_p90_ms": m["ttft_ms"]["p90"], "tpot_p90_ms": m["tpot_ms"]["p90"],
+            "meets_targets": {"step_function_build_s": cold - warm <= TARGETS["step_function_build_s"],
+                              "request_sim_wall_s": warm <= TARGETS["request_sim_wall_s"]}}
+
+
+__all__ = ["serve_benchmark", "plan_benchmark", "disagg_benchmark", "DISAGG", "SCENARIO", "LOAD", "TARGETS", "PLAN_SPACE", "PLAN_TARGET"]

@@ -15,25 +15,31 @@ from moesim.cli.app import FIGURE_SUFFIXES, YAML_SUFFIXES, OutputFile, echo_json
 @click.option("--profile", "profiles", multiple=True,
               help="Microbenchmark profile applied to the cases on the GPU it was fitted on (repeat: one per GPU); "
                    "'spec' runs the kernel models from their sourced defaults, a kernel profile YAML from that fit.")
-@click.option("--cv", type=click.Choice(["source"]),
-              help="Cross-validate: refit the kernel parameters with each source left out and predict its cases.")
+@click.option("--cv", type=click.Choice(["source", "config"]),
+              help="Cross-validate: refit the parameters with each source (source) or each serving deployment "
+                   "configuration (config: all loads of one serving_load deployment) left out and predict its cases.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Processes that simulate the serving_load benchmarks (one deployment per task); the answers do "
+                   "not depend on it.")
 @click.option("--report", "report_file", type=OutputFile(*FIGURE_SUFFIXES),
               help="Write a parity plot (predicted vs measured, one marker per what) as PNG/PDF/SVG.")
 @click.option("--write-residuals", "residuals_file", type=OutputFile(*YAML_SUFFIXES),
               help="Write the residual summary per `what` (what simulate's error bars rest on) as YAML.")
 @click.option("--json", "as_json", is_flag=True, help="Print cases, MAPE per what, and skipped cases as JSON.")
-def validate(cases_file: str, profiles: tuple[str, ...], cv: Optional[str], report_file: Optional[str],
+def validate(cases_file: str, profiles: tuple[str, ...], cv: Optional[str], workers: int, report_file: Optional[str],
              residuals_file: Optional[str], as_json: bool) -> None:
     """Predict published measurements and report signed errors, MAPE and bias per `what`.
 
     The kernel models use the shipped fitted kernel profile (topologies/calibration/kernels.yaml);
-    `--cv source` prints the leave-one-source-out MAPE beside the in-sample one.
+    `--cv source` prints the leave-one-source-out MAPE beside the in-sample one; `--cv config` leaves
+    out one serving deployment configuration at a time (serving_load cases).
 
     \b
     Examples:
       moesim validate --cases validation/cases.yaml --json
       moesim validate --cases validation/cases.yaml --cv source
       moesim validate --cases validation/cases.yaml --profile spec
+      moesim validate --cases validation/serving_load.yaml --workers 2 --cv config
     """
     from moesim.calibration.kernel_params import split_profiles
     from moesim.present.tables import validation_table
@@ -42,7 +48,7 @@ def validate(cases_file: str, profiles: tuple[str, ...], cv: Optional[str], repo
 
     kernel_profile, microbench = split_profiles(profiles)
     profile = ", ".join(microbench) or None
-    result = run(load_cases(cases_file), profile=microbench, kernel_profile=kernel_profile, cv=cv)
+    result = run(load_cases(cases_file), profile=microbench, kernel_profile=kernel_profile, cv=cv, workers=workers)
     if report_file:
         from moesim.present.plots import parity_plot
         parity_plot(result, report_file)
@@ -62,8 +68,10 @@ def validate(cases_file: str, profiles: tuple[str, ...], cv: Optional[str], repo
 @click.option("-o", "--output", required=True, type=OutputFile(*YAML_SUFFIXES), help="Profile YAML to write.")
 @click.option("--gpu", "gpu_id", help="GPU id (default: inferred from the results' device name).")
 @click.option("--system", "system_id", help="System id (default: the one system built from that GPU).")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="--cases: processes that simulate the serving_load benchmarks; the fit does not depend on it.")
 def calibrate(results: tuple[str, ...], cases_files: tuple[str, ...], output: str, gpu_id: Optional[str],
-              system_id: Optional[str]) -> None:
+              system_id: Optional[str], workers: int) -> None:
     """Fit a hardware profile from microbenchmark results (GEMM efficiency, HBM, link alpha-beta),
     or, with --cases, the kernel-model parameters from published measurements.
 
@@ -72,6 +80,7 @@ def calibrate(results: tuple[str, ...], cases_files: tuple[str, ...], output: st
       moesim calibrate results/gemm.json results/memcpy.json results/collective.json -o profile.yaml
       moesim simulate --profile profile.yaml
       moesim calibrate --cases validation/cases.yaml -o kernels.yaml
+      moesim calibrate --cases validation/cases.yaml --cases validation/serving_load.yaml --workers 2 -o kernels.yaml
     """
     from moesim.core.errors import MoesimError
     if cases_files and results:
@@ -80,7 +89,7 @@ def calibrate(results: tuple[str, ...], cases_files: tuple[str, ...], output: st
     if cases_files:
         from moesim.validation.calibrate_cases import calibrate_from_cases
         command = " ".join(["moesim calibrate", *sys.argv[2:]])
-        summary = calibrate_from_cases(list(cases_files), output, command=command)
+        summary = calibrate_from_cases(list(cases_files), output, command=command, workers=workers)
         click.echo(summary)
         return
     if not results:

@@ -13,9 +13,10 @@ from moesim.cli.app import REPORT_SUFFIXES, OutputFile, main
 def report(inputs: tuple[str, ...], output: str) -> None:
     """Write an HTML or PDF report of simulate, plan and validate outputs (JSON).
 
-    Each INPUT is recognised by its contents: `moesim simulate --json`, `moesim plan -o FILE`
-    or `--json`, `moesim validate --json`. The report states each input's model, system, split,
-    seed and code version, the assumptions behind its numbers, its tables and figures.
+    Each INPUT is recognised by its contents: `moesim simulate --json`, `moesim serve --json`,
+    `moesim plan -o FILE` or `--json`, `moesim validate --json`. The report states each input's
+    model, system, split, seed and code version, the assumptions behind its numbers, its tables and
+    figures. (A serve report with the per-request latency distributions: `moesim serve --report F`.)
 
     \b
     Examples:

@@ -112,6 +112,17 @@ class Batching(Record):
     step_policy: Sourced[Literal["prefill_first", "mixed"]]
     cuda_graph_batch_sizes: Sourced[GraphSizes]
     step_cpu_overhead_s: Sourced[Annotated[float, Field(ge=0)]]
+    # Recorded where a framework's scheduler departs from what `moesim serve` runs (the notes say
+    # how); null or absent: not recorded. `moesim serve` does not read them yet.
+    versions: Optional[Sourced[str]] = Field(None, description="releases these defaults were checked for")
+    chunked_prefill: Optional[Sourced[bool]] = Field(None, description="a prompt may be split over steps")
+    kv_admission: Optional[Sourced[Literal["whole_request", "incremental"]]] = Field(
+        None, description="whole_request: a request's prompt + output KV reserved at admission, never preempted")
+    kv_block_tokens: Optional[Sourced[PositiveInt]] = Field(None, description="KV cache block (page) size")
+    cuda_graph_padding: Optional[Sourced[bool]] = Field(
+        None, description="false: a decode batch between captured sizes runs eagerly at its own size")
+    overlap_scheduler: Optional[Sourced[bool]] = Field(
+        None, description="the next step is scheduled while the current one runs, on one-step-old state")
 
 
 class Framework(Record):

@@ -10,8 +10,9 @@ import copy
 import difflib
 import os
 import sys
+from functools import lru_cache
 from pathlib import Path
-from typing import Any, TypeVar, get_args
+from typing import Any, Optional, TypeVar, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -31,9 +32,14 @@ def data_root() -> Path:
     """The folder that holds `topologies/` and `workloads/`.
 
     Order: $MOESIM_DATA; the source checkout (editable install); `<prefix>/share/moesim`
-    (wheel install, see pyproject data-files).
+    (wheel install, see pyproject data-files). Found once per value of $MOESIM_DATA: a step
+    simulation asks for it hundreds of times, and each search stats the file system.
     """
-    env = os.environ.get("MOESIM_DATA")
+    return _data_root(os.environ.get("MOESIM_DATA"))
+
+
+@lru_cache(maxsize=8)
+def _data_root(env: Optional[str]) -> Path:
     candidates = [Path(env)] if env else []
     candidates += [Path(__file__).resolve().parents[2], Path(sys.prefix) / "share" / "moesim"]
     for root in candidates:

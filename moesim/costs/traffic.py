@@ -70,7 +70,10 @@ def ep_traffic(choices: np.ndarray, token_gpu: np.ndarray, placement: Placement,
     args = (np.ascontiguousarray(choices, dtype=np.int32), np.ascontiguousarray(token_gpu, dtype=np.int32),
             placement.expert_slot_ptr, placement.expert_slots, placement.slot_gpu)
     counts = kernels.dispatch_counts(*args, g)
-    rdma, forward = kernels.internode_counts(*args, g, per_node)
+    if g <= per_node:   # one node: no token leaves it, nothing to count (saves a pass over every pair)
+        rdma = forward = np.zeros((g, g), dtype=np.int64)
+    else:
+        rdma, forward = kernels.internode_counts(*args, g, per_node)
     per_token = dispatch_bytes_per_token(hidden, dispatch_dtype)
     return Traffic(dispatch_bytes=counts * per_token, combine_bytes=counts.T * combine_bytes_per_token(hidden),
                    rdma_bytes=rdma * per_token, nvlink_forward_bytes=forward * per_token, gpus_per_node=per_node)

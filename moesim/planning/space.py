@@ -109,6 +109,9 @@ class Space(Record):
     mode: list[Literal["agg", "disagg"]] = ["agg"]
     prefill_workers: list[PositiveInt] = [1]
     decode_workers: list[PositiveInt] = [1]
+    max_running_requests_per_rank: list[PositiveInt] = Field(
+        default_factory=list, description="batch limits per attention-DP rank to search (with load; "
+                                          "default: the framework's)")
     objective: Literal["max_tokens_per_s_per_gpu", "min_cost_per_million_tokens", "min_gpus"] = \
         "max_tokens_per_s_per_gpu"
     costs: Optional[str] = Field(None, description="price file; default workloads/costs.yaml")
@@ -151,6 +154,9 @@ def check_load(space: Space, *, file: Optional[str] = None) -> None:
                           "add load: {concurrency: C, isl: N, osl: M} or use tpot_ms_max / ttft_ms_max")
         if space.mode != ["agg"]:
             raise bad("serving modes need a load", "mode", "add load: {concurrency: C, isl: N, osl: M}")
+        if space.max_running_requests_per_rank:
+            raise bad("batch limits are searched only under a load", "max_running_requests_per_rank",
+                      "add load: {concurrency: C, isl: N, osl: M}, or search batch instead")
         return
     try:
         space.load.make()
@@ -328,6 +334,7 @@ def _expand_served(space: Space) -> list[dict]:
     if "disagg" in space.mode:
         modes += [("disagg", p, d) for p in space.prefill_workers for d in space.decode_workers]
     load_json = space.load.model_dump()
+    limits = list(space.max_running_requests_per_rank) or [None]   # None: the framework's own limit
     points: list[dict] = []
     seen_instances: set = set()   # a disagg deployment is P + D copies of one EP group, whatever the GPU count
     for model in space.models:
@@ -347,13 +354,14 @@ def _expand_served(space: Space) -> list[dict]:
                         instance = (model, system, redundant, split.get("tp", 1), split.get("ep", 1),
                                     split.get("etp", 1), split.get("pp", 1))
                         for mode, prefill, decode in modes:
-                            if mode == "disagg" and (instance, prefill, decode) in seen_instances:
-                                continue   # the same pools of the same EP group as a point before
-                            seen_instances.add((instance, prefill, decode))
-                            points.append({"id": len(points), "overrides": overrides, "group": group,
-                                           "simulate": {"overlap": "none", "skew": "uniform"},
-                                           "serve": {"load": load_json, "mode": mode, "prefill_workers": prefill,
-                                                     "decode_workers": decode}})
+                            for limit in limits:
+                                if mode == "disagg" and (instance, prefill, decode, limit) in seen_instances:
+                                    continue   # the same pools of the same EP group as a point before
+                                seen_instances.add((instance, prefill, decode, limit))
+                                points.append({"id": len(points), "overrides": overrides, "group": group,
+                                               "simulate": {"overlap": "none", "skew": "uniform"},
+                                               "serve": {"load": load_json, "mode": mode, "prefill_workers": prefill,
+                                                         "decode_workers": decode, "max_running": limit}})
     if not points:
         raise MoesimError("the search space is empty: no valid split for any model and GPU count",
                           field="parallel" if space.parallel == "all" else "systems",
@@ -367,16 +375,18 @@ def label(point: dict) -> str:
     dp = o.get("parallel.dp", o["gpus"] // (o.get("parallel.tp", 1) * o.get("parallel.pp", 1)))
     system = point.get("system_name", o["system"])
     served = point.get("serve")
+    limit = f" mr{served['max_running']}" if served is not None and served.get("max_running") else ""
     if served is not None and served["mode"] == "disagg":   # P + D engine instances of one EP group
         group = o.get("parallel.ep", 1) * o.get("parallel.etp", 1)
         pools = served["prefill_workers"] + served["decode_workers"]
         return (f"{o['model']} {pools * group} GPUs of {system} tp{o.get('parallel.tp', 1)} "
                 f"dp{group // o.get('parallel.tp', 1)} ep{o.get('parallel.ep', 1)} pp{o.get('parallel.pp', 1)} "
-                f"r{o.get('experts.redundant', 0)} disagg {served['prefill_workers']}P:{served['decode_workers']}D")
+                f"r{o.get('experts.redundant', 0)} disagg {served['prefill_workers']}P:{served['decode_workers']}D"
+                + limit)
     text = (f"{o['model']} {o['gpus']} GPUs of {system} tp{o.get('parallel.tp', 1)} dp{dp} ep{o.get('parallel.ep', 1)}"
             f" pp{o.get('parallel.pp', 1)} r{o.get('experts.redundant', 0)}")
     if served is not None:
-        return text + " agg"
+        return text + " agg" + limit
     text += f" b{w['batch']}"
     if s["overlap"] != "none":
         text += f" {s['overlap']}"

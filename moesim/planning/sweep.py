@@ -123,6 +123,17 @@ def _serve_args(served: dict):
     return load, make_disagg(served["mode"], served["prefill_workers"], served["decode_workers"])
 
 
+def serve_policy(sc, served: dict):
+    """The batching policy a served point runs: the framework's, with the point's batch limit per
+    attention-DP rank when the space searches one (`max_running_requests_per_rank`)."""
+    import dataclasses
+
+    from moesim.serve.scheduler import Policy
+    policy = Policy.of(sc)
+    limit = served.get("max_running")
+    return dataclasses.replace(policy, max_running=int(limit)) if limit else policy
+
+
 def serve_problem(sc, served: dict) -> Optional[str]:
     """Why a serve run of this deployment cannot start (the checks `serve.run.serve` makes before
     its event loop: engine-instance shape, batching policy, a request that fits the KV cache), or
@@ -131,11 +142,11 @@ def serve_problem(sc, served: dict) -> Optional[str]:
 
     from moesim.serve.load import request_lengths
     from moesim.serve.run import _reachable_batch, deployment_shape
-    from moesim.serve.scheduler import Policy, kv_capacity_tokens
+    from moesim.serve.scheduler import kv_capacity_tokens
     try:
         load, disagg = _serve_args(served)
         deployment_shape(sc)
-        policy = Policy.of(sc)
+        policy = serve_policy(sc, served)
         isl_of, osl_of = request_lengths(load)
         longest = int(np.argmax(isl_of + osl_of))
         kv_capacity_tokens(sc, isl=load.isl, osl=load.osl, max_batch=_reachable_batch(policy, load),
@@ -156,7 +167,8 @@ def serve_point(point: dict) -> dict:
     times are shared by the points of a group run in this process (`serve.step_function._CACHE`)."""
     from moesim.serve.run import serve
     load, disagg = _serve_args(point["serve"])
-    out = serve(_scenario(point["overrides"]), load, disagg=disagg)
+    sc = _scenario(point["overrides"])
+    out = serve(sc, load, disagg=disagg, policy=serve_policy(sc, point["serve"]))
     out = {k: v for k, v in out.items() if not k.startswith("_") and k not in _SERVE_DROP}
     return json.loads(to_json(out, indent=None))
 

@@ -292,6 +292,76 @@ def front_plot(plan: dict, path: str) -> Path:
     return write_atomic_bytes(path, figure_bytes(front_figure(plan), Path(path).suffix.lstrip(".") or "png"))
 
 
+# ----------------------------------------------------------------------------- serve
+SERVE_LATENCIES = (("ttft_ms", "TTFT"), ("tpot_ms", "TPOT"), ("e2e_ms", "E2E"))
+PERCENTILE_STYLES = (("p50", ":"), ("p90", "--"), ("p99", "-."))
+
+
+def latency_cdf_figure(samples: dict, metrics: dict, *, slo: Optional[dict] = None) -> Figure:
+    """A serve run's per-request latencies as empirical CDFs, one panel each for TTFT, TPOT and
+    E2E (`samples`: ms per measured request), with the run's p50, p90 and p99 (`metrics`, the
+    percentile table's values) marked and, when given, the SLO (`slo`: ms per metric) with the
+    share of requests within it."""
+    import numpy as np
+    fig, axes = plt.subplots(1, len(SERVE_LATENCIES), figsize=(12.5, 4.2), dpi=PNG_DPI, layout="constrained")
+    for ax, (key, name) in zip(axes, SERVE_LATENCIES):
+        values = np.sort(np.asarray(samples.get(key) or [], dtype=float))
+        if values.size == 0:
+            ax.text(0.5, 0.5, f"no {name} samples", ha="center", va="center", transform=ax.transAxes)
+            ax.set_axis_off()
+            continue
+        ax.step(values, np.arange(1, values.size + 1) / values.size, where="post", color=OKABE_ITO[0], linewidth=1.5,
+                label=f"{values.size:,} requests")
+        stats = metrics.get(key) or {}
+        for (q, style), colour in zip(PERCENTILE_STYLES, (OKABE_ITO[2], OKABE_ITO[1], OKABE_ITO[4])):
+            if stats.get(q) is not None:
+                ax.axvline(stats[q], color=colour, linestyle=style, linewidth=1.2, label=f"{q} {stats[q]:,.2f} ms")
+        bound = (slo or {}).get(key)
+        if bound is not None:
+            within = float(np.mean(values <= bound))
+            ax.axvline(bound, color=OKABE_ITO[3], linewidth=1.8, label=f"SLO {bound:g} ms ({within:.0%} within)")
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel(f"{name} per request (ms)")
+        ax.set_ylabel("fraction of requests")
+        ax.set_title(f"{name}: mean {stats.get('mean', float(values.mean())):,.2f} ms", fontsize=10)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    return fig
+
+
+def serve_timeline_figure(timeline: dict) -> Figure:
+    """Batch and KV over a serve run (`timeline`, sampled at evenly spaced times): running and
+    waiting requests summed over the ranks (upper panel), KV tokens in use as a share of the
+    capacity of those ranks (lower panel). A disaggregated run's timeline is its decode pool's."""
+    import numpy as np
+    t = np.asarray(timeline["t_s"], dtype=float)
+    pool = timeline.get("pool")
+    where = f"{pool} pool" if pool else "all ranks"
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(9.0, 5.8), dpi=PNG_DPI, layout="constrained", sharex=True)
+    running = np.asarray(timeline["running_requests"], dtype=float)
+    waiting = np.asarray(timeline["waiting_requests"], dtype=float)
+    top.step(t, running, where="post", color=OKABE_ITO[0], linewidth=1.3, label="running (in the batch)")
+    if waiting.any() or not pool:
+        top.step(t, waiting, where="post", color=OKABE_ITO[1], linewidth=1.3, label="waiting (queued)")
+    top.set_ylabel(f"requests ({where})")
+    peak = int(running.max()) if running.size else 0
+    top.set_title(f"Batch over time: peak {peak:,} running requests ({where})", fontsize=10)
+    top.grid(True, alpha=0.3)
+    top.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    capacity = timeline.get("kv_capacity_tokens") or 0
+    used = np.asarray(timeline["kv_used_tokens"], dtype=float)
+    share = 100 * used / capacity if capacity else np.zeros_like(used)
+    bottom.step(t, share, where="post", color=OKABE_ITO[2], linewidth=1.3)
+    bottom.fill_between(t, share, step="post", color=OKABE_ITO[2], alpha=0.25)
+    bottom.set_ylabel("KV in use (% of capacity)")
+    bottom.set_xlabel("simulated time (s)")
+    top_share = float(share.max()) if share.size else 0.0
+    bottom.set_title(f"KV cache over time: peak {top_share:.2f} % of {capacity:,} tokens ({where})", fontsize=10)
+    bottom.set_ylim(0, max(top_share * 1.15, 1e-9) if top_share < 100 else 105)
+    bottom.grid(True, alpha=0.3)
+    return fig
+
+
 # ----------------------------------------------------------------------------- validation
 def parity_figure(result: dict, *, band: float = 0.15) -> Figure:
     """Predicted vs measured for every validated case, one marker per `what`, log-log, with the
@@ -326,6 +396,54 @@ def parity_figure(result: dict, *, band: float = 0.15) -> Figure:
     return fig
 
 
+SERVING_LOAD = "serving_load"
+SERVING_METRICS = (("ttft_ms", "TTFT (ms)"), ("tpot_ms", "TPOT (ms)"))
+
+
+def has_serving_load(result: dict) -> bool:
+    return any(c["what"] == SERVING_LOAD for c in result["cases"])
+
+
+def serving_parity_figure(result: dict, *, band: float = 0.15) -> Figure:
+    """Serving benchmarks (`serving_load` cases): predicted vs measured TTFT and TPOT side by side,
+    log-log, one colour per system, the y = x line and a +-`band` band; each panel's title gives its
+    MAPE and bias (and the left-out ones with --cv)."""
+    fig, axes = plt.subplots(1, 2, figsize=(12.5, 5.6), dpi=PNG_DPI, layout="constrained")
+    rows = [c for c in result["cases"] if c["what"] == SERVING_LOAD]
+    systems = sorted({c.get("labels", {}).get("system", "?") for c in rows})
+    markers = "os^vD<>ph*X"
+    for ax, (metric, label) in zip(axes, SERVING_METRICS):
+        mine = [c for c in rows if c["metric"] == metric]
+        values = [c["measured"] for c in mine] + [c["predicted"] for c in mine]
+        lo, hi = (min(values), max(values)) if values else (1.0, 10.0)
+        for i, system in enumerate(systems):
+            pts = [c for c in mine if c.get("labels", {}).get("system", "?") == system]
+            if pts:
+                ax.scatter([c["measured"] for c in pts], [c["predicted"] for c in pts], s=14, alpha=0.7,
+                           marker=markers[i % len(markers)], color=OKABE_ITO[i % len(OKABE_ITO)],
+                           label=f"{system} ({len(pts)})")
+        xs = [lo / 1.5, hi * 1.5]
+        ax.plot(xs, xs, color="black", linewidth=1, label="predicted = measured")
+        ax.fill_between(xs, [x * (1 - band) for x in xs], [x * (1 + band) for x in xs], color="grey", alpha=0.2,
+                        label=f"+-{100 * band:.0f}% band")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlim(*xs)
+        ax.set_xlabel(f"measured {label}")
+        ax.set_ylabel(f"predicted {label} (moesim serve)")
+        key = f"{SERVING_LOAD}.{metric}"
+        head = f"{label.split()[0]}: {len(mine)} cases"
+        if key in result.get("mape", {}):
+            head += f", MAPE {100 * result['mape'][key]:.1f}%, bias {100 * result['bias'][key]:+.1f}%"
+        if key in result.get("mape_cv", {}):
+            head += f"\nleft out ({result.get('cv')}): MAPE {100 * result['mape_cv'][key]:.1f}%, " \
+                    f"bias {100 * result['bias_cv'][key]:+.1f}%"
+        ax.set_title(head, fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left")
+    return fig
+
+
 # ----------------------------------------------------------------------------- writers
 def figure_bytes(fig: Figure, fmt: str = "png") -> bytes:
     """The figure encoded (PNG at PNG_DPI, or SVG/PDF), then closed."""
@@ -336,9 +454,11 @@ def figure_bytes(fig: Figure, fmt: str = "png") -> bytes:
 
 
 def parity_plot(result: dict, path: str, *, band: float = 0.15) -> Path:
-    """The parity figure written atomically (PNG, or PDF/SVG by suffix)."""
-    return write_atomic_bytes(path, figure_bytes(parity_figure(result, band=band),
-                                                 Path(path).suffix.lstrip(".") or "png"))
+    """The parity figure written atomically (PNG, or PDF/SVG by suffix): serving benchmarks' TTFT and
+    TPOT by system when the result has serving_load cases and nothing else, else every case by what."""
+    only_serving = has_serving_load(result) and all(c["what"] == SERVING_LOAD for c in result["cases"])
+    fig = serving_parity_figure(result, band=band) if only_serving else parity_figure(result, band=band)
+    return write_atomic_bytes(path, figure_bytes(fig, Path(path).suffix.lstrip(".") or "png"))
 
 
 def _text_page(title: str, blocks: Iterable[tuple[str, list[str]]]) -> list[Figure]:

@@ -1,7 +1,7 @@
 """`moesim report`: simulate, plan and validate outputs turned into one readable document.
 
-Each input JSON is recognised by its keys (a simulate Result, a disaggregated pair, a plan, a
-validation run) and becomes a section: the inputs that reproduce it (model, system, split, seed,
+Each input JSON is recognised by its keys (a simulate Result, a disaggregated pair, a serve
+Result, a plan, a validation run) and becomes a section: the inputs that reproduce it (model, system, split, seed,
 code version), the assumptions that drive its numbers (calibration or spec rates, routing skew,
 placement, memory budget, error-band basis), its headline table and its figures. No clock time
 is written, so the same inputs give the same bytes. The HTML is one
@@ -59,9 +59,11 @@ class Section:
 
 # ----------------------------------------------------------------------------- reading inputs
 def detect(data: Any) -> Optional[str]:
-    """Which moesim output this is: simulate, disaggregated, plan or validate (None if none)."""
+    """Which moesim output this is: simulate, disaggregated, serve, plan or validate (None if none)."""
     if not isinstance(data, dict):
         return None
+    if {"metrics", "load", "scheduler", "step_function"} <= data.keys():   # before "pools": a disagg serve has them
+        return "serve"
     if {"metrics", "breakdown", "memory", "parallel"} <= data.keys():
         return "simulate"
     if "pools" in data and isinstance(data["pools"], dict) and {"prefill", "decode"} <= data["pools"].keys():
@@ -271,6 +273,13 @@ def plan_section(data: dict, input_file: str) -> Section:
                       "with the SLO limit and the throughput-latency Pareto front.",
                       "points, pareto.throughput_vs_latency, slo and best of the plan (moesim.planning.planner).",
                       lambda: plots.pareto_figure(data))] if points else []
+    if any(p.get("tokens_per_s_per_user") is not None for p in points):   # a space under load: served points
+        figures.append(Figure("Throughput-interactivity front", "Output tokens/s per GPU against output tokens/s per "
+                              "user for every served configuration (filled: meets the SLOs), each system's Pareto "
+                              "points joined, the best ringed.",
+                              "points[].tokens_per_s_per_gpu and tokens_per_s_per_user (moesim serve under the "
+                              "space's load), fronts_by_system, slo and best of the plan (moesim.planning.planner).",
+                              lambda: plots.front_figure(data)))
     return Section(f"Plan: {data.get('space', '?')}", "plan", input_file, inputs, assumptions, tables, figures)
 
 
@@ -295,13 +304,164 @@ def validate_section(data: dict, input_file: str) -> Section:
                       "with the y = x line and a +-15 % band.",
                       "cases[].measured (published, with sources in the cases file) and cases[].predicted "
                       "(moesim.validation.run).", lambda: plots.parity_figure(data))] if cases else []
+    if plots.has_serving_load(data):
+        figures.append(Figure("Serving benchmarks: TTFT and TPOT", "Predicted against measured mean TTFT and TPOT of "
+                              "the closed-loop serving benchmarks, one colour per system, with the y = x line and a "
+                              "+-15 % band.", "cases[] of what serving_load: measured, predicted, labels.system "
+                              "(moesim.validation.serving_load).", lambda: plots.serving_parity_figure(data)))
+        tables.insert(1, Table("Serving benchmarks: MAPE and bias per metric and group",
+                               ["metric", "group", "name", "cases", "MAPE", "bias"], _serving_group_rows(data)))
     return Section("Validation against published measurements", "validate", input_file, inputs, assumptions,
                    tables, figures)
+
+
+def _serving_group_rows(data: dict) -> list[list[str]]:
+    """One row per metric and group of `groups` (validate's serving_load summary), left-out figures
+    in brackets when the run cross-validated."""
+    rows = []
+    for metric, entry in (data.get("groups") or {}).items():
+        for group, stats in [("overall", {"all": entry["overall"]})] + [(g, v) for g, v in entry.items()
+                                                                         if g != "overall"]:
+            for name, st in stats.items():
+                cv = (f" ({100 * st['mape_cv']:.1f} % left out)" if "mape_cv" in st else "")
+                cvb = (f" ({100 * st['bias_cv']:+.1f} %)" if "bias_cv" in st else "")
+                rows.append([metric, group, name, str(st["cases"]), f"{100 * st['mape']:.1f} %{cv}",
+                             f"{100 * st['bias']:+.1f} %{cvb}"])
+    return rows
+
+
+def _serve_load(load: dict) -> str:
+    """The load in words: how requests arrive, their lengths, how many."""
+    if load["mode"] == "closed":
+        how = f"closed loop, concurrency {load['concurrency']} ({load.get('closed_loop_start', 'burst')} start)"
+    elif load["mode"] == "open":
+        how = f"open loop, Poisson arrivals at {load['rate_per_s']:g} requests/s"
+    else:
+        how = f"trace {load.get('arrivals', '?')}"
+
+    def lengths(key: str, nominal: str) -> str:
+        d = load.get(key)
+        if d is None:
+            return f"{nominal.upper()} {load[nominal]:,}"
+        if d["distribution"] == "uniform":
+            return f"{nominal.upper()} uniform {d['low']:,}-{d['high']:,}"
+        return f"{nominal.upper()} lognormal mean {d['mean']:,g} sigma {d['sigma']:g}"
+    return (f"{how}; {lengths('input_lengths', 'isl')}, {lengths('output_lengths', 'osl')}; {load['requests']:,} "
+            f"measured requests after {load['warmup']:,} warm-up")
+
+
+SERVE_ROWS = (("ttft_ms", "TTFT"), ("tpot_ms", "TPOT"), ("itl_ms", "ITL"), ("e2e_ms", "E2E"))
+SLO_LABELS = {"ttft_ms": "TTFT", "tpot_ms": "TPOT", "e2e_ms": "E2E"}
+
+
+def serve_section(data: dict, input_file: str) -> Section:
+    """A `moesim serve` Result: the deployment and load, the percentile table, throughput, goodput
+    under SLOs, the latency distributions (from `latency_samples_ms`, which the serve command adds
+    from its per-request arrays; a saved `--json` result has none, and the report says so), batch
+    and KV over time, the scheduler's peaks and, disaggregated, the pools and KV transfers."""
+    m, load, sched, prov = data["metrics"], data["load"], data["scheduler"], data.get("provenance") or {}
+    pools = data.get("pools") or {}
+    if data.get("mode") == "disagg" and pools:
+        mode = "disaggregated: " + "; ".join(
+            f"{name} {q['instances']} x {q['gpus'] // q['instances']} GPUs ({_split(q['split'])})"
+            for name, q in pools.items())
+    else:
+        mode = (f"aggregated: {sched['instances']} engine instance(s) of {sched['ranks_per_instance']} "
+                "attention-DP rank(s), each prefilling and decoding")
+    policy = sched.get("policy") or {}
+    inputs = [("scenario", str(data.get("scenario", "?"))), ("model", data["model"]),
+              ("system", f"{data['system']}: {_fleet(data)}"), ("parallel split", _split(data["parallel"])),
+              ("mode", mode), ("framework", f"{data.get('framework', '?')}; batching policy "
+                                            + ", ".join(f"{k} {v}" for k, v in policy.items()
+                                                       if k != "framework" and not isinstance(v, (list, dict)))),
+              ("load", _serve_load(load)), ("seed", str(load.get("seed"))),
+              ("code version", _code(prov)), ("input file", input_file)]
+    goodput = m.get("goodput")
+    assumptions = [f"Rates: {prov.get('rates') or 'not recorded in this input'}."]
+    assumptions += [a[:1].upper() + a[1:] + "." for a in data.get("assumptions", [])]
+    assumptions += ["Latencies as vLLM/SGLang bench_serving defines them: TTFT = first token - send time; TPOT = "
+                    "(E2E - TTFT) / (OSL - 1) per request (one-token outputs have none); ITL = every gap between "
+                    "tokens, pooled; percentiles by numpy's linear interpolation; warm-up requests left out.",
+                    "Throughput over the duration from the first measured send to the last measured finish; "
+                    "tokens/s per user = 1 / mean TPOT."]
+    if goodput:
+        assumptions.append("Goodput (DistServe, OSDI 2024; counted as vLLM bench_serving --goodput does): only the "
+                           "requests whose own " + " and ".join(SLO_LABELS.get(k, k) for k in goodput["slo_ms"])
+                           + " meet the SLOs count; a one-token output passes a TPOT SLO.")
+    if (data.get("timeline") or {}).get("pool") == "decode":
+        assumptions.append("Disaggregated: batch and KV over time are the decode pool's (running = decoding).")
+
+    rows = [[name] + ([f"{m[key][q]:,.2f}" for q in ("mean", "p50", "p90", "p99")] if m.get(key) else ["-"] * 4)
+            for key, name in SERVE_ROWS]
+    tables = [Table("Latency percentiles (ms)", ["latency", "mean", "p50", "p90", "p99"], rows)]
+    per_user = m.get("output_tokens_per_s_per_user")
+    tables.append(Table("Throughput", ["metric", "value"], [
+        ["output tokens/s per GPU", f"{m['output_tokens_per_s_per_gpu']:,.1f}"],
+        ["output tokens/s per user", "-" if per_user is None else f"{per_user:,.1f}"],
+        ["output tokens/s", f"{m['output_tokens_per_s']:,.1f}"], ["requests/s", f"{m['requests_per_s']:,.3f}"],
+        ["GPUs", str(m["gpus"])], ["measured requests", f"{m['requests']:,}"],
+        ["output tokens", f"{m['output_tokens']:,}"], ["duration", f"{m['duration_s']:,.3f} s"]]))
+    if goodput:
+        slo = ", ".join(f"{SLO_LABELS.get(k, k)} <= {v:g} ms" for k, v in goodput["slo_ms"].items())
+        tables.append(Table(f"Goodput under SLOs ({slo})", ["metric", "all requests", "requests meeting the SLOs"], [
+            ["requests", f"{goodput['requests']:,}",
+             f"{goodput['good_requests']:,} ({100 * goodput['fraction']:.1f} %)"],
+            ["requests/s", f"{m['requests_per_s']:,.3f}", f"{goodput['requests_per_s']:,.3f}"],
+            ["output tokens/s", f"{m['output_tokens_per_s']:,.1f}", f"{goodput['output_tokens_per_s']:,.1f}"],
+            ["output tokens/s per GPU", f"{m['output_tokens_per_s_per_gpu']:,.1f}",
+             f"{goodput['output_tokens_per_s_per_gpu']:,.1f}"]]))
+    tables.append(Table("Scheduler", ["quantity", "value"], [
+        ["KV capacity per rank (tokens)", f"{sched['kv_capacity_tokens_per_rank']:,}"],
+        ["peak KV in use per rank (tokens)", f"{sched['peak_kv_tokens_per_rank']:,}"],
+        ["peak KV reserved per rank (tokens)", f"{sched['peak_kv_reserved_tokens_per_rank']:,}"],
+        ["peak running requests per rank", f"{sched['peak_running_per_rank']:,}"],
+        ["engine steps", f"{sched['steps']:,}"]]))
+    if pools:
+        tables.append(Table("Pools", ["pool", "instances", "GPUs", "split", "busy", "peak KV per rank", "steps"],
+                            [[name, str(q["instances"]), str(q["gpus"]), _split(q["split"]),
+                              f"{100 * q['busy_fraction']:.0f} %",
+                              f"{q['peak_kv_tokens_per_rank']:,} of {q['kv_capacity_tokens_per_rank']:,}",
+                              f"{q['steps']:,}"] for name, q in pools.items()]))
+    kv = data.get("kv_transfer")
+    if kv:
+        tables.append(Table("KV transfers prefill -> decode", ["quantity", "value"], [
+            ["bytes per request", f"{kv['bytes_per_request'] / 1e6:,.2f} MB"],
+            ["flows per request", str(kv["flows_per_request"])], ["links", "/".join(kv["first_pair_links"])]]
+            + [[f"{label} ({q})", f"{kv[key][q]:,.3f} ms"] for key, label in
+               (("transfer_ms", "transfer"), ("wait_for_decode_slot_ms", "wait for a decode slot"))
+               if kv.get(key) for q in ("mean", "p90")]))
+
+    figures = []
+    samples = data.get("latency_samples_ms")
+    if samples:
+        slo = goodput["slo_ms"] if goodput else None
+        figures.append(Figure(
+            "Latency distributions", "Empirical CDF of TTFT, TPOT and end-to-end latency per measured request, with "
+            "the run's p50, p90 and p99 marked" + (" and the SLOs with the share of requests within each" if slo
+                                                   else "") + ".",
+            "latency_samples_ms: per-request latencies of the serve run (moesim.serve.metrics.latency_samples_ms); "
+            "percentiles from metrics.",
+            lambda: plots.latency_cdf_figure(samples, m, slo=slo)))
+    else:
+        assumptions.append("This input has no per-request latencies (a saved --json result): the latency "
+                           "distributions are drawn only by `moesim serve --report`.")
+    timeline = data.get("timeline")
+    if timeline and timeline.get("t_s"):
+        figures.append(Figure(
+            "Batch and KV over time", "Running and waiting requests, and KV cache tokens in use as a share of the "
+            "capacity, summed over " + ("the decode pool's ranks" if timeline.get("pool") == "decode"
+                                       else "every rank") + ", sampled at evenly spaced times.",
+            "timeline: the scheduler's state after every engine step (moesim.serve.run.Timeline).",
+            lambda: plots.serve_timeline_figure(timeline)))
+    return Section(f"Serving under load: {data['model']} on {_fleet(data)} ({data.get('mode', 'agg')})", "serve",
+                   input_file, inputs, assumptions, tables, figures)
 
 
 def sections_for(kind: str, data: dict, input_file: str) -> list[Section]:
     if kind == "simulate":
         return [simulate_section(data, input_file)]
+    if kind == "serve":
+        return [serve_section(data, input_file)]
     if kind == "disaggregated":
         m = data["metrics"]
         out = [simulate_section(data["pools"][pool], input_file, f"Disaggregated {pool} pool: {data['pools'][pool]['model']}"

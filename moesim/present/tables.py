@@ -118,18 +118,23 @@ def validation_table(result: dict) -> str:
             row += [f"{c['predicted_cv']:.4g}", f"{100 * c['rel_error_cv']:+.1f}%"]
         rows.append(row)
     out = [table(head, rows, align="lllrrr" + ("rr" if cv else "")), ""]
-    count = {w: sum(1 for c in result["cases"] if c["what"] == w) for w in result["mape"]}
+    count = {w: sum(1 for c in result["cases"] if c["what"] == w or f"{c['what']}.{c['metric']}" == w)
+             for w in result["mape"]}
     count["overall"] = len(result["cases"])
     if cv:
         summary = [[k, str(count[k]), f"{100 * result['mape_cv'][k]:.1f}%", f"{100 * result['bias_cv'][k]:+.1f}%",
                     f"{100 * v:.1f}%", f"{100 * result['bias'][k]:+.1f}%"] for k, v in result["mape"].items()]
         out.append(table(["what", "cases", "MAPE left-out", "bias left-out", "MAPE in-sample", "bias in-sample"],
                          summary, align="lrrrrr"))
-        out.append("left-out: each source's cases predicted from parameters fitted without that source")
+        out.append("left-out: each serving deployment configuration's cases (other kinds: each source's) predicted from "
+                   "parameters fitted without them" if result.get("cv") == "config" else
+                   "left-out: each source's cases predicted from parameters fitted without that source")
     else:
         summary = [[k, str(count[k]), f"{100 * v:.1f}%", f"{100 * result['bias'][k]:+.1f}%"]
                    for k, v in result["mape"].items()]
         out.append(table(["what", "cases", "MAPE", "bias"], summary, align="lrrr"))
+    if result.get("groups"):
+        out += ["", serving_groups_table(result["groups"])]
     out.append(f"kernel profile: {result.get('provenance', {}).get('kernel_profile')}")
     if result["skipped"]:
         reasons: dict[str, int] = {}
@@ -138,6 +143,22 @@ def validation_table(result: dict) -> str:
         out += ["", f"skipped {len(result['skipped'])} cases:"]
         out += [f"  {n:3d} x {r}" for r, n in sorted(reasons.items(), key=lambda x: -x[1])]
     return "\n".join(out)
+
+
+def serving_groups_table(groups: dict) -> str:
+    """validate's serving_load summary: MAPE and signed bias per metric, overall and per system,
+    backend, backend version, mode and model (left-out columns when cross-validated)."""
+    cv = any("mape_cv" in e["overall"] for e in groups.values())
+    head = ["metric", "group", "name", "cases"] + (["MAPE left-out", "bias left-out"] if cv else []) + ["MAPE", "bias"]
+    rows = []
+    for metric, entry in groups.items():
+        parts = [("overall", {"all": entry["overall"]})] + [(g, v) for g, v in entry.items() if g != "overall"]
+        for group, stats in parts:
+            for name, st in stats.items():
+                rows.append([metric, group, name, str(st["cases"])]
+                            + ([f"{100 * st['mape_cv']:.1f}%", f"{100 * st['bias_cv']:+.1f}%"] if cv else [])
+                            + [f"{100 * st['mape']:.1f}%", f"{100 * st['bias']:+.1f}%"])
+    return table(head, rows, align="lllr" + ("rr" if cv else "") + "rr")
 
 
 def network_bench_table(result: dict) -> str:
@@ -261,6 +282,17 @@ def _serve_lengths(ld: dict, key: str, nominal: str) -> str:
     return f"{name} lognormal mean {d['mean']:,g} sigma {d['sigma']:g}{cap}"
 
 
+SLO_NAMES = {"ttft_ms": "TTFT", "tpot_ms": "TPOT", "e2e_ms": "E2E"}
+
+
+def goodput_line(g: dict) -> str:
+    """A serve run's goodput in one line: the SLOs, the share of requests meeting them, the rates."""
+    slo = ", ".join(f"{SLO_NAMES.get(k, k)} <= {v:g} ms" for k, v in g["slo_ms"].items())
+    return (f"goodput ({slo}): {g['fraction']:.1%} of requests meet the SLOs ({g['good_requests']:,} of "
+            f"{g['requests']:,}); {g['requests_per_s']:,.2f} requests/s, {g['output_tokens_per_s_per_gpu']:,.1f} "
+            f"output tokens/s per GPU")
+
+
 def serve_table(r: dict) -> str:
     """`moesim serve`: the load, latency percentiles per metric, throughput, and the KV in use; for a
     disaggregated run, the pools and the KV transfers."""
@@ -287,6 +319,8 @@ def serve_table(r: dict) -> str:
              f"{m['requests_per_s']:,.2f} requests/s",
              f"KV per rank: peak {s['peak_kv_tokens_per_rank']:,} of {s['kv_capacity_tokens_per_rank']:,} tokens; "
              f"peak {s['peak_running_per_rank']:,} running requests per rank; {s['steps']:,} engine steps"]
+    if m.get("goodput"):   # after the throughput line
+        lines.insert(5, goodput_line(m["goodput"]))
     if "pools" in r and "kv_transfer" in r:
         pools, kv = r["pools"], r["kv_transfer"]
         lines.append("; ".join(f"{name} pool {q['instances']} x {q['gpus'] // q['instances']} GPUs, "

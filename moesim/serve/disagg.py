@@ -1,10 +1,17 @@
 """Prefill/decode disaggregation: separate prefill and decode pools, KV sent between them.
 
-The deployment is P prefill and D decode engine instances, each an instance of the scenario's
-split (one EP group of ep x etp GPUs, `serve.run.deployment_shape`), as SGLang's PD mode and
-NVIDIA Dynamo run them. GPUs: prefill instances on the first P x (ep x etp) GPUs of the system,
+The deployment is P prefill and D decode engine instances (one EP group of ep x etp GPUs each,
+`serve.run.deployment_shape`), as SGLang's PD mode and NVIDIA Dynamo run them. Prefill instances
+have the scenario's split; decode instances have the same one, or a split of their own
+(`make_disagg(..., decode_parallel=...)`: real deployments size the pools differently, e.g. a
+prefill worker of attention-DP 4 x EP 4 and decode workers of TP 4 x EP 4). The model, system,
+dtypes, framework and seed are the scenario's for both pools; each pool has its own step function
+(`serve.step_function`, from its own split), KV capacity per rank (`scheduler.kv_capacity_tokens`)
+and ranks per instance. GPUs: prefill instances on the first P x (its ep x etp) GPUs of the system,
 decode instances after them, so a small deployment keeps its transfers inside a node (NVLink) and
 a larger one sends them between nodes (RDMA) exactly where the system's topology puts the split.
+A pool's step times are those of its instance simulated alone; where the pools sit changes only
+the routes of the KV transfers.
 
 A request's life (SGLang `disaggregation/decode.py`: PreallocQueue -> TransferQueue -> waiting
 queue -> running batch; Dynamo routes the same way; every length below is the request's own,
@@ -17,9 +24,12 @@ queue -> running batch; Dynamo routes the same way; every length below is the re
 2. when its prompt is done it waits for its decode rank (round robin over the decode pool) to
    reserve ISL + OSL tokens of KV and a running slot - SGLang's decode pre-allocates before the
    prefill side may send;
-3. its KV is sent prefill -> decode: one flow per GPU pair of the two ranks (each of the rank's
-   TP GPUs sends what it stores, `costs.memory.kv_bytes_per_sequence`: a GQA head share, or the
-   whole MLA latent that every TP GPU keeps), routed on the system's topology. The prefill rank
+3. its KV is sent prefill -> decode, routed on the system's topology: every GPU of the decode
+   rank receives the part of the KV it stores from a prefill GPU that holds it (`kv_flow_plan`).
+   With the same TP on both sides that is one flow per GPU pair, each of the prefill rank's TP
+   GPUs sending what it stores (`costs.memory.kv_bytes_per_sequence`: a GQA head share, or the
+   whole MLA latent that every TP GPU keeps); with different TP a decode GPU gathers its heads from
+   the prefill GPUs that hold them, or (MLA) the whole latent from one of them. The prefill rank
    keeps the request's KV until the transfer ends (SGLang frees it when the sender reports
    success);
 4. it joins the decode rank's continuous batch from the rank's next step on.
@@ -43,13 +53,14 @@ from __future__ import annotations
 import itertools
 import math
 from collections import deque
-from dataclasses import dataclass
-from typing import Optional
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Mapping, Optional
 
 import numpy as np
 
 from moesim.cluster.links import path_latency
-from moesim.cluster.scenario import Scenario
+from moesim.cluster.scenario import Scenario, resolve_scenario
 from moesim.cluster.topology import routes
 from moesim.core.errors import MoesimError
 from moesim.costs.collectives import Fabric, build_fabric
@@ -57,27 +68,68 @@ from moesim.costs.memory import kv_bytes_per_sequence
 from moesim.costs.network import COMPLETION_RTOL, solve_rates
 from moesim.serve.load import Load, request_lengths
 from moesim.serve.metrics import run_metrics, summary_ms
-from moesim.serve.scheduler import (ARRIVAL, FLOW, STEP_END, WAKE, Clients, EventQueue, Instance, Policy,
-                                    check_finished_once, mark_prefill_start)
-from moesim.serve.step_function import StepFunction
+from moesim.serve.scheduler import (ARRIVAL, FLOW, STEP_END, WAKE, Clients, EventQueue, Instance, ItlSamples, Policy,
+                                    check_finished_once, kv_capacity_tokens, mark_prefill_start)
+from moesim.serve.step_function import StepFunction, build_step_function
 from moesim.serve.trace import StepTrace, chrome_trace
+from moesim.specs.model import ModelSpec
+from moesim.specs.parallelism import ParallelInput
 
 MODES = ("agg", "disagg")
+DECODE_SPLIT = ("tp", "ep", "etp")   # the sizes a decode pool may set for itself (pp > 1 is not served)
 FLOW_START, FLOW_CHECK = 0, 1   # payloads of FLOW events: a flow starts sending / the next flow ends
 
 
 @dataclass(frozen=True)
 class Disagg:
-    """How many engine instances prefill and how many decode."""
+    """How many engine instances prefill and how many decode, and the decode pool's own split
+    (`decode_parallel`: (size, value) pairs of `DECODE_SPLIT`; None: the scenario's split).
+    `prefix` is how the caller spells options in errors (`make_disagg`)."""
 
     prefill: int
     decode: int
+    decode_parallel: Optional[tuple[tuple[str, int], ...]] = None
+    prefix: str = field(default="", compare=False)
+
+    def field_name(self, key: str) -> str:
+        """How the caller spells an option, e.g. `--decode-tp` (CLI) or `decode_tp`."""
+        return f"{self.prefix}{key if self.prefix == '--' else key.replace('-', '_')}"
+
+    def decode_scenario(self, sc: Scenario) -> Scenario:
+        """The scenario one decode instance runs: `sc` itself without a decode split of its own, or
+        when that split resolves to the scenario's own (so such a run is the same run, byte for
+        byte); else `sc` with the decode split on one instance's GPUs (ep x etp), resolved and
+        checked as a scenario is, errors naming the decode options."""
+        if self.decode_parallel is None:
+            return sc
+        given = dict(self.decode_parallel)
+        tp, ep = given.get("tp", 1), given.get("ep", 1)
+        etp = given.get("etp", tp if ep == 1 else 1)   # resolve_plan's default for an unset etp
+        if (ep * etp) % tp:
+            raise MoesimError(f"the decode pool's EP group of ep x etp = {ep * etp} GPUs does not hold whole TP "
+                              f"groups of {tp}", field=self.field_name("decode-tp"),
+                              fix=f"give a decode tp that divides {ep * etp}, or a decode ep x etp that is a multiple "
+                                  f"of {tp}")
+        raw = sc.input.model_copy(update={"gpus": ep * etp, "parallel": ParallelInput(**given)})
+        try:
+            dsc = resolve_scenario(raw, source_file=sc.source_file)
+            from moesim.serve.run import deployment_shape  # run imports this module: import here
+            deployment_shape(dsc)
+        except MoesimError as exc:
+            size = (exc.field or "").rsplit(".", 1)[-1]
+            name = self.field_name(f"decode-{size if size in DECODE_SPLIT else 'ep'}")
+            raise MoesimError(f"decode pool: {exc.problem}", field=name, fix=exc.fix) from None
+        same = all(getattr(dsc.plan, k) == getattr(sc.plan, k) for k in ("tp", "pp", "ep", "etp"))
+        return sc if same else dsc
 
     def gpus(self, sc: Scenario) -> int:
-        return (self.prefill + self.decode) * instance_gpus(sc)
+        return self.prefill * instance_gpus(sc) + self.decode * instance_gpus(self.decode_scenario(sc))
 
     def to_json(self) -> dict:
-        return {"prefill_instances": self.prefill, "decode_instances": self.decode}
+        out = {"prefill_instances": self.prefill, "decode_instances": self.decode}
+        if self.decode_parallel is not None:
+            out["decode_parallel"] = dict(self.decode_parallel)
+        return out
 
 
 def instance_gpus(sc: Scenario) -> int:
@@ -85,35 +137,130 @@ def instance_gpus(sc: Scenario) -> int:
     return sc.plan.ep * sc.plan.etp
 
 
+def _whole(value) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, np.integer)) and value >= 1
+
+
 def make_disagg(mode: str, prefill_workers: Optional[int], decode_workers: Optional[int], *,
+                decode_parallel: Optional[Mapping[str, Optional[int]]] = None,
                 prefix: str = "") -> Optional[Disagg]:
-    """The checked pool sizes, or None for aggregated serving. `prefix` is how the caller spells
-    its options in errors (the CLI: `--`, with dashes)."""
-    name = {k: f"{prefix}{k if prefix == '--' else k.replace('-', '_')}"
-            for k in ("mode", "prefill-workers", "decode-workers")}
+    """The checked pool sizes, or None for aggregated serving. `decode_parallel` gives the decode
+    pool a split of its own ({"tp": N, "ep": N, "etp": N}, None values unset): built from the
+    given sizes alone, unset ones taking their defaults (tp 1, ep 1, etp as `resolve_plan` sets
+    it), as the scenario's own split is rebuilt from flags; nothing given: the scenario's split.
+    Whether the split fits the model and divides is checked when it meets the scenario
+    (`Disagg.decode_scenario`). `prefix` is how the caller spells its options in errors (the CLI:
+    `--`, with dashes)."""
+    keys = ("mode", "prefill-workers", "decode-workers") + tuple(f"decode-{k}" for k in DECODE_SPLIT)
+    name = {k: f"{prefix}{k if prefix == '--' else k.replace('-', '_')}" for k in keys}
     if mode not in MODES:
         raise MoesimError(f"unknown mode {mode!r}", field=name["mode"], fix=f"give one of: {', '.join(MODES)}")
+    split = dict(decode_parallel or {})
+    unknown = sorted(set(split) - set(DECODE_SPLIT))
+    if unknown:
+        raise MoesimError(f"a decode pool sets only {', '.join(DECODE_SPLIT)}, not {', '.join(map(str, unknown))}",
+                          field=f"{prefix}decode_parallel" if prefix != "--" else "--decode-*",
+                          fix=f"give the decode pool's {', '.join(DECODE_SPLIT)}")
     given = {"prefill-workers": prefill_workers, "decode-workers": decode_workers}
+    given.update({f"decode-{k}": split.get(k) for k in DECODE_SPLIT})
     if mode == "agg":
         for key, value in given.items():
             if value is not None:
-                raise MoesimError("worker pools are only for disaggregated serving", field=name[key],
+                what = "a decode pool's split is" if key.startswith("decode-") and key != "decode-workers" \
+                    else "worker pools are"
+                raise MoesimError(f"{what} only for disaggregated serving", field=name[key],
                                   fix=f"add {name['mode']} disagg, or leave out {name[key]}")
         return None
     for key, value in given.items():
         if value is None:
-            raise MoesimError(f"disaggregated serving needs the number of {key.split('-')[0]} instances",
-                              field=name[key], fix=f"give {name[key]} N (N >= 1)")
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            if key in ("prefill-workers", "decode-workers"):
+                raise MoesimError(f"disaggregated serving needs the number of {key.split('-')[0]} instances",
+                                  field=name[key], fix=f"give {name[key]} N (N >= 1)")
+            continue
+        if not _whole(value):
             raise MoesimError(f"must be a whole number > 0, got {value!r}", field=name[key],
                               fix=f"give {name[key]} 1 or more")
-    return Disagg(int(prefill_workers), int(decode_workers))
+    chosen = tuple((k, int(split[k])) for k in DECODE_SPLIT if split.get(k) is not None)
+    return Disagg(int(prefill_workers), int(decode_workers), chosen or None, prefix)
 
 
 def kv_bytes_per_gpu(sc: Scenario, isl: int) -> float:
     """Bytes of one request's prompt KV that each GPU of its prefill rank holds and sends (the
     first output token's KV is written by the first decode step, on the decode side)."""
     return kv_bytes_per_sequence(sc, range(sc.model.num_hidden_layers), isl)
+
+
+def _head_span(model: ModelSpec, tp: int, k: int) -> tuple[Fraction, Fraction]:
+    """The part of a layer's KV that TP GPU `k` of `tp` stores, as an interval of [0, 1): its KV
+    heads (GQA; split when tp <= heads, one head on tp / heads GPUs each when tp > heads, as
+    `costs.memory.kv_share_per_gpu` counts them), or all of it (MLA: every TP GPU keeps the latent)."""
+    if model.attention.type == "mla":
+        return Fraction(0), Fraction(1)
+    heads = model.attention.num_key_value_heads
+    if tp <= heads:
+        return Fraction(k, tp), Fraction(k + 1, tp)
+    head = k * heads // tp
+    return Fraction(head, heads), Fraction(head + 1, heads)
+
+
+def kv_flow_plan(model: ModelSpec, tp_prefill: int, tp_decode: int) -> list[tuple[int, int, float]]:
+    """The flows that move one request's KV from a prefill rank of `tp_prefill` GPUs to a decode
+    rank of `tp_decode`: (prefill TP index, decode TP index, share of the prefill GPU's KV bytes
+    it sends). Each decode GPU receives exactly the heads it stores (`_head_span`), each part from
+    one prefill GPU that holds it; where several hold it (replicated heads, or MLA's latent on
+    every GPU) the decode GPU's index picks the replica, spreading the senders. With the same TP on
+    both sides this is one flow k -> k of the whole share per GPU (share 1.0). Linear-attention
+    state, if any, is taken to split as the KV heads do."""
+    spans = [_head_span(model, tp_prefill, a) for a in range(tp_prefill)]
+    holders: dict = {}
+    for a, span in enumerate(spans):
+        holders.setdefault(span, []).append(a)
+    plan = []
+    for b in range(tp_decode):
+        lo, hi = _head_span(model, tp_decode, b)
+        for (s_lo, s_hi), replicas in holders.items():
+            overlap = min(hi, s_hi) - max(lo, s_lo)
+            if overlap > 0:
+                plan.append((replicas[b % len(replicas)], b, float(overlap / (s_hi - s_lo))))
+    return plan
+
+
+class PoolTimes:
+    """`Clients.start`'s time scale for pools of different splits: one request's time as
+    `StepFunction.request_s` reckons it, its prompt on the prefill pool's steps and its decode
+    steps on the decode pool's, so neither pool's grid is asked for points of the other phase."""
+
+    def __init__(self, prefill: StepFunction, decode: StepFunction):
+        self.prefill, self.decode = prefill, decode
+
+    def request_s(self, isl: int, osl: int, batch: int) -> float:
+        pre, dec = self.prefill, self.decode
+        top = pre.prefill_tokens[-1]
+        full, rest = divmod(int(isl), top)
+        prompt = full * pre.prefill(top) + (pre.prefill(rest) if rest else 0.0)
+        b = min(max(int(batch), 1), dec.batches[-1])
+        context = min(max(isl + osl / 2, dec.contexts[0]), dec.contexts[-1])
+        return prompt + max(int(osl) - 1, 0) * dec.decode(b, context)
+
+
+def decode_pool(dsc: Scenario, load: Load, policy: Policy, cache_dir=None) -> tuple[int, int, StepFunction]:
+    """(attention-DP ranks per instance, KV capacity per rank, step function) of a decode pool with
+    a split of its own, sized as `serve.run.serve` sizes the scenario's (the same calls: the KV
+    ledger at the run's largest step, a grid up to the batches the KV and the framework allow)."""
+    from moesim.serve.run import _reachable_batch, deployment_shape  # run imports this module
+    _, ranks = deployment_shape(dsc)
+    isl_of, osl_of = request_lengths(load)
+    sizes = isl_of + osl_of
+    longest = int(np.argmax(sizes))
+    batch_bound = _reachable_batch(policy, load)
+    kv_capacity = kv_capacity_tokens(dsc, isl=load.isl, osl=load.osl, max_batch=batch_bound,
+                                     prefill_tokens=policy.token_budget, where="one decode rank",
+                                     longest=(int(isl_of[longest]), int(osl_of[longest])))
+    max_batch = max(min(batch_bound, kv_capacity // int(sizes.min())), 1)
+    fn = build_step_function(dsc, isl=load.isl, osl=load.osl, max_batch=policy.padded(max_batch),
+                             max_prefill_tokens=policy.token_budget, max_context=int(sizes.max()),
+                             cache_dir=cache_dir)
+    return ranks, kv_capacity, fn
 
 
 class Transfers:
@@ -149,13 +296,14 @@ class Transfers:
             self._paths[key] = (path, path_latency(self.fabric.table, path))
         return self._paths[key]
 
-    def open(self, req: int, pairs: list[tuple[int, int]], nbytes: float) -> list[tuple[float, int]]:
-        """New flows of `nbytes` each for request `req`: [(path latency, flow id)]."""
+    def open(self, req: int, pairs: list[tuple[int, int]], nbytes) -> list[tuple[float, int]]:
+        """New flows for request `req`, of `nbytes` each (or one size per pair): [(path latency, flow id)]."""
+        sizes = nbytes if isinstance(nbytes, (list, tuple)) else [nbytes] * len(pairs)
         out = []
-        for src, dst in pairs:
+        for (src, dst), size in zip(pairs, sizes):
             links, latency = self.path(src, dst)
             fid = next(self._ids)
-            self.links[fid], self.size[fid], self.remaining[fid], self.owner[fid] = links, nbytes, nbytes, req
+            self.links[fid], self.size[fid], self.remaining[fid], self.owner[fid] = links, size, size, req
             out.append((latency, fid))
         self.left[req] = len(pairs)
         return out
@@ -204,14 +352,29 @@ class Transfers:
 
 
 def run_disagg(sc: Scenario, load: Load, policy: Policy, fn: StepFunction, disagg: Disagg, *, ranks_n: int,
-               kv_capacity: int, trace: bool) -> dict:
-    """The disaggregated event loop (module docstring); returns the mode's parts of the Result."""
+               kv_capacity: int, trace: bool, cache_dir=None) -> dict:
+    """The disaggregated event loop (module docstring); returns the mode's parts of the Result.
+    `fn`, `ranks_n` and `kv_capacity` are the scenario's (the prefill pool's, and the decode pool's
+    too unless it has a split of its own: then `decode_pool` builds its own, with `cache_dir`).
+    Its `timeline` is the decode pool's (`serve.run.Timeline` over the decode instances: running =
+    decoding, KV against the decode pool's capacity); `_requests` has the agg loop's per-request
+    `ttft_s`, `e2e_s` and `osl` over the measured requests, besides every phase's times."""
+    from moesim.serve.run import Timeline  # run imports this module: import here
     from moesim.sim.provenance import hardware_for
     total = load.total
     isl_of, osl_of = request_lengths(load)
     isl, osl = isl_of.tolist(), osl_of.tolist()
-    P, D, G, tp = disagg.prefill, disagg.decode, instance_gpus(sc), sc.plan.tp
-    fabric = build_fabric(sc.system, disagg.gpus(sc), hardware_for(sc)[2])
+    dsc = disagg.decode_scenario(sc)
+    if dsc is sc:
+        ranks_d, kv_capacity_d, fn_d = ranks_n, kv_capacity, fn
+    else:
+        ranks_d, kv_capacity_d, fn_d = decode_pool(dsc, load, policy, cache_dir)
+    P, D = disagg.prefill, disagg.decode
+    G, tp, G_d, tp_d = instance_gpus(sc), sc.plan.tp, instance_gpus(dsc), dsc.plan.tp
+    flows = kv_flow_plan(sc.model, tp, tp_d)
+    shares = [share for _, _, share in flows]
+    all_gpus = P * G + D * G_d
+    fabric = build_fabric(sc.system, all_gpus, hardware_for(sc)[2])
     net = Transfers(fabric)
     bytes_of: dict[int, float] = {}
 
@@ -228,21 +391,22 @@ def run_disagg(sc: Scenario, load: Load, policy: Policy, fn: StepFunction, disag
     arrival, first_token, finish = times["arrival"], times["first_token"], times["finish"]
     last_token = [math.nan] * total
     finishes = [0] * total
-    itl: list[float] = []
+    itl = ItlSamples()   # decode gaps, counted per rank and step (serve.scheduler)
     engines = ([Instance(ranks_n, policy, fn, isl=isl, osl=1, kv_capacity=kv_capacity, prefilled=prefilled,
                          generated=generated, hold_finished_kv=True) for _ in range(P)]
-               + [Instance(ranks_n, policy, fn, isl=isl, osl=osl, kv_capacity=kv_capacity, prefilled=prefilled,
-                           generated=generated) for _ in range(D)])
+               + [Instance(ranks_d, policy, fn_d, isl=isl, osl=osl, kv_capacity=kv_capacity_d, prefilled=prefilled,
+                           generated=generated, warmup=load.warmup) for _ in range(D)])
+    timeline = Timeline(engines[P:])   # batch and KV use of the decode pool (running = decoding)
     n = P + D
     plans: list = [None] * n
     plan_start = [0.0] * n
     busy = [0.0] * n
     steps = [0] * n
     wake_pending = [False] * n
-    decode_queue = [deque() for _ in range(D * ranks_n)]
+    decode_queue = [deque() for _ in range(D * ranks_d)]
     steps_trace = StepTrace([f"prefill {i}" for i in range(P)] + [f"decode {i}" for i in range(D)]) if trace else None
     events = EventQueue()
-    clients = Clients(events, load, total)
+    clients = Clients(events, load, total, policy.request_overhead_s)
     push = events.push
 
     def wake(e: int, t: float) -> None:
@@ -250,14 +414,17 @@ def run_disagg(sc: Scenario, load: Load, policy: Policy, fn: StepFunction, disag
             wake_pending[e] = True
             push(t, WAKE, e)
 
-    def gpu(instance: int, rank: int, k: int) -> int:
+    def prefill_gpu(instance: int, rank: int, k: int) -> int:
         return instance * G + rank * tp + k
+
+    def decode_gpu(instance: int, rank: int, k: int) -> int:   # decode instances after the P prefill ones
+        return P * G + instance * G_d + rank * tp_d + k
 
     def prefill_slot(req: int) -> tuple[int, int]:
         return divmod(req % (P * ranks_n), ranks_n)
 
     def decode_slot(req: int) -> int:
-        return req % (D * ranks_n)
+        return req % (D * ranks_d)
 
     def schedule_check(t_next: Optional[float]) -> None:
         if t_next is not None:
@@ -265,14 +432,15 @@ def run_disagg(sc: Scenario, load: Load, policy: Policy, fn: StepFunction, disag
 
     def start_transfers(slot: int, t: float) -> None:
         """Send the KV of the requests waiting for this decode rank, as far as it can reserve."""
-        e, r = divmod(slot, ranks_n)
+        e, r = divmod(slot, ranks_d)
         queue = decode_queue[slot]
         while queue and engines[P + e].reserve(r, queue[0]):
             req = queue.popleft()
             times["transfer_start"][req] = t
             pe, pr = prefill_slot(req)
-            pairs = [(gpu(pe, pr, k), gpu(P + e, r, k)) for k in range(tp)]
-            for latency, fid in net.open(req, pairs, per_gpu_bytes(req)):
+            pairs = [(prefill_gpu(pe, pr, a), decode_gpu(e, r, b)) for a, b, _ in flows]
+            nbytes = per_gpu_bytes(req)
+            for latency, fid in net.open(req, pairs, [nbytes * share for share in shares]):
                 push(t + latency, FLOW, (FLOW_START, fid))
 
     def client_finish(req: int, t: float) -> None:
@@ -292,7 +460,7 @@ def run_disagg(sc: Scenario, load: Load, policy: Policy, fn: StepFunction, disag
         engines[pe].release(pr, req)
         wake(pe, t)   # the freed KV may admit a waiting prompt
         slot = decode_slot(req)
-        e, r = divmod(slot, ranks_n)
+        e, r = divmod(slot, ranks_d)
         if osl[req] == 1:   # the prefill's token is the whole output: delivered, nothing to decode
             engines[P + e].cancel(r, req)
             first_token[req] = last_token[req] = t
@@ -302,19 +470,18 @@ def run_disagg(sc: Scenario, load: Load, policy: Policy, fn: StepFunction, disag
             engines[P + e].join(r, req)
             wake(P + e, t)
 
-    def decode_token(req: int, t: float) -> None:
-        if req >= load.warmup:
-            itl.append(t - last_token[req])
-        last_token[req] = t
+    def decode_token(req: int, t: float) -> None:   # decode tokens go to `itl`; no first token comes here
+        raise AssertionError("a decode worker's first token is streamed when it joins a batch")
 
     def decode_finish_of(e: int):
         def on_finish(req: int, t: float) -> None:
             client_finish(req, t)
-            for r in range(ranks_n):
-                start_transfers((e - P) * ranks_n + r, t)
+            for r in range(ranks_d):
+                start_transfers((e - P) * ranks_d + r, t)
         return on_finish
 
-    clients.start(fn, D * ranks_n)  # requests decode on the decode pool's ranks only
+    # requests decode on the decode pool's ranks only
+    clients.start(fn if fn_d is fn else PoolTimes(fn, fn_d), D * ranks_d)
 
     def prefill_token(req: int, t: float) -> None:
         """A prefill instance's token reaches the client later, through the decode worker."""
@@ -322,7 +489,7 @@ def run_disagg(sc: Scenario, load: Load, policy: Policy, fn: StepFunction, disag
         t, kind, payload = events.pop()
         if kind == ARRIVAL:
             req = payload
-            arrival[req] = t
+            arrival[req] = clients.sent[req]   # latencies count from the send (request overhead before the queue)
             e, r = prefill_slot(req)
             engines[e].ranks[r].waiting.append(req)
             wake(e, t)
@@ -340,60 +507,73 @@ def run_disagg(sc: Scenario, load: Load, policy: Policy, fn: StepFunction, disag
             wake_pending[e] = False
             if plans[e] is not None:
                 continue
-            plan = engines[e].plan()
+            plan = engines[e].plan(t)
             if plan is None:
                 continue
             plans[e], plan_start[e] = plan, t
             if e < P:
                 mark_prefill_start(plan, times["prefill_start"], t)
             else:   # the decode worker streams the prefill's token as the request joins its batch
-                for decodes in plan.decodes:
-                    for req in decodes:
+                for rank in engines[e].ranks:
+                    for req, _ in rank.fresh:
                         if math.isnan(first_token[req]):
                             first_token[req] = last_token[req] = t
-            push(t + plan.duration_s, STEP_END, e)
+            if e >= P:   # a decode worker: its pure decode steps up to the next event, at once
+                plans[e] = plan = engines[e].stretch(plan, t, events.next_time())
+            push(plan.end_s(t), STEP_END, e)
         else:
             e = payload
             if e < P:
                 engines[e].apply(plans[e], t, prefill_token, prefill_done)
             else:
-                engines[e].apply(plans[e], t, decode_token, decode_finish_of(e))
+                engines[e].apply(plans[e], t, decode_token, decode_finish_of(e), itl)
+                timeline.step(e - P, t)
             if steps_trace is not None:
-                steps_trace.step(e, plan_start[e], t, plans[e])
+                for start, end in plans[e].spans(plan_start[e]):
+                    steps_trace.step(e, start, end, plans[e])
             busy[e] += t - plan_start[e]
-            steps[e] += 1
+            steps[e] += plans[e].steps
             plans[e] = None
             wake(e, t)
 
     check_finished_once(finishes)
     measured = slice(load.warmup, total)
     metrics = run_metrics(arrival=arrival[measured], first_token=first_token[measured], finish=finish[measured],
-                          osl=osl_of[measured], itl_s=np.asarray(itl), gpus=disagg.gpus(sc))
+                          osl=osl_of[measured], itl_s=itl.array(), gpus=all_gpus)
     span = float(np.nanmax(finish) - np.nanmin(arrival))
 
-    def pool(engs: range) -> dict:
-        return {"instances": len(engs), "gpus": len(engs) * G,
+    def pool(engs: range, psc: Scenario, gpus_each: int, first_gpu: int, ranks: int, capacity: int) -> dict:
+        return {"instances": len(engs), "gpus": len(engs) * gpus_each,
                 "busy_fraction": (sum(busy[e] for e in engs) / (len(engs) * span)) if span > 0 else 0.0,
                 "steps": sum(steps[e] for e in engs),
                 "peak_kv_tokens_per_rank": max(engines[e].peak_kv_used for e in engs),
+                "peak_kv_reserved_tokens_per_rank": max(engines[e].peak_kv_reserved for e in engs),
                 "peak_running_per_rank": max(engines[e].peak_running for e in engs),
-                "first_gpu": engs[0] * G}
+                "first_gpu": first_gpu,
+                "split": {"tp": psc.plan.tp, "ep": psc.plan.ep, "etp": psc.plan.etp},
+                "ranks_per_instance": ranks, "kv_capacity_tokens_per_rank": capacity}
 
     ts, te = times["transfer_start"][measured], times["transfer_end"][measured]
     mean_bytes = float(np.mean([per_gpu_bytes(r) for r in range(load.warmup, total)]))   # per GPU, measured
-    lone_links, _ = net.path(gpu(0, 0, 0), gpu(P, 0, 0))
+    lone_links, _ = net.path(prefill_gpu(0, 0, flows[0][0]), decode_gpu(0, 0, flows[0][1]))
+    decode = pool(range(P, n), dsc, G_d, P * G, ranks_d, kv_capacity_d)
+    if fn_d is not fn:   # the decode pool's own grid (the prefill pool's is the Result's step_function)
+        decode["step_function"] = fn_d.to_json()
     out = {"metrics": metrics,
            "scheduler": {"instances": n,
                          "peak_kv_tokens_per_rank": max(e.peak_kv_used for e in engines),
                          "peak_kv_reserved_tokens_per_rank": max(e.peak_kv_reserved for e in engines),
                          "peak_running_per_rank": max(e.peak_running for e in engines), "steps": sum(steps)},
-           "pools": {"prefill": pool(range(P)), "decode": pool(range(P, n))},
-           "kv_transfer": {"bytes_per_request": mean_bytes * tp, "flows_per_request": tp,
+           "pools": {"prefill": pool(range(P), sc, G, 0, ranks_n, kv_capacity), "decode": decode},
+           "kv_transfer": {"bytes_per_request": mean_bytes * sum(shares), "flows_per_request": len(flows),
                            "first_pair_links": sorted({str(fabric.table.kind[i]) for i in lone_links.tolist()}),
                            "transfer_ms": summary_ms(te - ts),
                            "wait_for_decode_slot_ms": summary_ms(ts - times["prefill_end"][measured])},
+           "timeline": dict(timeline.to_json(kv_capacity_d * D * ranks_d), pool="decode"),
            "_requests": {"output_tokens": list(generated), "finishes": finishes,
-                         "times_s": {k: v.tolist() for k, v in times.items()}}}
+                         "times_s": {k: v.tolist() for k, v in times.items()},
+                         "ttft_s": (first_token - arrival)[measured], "e2e_s": (finish - arrival)[measured],
+                         "osl": np.asarray(osl_of)[measured]}}
     if steps_trace is not None:
         out["_trace"] = chrome_trace(sc.input.name, steps_trace,
                                      [("queue", arrival, times["prefill_start"]),
@@ -404,19 +584,28 @@ def run_disagg(sc: Scenario, load: Load, policy: Policy, fn: StepFunction, disag
     return out
 
 
-def disagg_assumptions() -> list[str]:
-    """What a disaggregated result rests on beyond the aggregated ones."""
-    return ["disaggregated: prefill instances on the first GPUs, decode instances after them; requests are paired "
-            "with a prefill and a decode rank round robin at arrival",
-            "disaggregated: a decode rank reserves a request's whole KV before its transfer starts; the prefill rank "
-            "holds it until the transfer ends",
-            "disaggregated: KV is sent once the prompt is done (no layer-by-layer overlap with the prefill), one flow "
-            "per TP GPU pair, max-min fair sharing of the links with the other transfers in flight",
-            "disaggregated: the client receives the first token from the decode worker when the request joins its "
-            "batch (SGLang, Dynamo); vLLM's P/D connector recomputes it there instead (one decode step later)",
-            "disaggregated: both pools' KV capacity is sized for the larger activations of a prefill or a decode "
-            "step (conservative for each pool alone)"]
+def disagg_assumptions(disagg: Optional[Disagg] = None, sc: Optional[Scenario] = None) -> list[str]:
+    """What a disaggregated result rests on beyond the aggregated ones; with the run's `disagg` and
+    scenario, also what a decode pool of a split of its own adds (nothing when its split is the
+    scenario's, so such a run's Result is the same)."""
+    out = ["disaggregated: prefill instances on the first GPUs, decode instances after them; requests are paired "
+           "with a prefill and a decode rank round robin at arrival",
+           "disaggregated: a decode rank reserves a request's whole KV before its transfer starts; the prefill rank "
+           "holds it until the transfer ends",
+           "disaggregated: KV is sent once the prompt is done (no layer-by-layer overlap with the prefill), one flow "
+           "per TP GPU pair, max-min fair sharing of the links with the other transfers in flight",
+           "disaggregated: the client receives the first token from the decode worker when the request joins its "
+           "batch (SGLang, Dynamo); vLLM's P/D connector recomputes it there instead (one decode step later)",
+           "disaggregated: both pools' KV capacity is sized for the larger activations of a prefill or a decode "
+           "step (conservative for each pool alone)"]
+    if disagg is not None and sc is not None and disagg.decode_scenario(sc) is not sc:
+        out += ["disaggregated: the decode pool has a split of its own; each pool's step times are those of its own "
+                "instance simulated alone (where an instance sits on the GPUs changes only the KV transfers' routes)",
+                "disaggregated: with different TP on the two sides a decode GPU receives the KV heads it stores from "
+                "the prefill GPUs that hold them (MLA: the whole latent from one prefill GPU); linear-attention "
+                "state, if any, is taken to split as the KV heads do"]
+    return out
 
 
-__all__ = ["Disagg", "MODES", "Transfers", "disagg_assumptions", "instance_gpus", "kv_bytes_per_gpu", "make_disagg",
-           "run_disagg"]
+__all__ = ["DECODE_SPLIT", "Disagg", "MODES", "Transfers", "decode_pool", "disagg_assumptions", "instance_gpus",
+           "kv_bytes_per_gpu", "kv_flow_plan", "make_disagg", "run_disagg"]

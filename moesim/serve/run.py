@@ -37,9 +37,9 @@ from moesim.core.digest import code_and_data_digest
 from moesim.core.errors import MoesimError
 from moesim.serve.disagg import Disagg, disagg_assumptions, run_disagg
 from moesim.serve.load import Load, request_lengths
-from moesim.serve.metrics import run_metrics
-from moesim.serve.scheduler import (ARRIVAL, STEP_END, WAKE, Clients, EventQueue, Instance, Policy, check_finished_once,
-                                    kv_capacity_tokens, mark_prefill_start)
+from moesim.serve.metrics import check_slo, goodput, run_metrics
+from moesim.serve.scheduler import (ARRIVAL, STEP_END, WAKE, Clients, EventQueue, Instance, ItlSamples, Policy,
+                                    check_finished_once, kv_capacity_tokens, mark_prefill_start)
 from moesim.serve.step_function import StepFunction, build_step_function
 from moesim.serve.trace import StepTrace, chrome_trace
 
@@ -70,25 +70,35 @@ def _reachable_batch(policy: Policy, load: Load) -> int:
 
 
 def serve(sc: Scenario, load: Load, *, disagg: Optional[Disagg] = None, trace: bool = False,
-          cache_dir=None) -> dict:
+          cache_dir=None, policy: Optional[Policy] = None, slo: Optional[dict] = None) -> dict:
     """Simulate the load on the deployment and return the Result (see the module docstring).
 
     `disagg` (from `serve.disagg.make_disagg`) runs prefill and decode on separate pools of the
-    scenario's engine instance instead (`serve.disagg`); `trace` adds the run's Chrome/Perfetto
+    scenario's engine instance instead, or decode on instances of a split of the disagg's own
+    (`serve.disagg`); `trace` adds the run's Chrome/Perfetto
     trace under `_trace` (`serve.trace`); `cache_dir` (a folder the user named) keeps the step
-    function's simulated points on disk for later runs (`serve.step_function.step_times`)."""
+    function's simulated points on disk for later runs (`serve.step_function.step_times`); `policy`
+    replaces the framework's batching defaults (`Policy.of`), e.g. a benchmark's own batch limit or
+    fitted overheads (`dataclasses.replace(Policy.of(sc), max_running=...)`); `slo` ({"ttft_ms": X,
+    "tpot_ms": Y, "e2e_ms": Z}, any of them; `serve.metrics.check_slo`) adds `metrics.goodput`, the
+    measured requests that meet them (`serve.metrics.goodput`, DistServe's definition)."""
+    slo = check_slo(slo)
     instances_n, ranks_n = deployment_shape(sc)
-    policy = Policy.of(sc)
+    policy = policy or Policy.of(sc)
     isl, osl = load.isl, load.osl   # nominal (mean) lengths: the ledger's activations, the grid's anchors
     isl_of, osl_of = request_lengths(load)
     sizes = isl_of + osl_of
     longest = int(np.argmax(sizes))
     batch_bound = _reachable_batch(policy, load)
     kv_capacity = kv_capacity_tokens(sc, isl=isl, osl=osl, max_batch=batch_bound, prefill_tokens=policy.token_budget,
-                                     where="one decode rank" if disagg else "one rank",
+                                     where=("one prefill rank" if disagg.decode_parallel else "one decode rank")
+                                     if disagg else "one rank",
                                      longest=(int(isl_of[longest]), int(osl_of[longest])))
     # the most requests a rank can hold: as many of the shortest as its KV takes
-    max_batch = max(min(batch_bound, kv_capacity // int(sizes.min())), 1)
+    # (incremental admission holds only a prompt and its sampled token at admission; a run's decode
+    # batch can reach as many of those, until preemption trims it)
+    per_request = int(isl_of.min()) + 1 if policy.kv_admission == "incremental" else int(sizes.min())
+    max_batch = max(min(batch_bound, kv_capacity // per_request), 1)
     fn = build_step_function(sc, isl=isl, osl=osl, max_batch=policy.padded(max_batch),
                              max_prefill_tokens=policy.token_budget, max_context=int(sizes.max()),
                              cache_dir=cache_dir)
@@ -99,19 +109,24 @@ def serve(sc: Scenario, load: Load, *, disagg: Optional[Disagg] = None, trace: b
     else:
         gpus = disagg.gpus(sc)
         fleet = sc.system.fleet_label(gpus)
-        run = run_disagg(sc, load, policy, fn, disagg, ranks_n=ranks_n, kv_capacity=kv_capacity, trace=trace)
+        run = run_disagg(sc, load, policy, fn, disagg, ranks_n=ranks_n, kv_capacity=kv_capacity, trace=trace,
+                         cache_dir=cache_dir)
     from moesim.sim.provenance import provenance
     out = {
         "scenario": sc.input.name, "model": sc.model.id, "system": sc.system.id, "gpus": gpus,
         "fleet": fleet, "parallel": sc.plan.model_dump(), "mode": "agg" if disagg is None else "disagg",
         "framework": policy.framework, "load": load.to_json(), "metrics": run.pop("metrics"),
     }
+    if slo:
+        req, m = run["_requests"], out["metrics"]
+        m["goodput"] = goodput(ttft_s=req["ttft_s"], e2e_s=req["e2e_s"], osl=req["osl"], duration_s=m["duration_s"],
+                               gpus=m["gpus"], slo=slo)
     scheduler = run.pop("scheduler")
     out["scheduler"] = dict({"policy": policy.to_json(), "instances": scheduler.pop("instances"),
                              "ranks_per_instance": ranks_n, "kv_capacity_tokens_per_rank": kv_capacity}, **scheduler)
     out.update({k: run.pop(k) for k in ("pools", "kv_transfer") if k in run})
     out.update({"step_function": fn.to_json(),
-                "assumptions": assumptions(policy) + (disagg_assumptions() if disagg else []),
+                "assumptions": assumptions(policy) + (disagg_assumptions(disagg, sc) if disagg else []),
                 "provenance": dict(provenance(sc), code_and_data_digest=code_and_data_digest())})
     out.update(run)   # the private parts: _requests, and _trace when asked
     return out
@@ -123,30 +138,27 @@ def _run_agg(sc: Scenario, load: Load, policy: Policy, fn: StepFunction, *, inst
     isl_of, osl_of = request_lengths(load)
     total = load.total
     prefilled, generated = [0] * total, [0] * total
-    arrival = np.full(total, math.nan)
+    queued = np.full(total, math.nan)   # when the request reached the engine's queue
     prefill_start = np.full(total, math.nan)
     first_token = np.full(total, math.nan)
     finish = np.full(total, math.nan)
-    last_token = [math.nan] * total
     finishes = [0] * total
-    itl: list[float] = []
+    itl = ItlSamples()
     engines = [Instance(ranks_n, policy, fn, isl=isl_of, osl=osl_of, kv_capacity=kv_capacity, prefilled=prefilled,
-                        generated=generated) for _ in range(instances_n)]
+                        generated=generated, warmup=load.warmup, kv_admission=policy.kv_admission)
+               for _ in range(instances_n)]
     plans: list = [None] * instances_n
     plan_start = [0.0] * instances_n
     wake_pending = [False] * instances_n
     steps_trace = StepTrace([f"instance {e}" for e in range(instances_n)]) if trace else None
     events = EventQueue()
-    clients = Clients(events, load, total)
+    clients = Clients(events, load, total, policy.request_overhead_s)
     push = events.push
     steps = 0
+    timeline = Timeline(engines)
 
-    def on_token(req: int, t: float) -> None:
-        if math.isnan(first_token[req]):
-            first_token[req] = t
-        elif req >= load.warmup:
-            itl.append(t - last_token[req])
-        last_token[req] = t
+    def on_token(req: int, t: float) -> None:   # a first token (decode gaps go to `itl`)
+        first_token[req] = t
 
     def on_finish(req: int, t: float) -> None:
         finish[req] = t
@@ -160,7 +172,7 @@ def _run_agg(sc: Scenario, load: Load, policy: Policy, fn: StepFunction, *, inst
         t, kind, payload = events.pop()
         if kind == ARRIVAL:
             req = payload
-            arrival[req] = t
+            queued[req] = t
             slot = req % total_ranks
             e = slot // ranks_n
             engines[e].ranks[slot % ranks_n].waiting.append(req)
@@ -176,27 +188,35 @@ def _run_agg(sc: Scenario, load: Load, policy: Policy, fn: StepFunction, *, inst
             if plan is not None:
                 plans[e], plan_start[e] = plan, t
                 mark_prefill_start(plan, prefill_start, t)
-                push(t + plan.duration_s, STEP_END, e)
+                plans[e] = plan = engines[e].stretch(plan, t, events.next_time())
+                push(plan.end_s(t), STEP_END, e)
         else:
             e = payload
-            engines[e].apply(plans[e], t, on_token, on_finish)
+            engines[e].apply(plans[e], t, on_token, on_finish, itl)
+            timeline.step(e, t)
             if steps_trace is not None:
-                steps_trace.step(e, plan_start[e], t, plans[e])
+                for start, end in plans[e].spans(plan_start[e]):
+                    steps_trace.step(e, start, end, plans[e])
+            steps += plans[e].steps
             plans[e] = None
-            steps += 1
             wake_pending[e] = True
             push(t, WAKE, e)
 
     check_finished_once(finishes)
     measured = slice(load.warmup, total)
+    arrival = clients.sent
     metrics = run_metrics(arrival=arrival[measured], first_token=first_token[measured], finish=finish[measured],
-                          osl=osl_of[measured], itl_s=np.asarray(itl), gpus=sc.gpus)
+                          osl=osl_of[measured], itl_s=itl.array(), gpus=sc.gpus)
     out = {"metrics": metrics,
            "scheduler": {"instances": instances_n,
                          "peak_kv_tokens_per_rank": max(e.peak_kv_used for e in engines),
                          "peak_kv_reserved_tokens_per_rank": max(e.peak_kv_reserved for e in engines),
-                         "peak_running_per_rank": max(e.peak_running for e in engines), "steps": steps},
-           "_requests": {"output_tokens": list(generated), "finishes": finishes}}
+                         "peak_running_per_rank": max(e.peak_running for e in engines), "steps": steps,
+                         "preemptions": sum(e.preemptions for e in engines)},
+           "timeline": timeline.to_json(kv_capacity * instances_n * ranks_n),
+           "_requests": {"output_tokens": list(generated), "finishes": finishes,
+                         "ttft_s": (first_token - arrival)[measured], "e2e_s": (finish - arrival)[measured],
+                         "osl": np.asarray(osl_of)[measured] if np.ndim(osl_of) else np.full(total - load.warmup, osl_of)}}
     if steps_trace is not None:
         out["_trace"] = chrome_trace(sc.input.name, steps_trace,
                                      [("queue", arrival, prefill_start), ("prefill", prefill_start, first_token),
@@ -204,11 +224,49 @@ def _run_agg(sc: Scenario, load: Load, policy: Policy, fn: StepFunction, *, inst
     return out
 
 
+class Timeline:
+    """Batch and KV use over the run (issue 16's "batch size and KV use over time"): after every
+    step of any instance, the deployment's running and waiting requests and KV tokens in use,
+    summed over ranks. An instance's totals are recomputed only when it steps (O(ranks)); the
+    JSON keeps at most `POINTS` samples, the state at evenly spaced times."""
+
+    POINTS = 200
+
+    def __init__(self, engines: list) -> None:
+        self.engines = engines
+        self.per_instance = [(0, 0, 0)] * len(engines)
+        self.totals = [0, 0, 0]
+        self.t: list[float] = []
+        self.rows: list[tuple] = []
+
+    def step(self, e: int, t: float) -> None:
+        ranks = self.engines[e].ranks
+        now = (sum(r.running for r in ranks), sum(len(r.waiting) for r in ranks), sum(r.kv_used for r in ranks))
+        self.totals = [a + b - c for a, b, c in zip(self.totals, now, self.per_instance[e])]
+        self.per_instance[e] = now
+        self.t.append(t)
+        self.rows.append(tuple(self.totals))
+
+    def to_json(self, kv_capacity_tokens: int) -> dict:
+        if not self.t:
+            return {"t_s": [], "running_requests": [], "waiting_requests": [], "kv_used_tokens": [],
+                    "kv_capacity_tokens": kv_capacity_tokens}
+        times = np.asarray(self.t)
+        grid = np.linspace(0.0, times[-1], min(self.POINTS, len(times)))
+        idx = np.maximum(np.searchsorted(times, grid, side="right") - 1, 0)
+        rows = np.asarray(self.rows, dtype=np.int64)[idx]
+        return {"t_s": grid.tolist(), "running_requests": rows[:, 0].tolist(), "waiting_requests": rows[:, 1].tolist(),
+                "kv_used_tokens": rows[:, 2].tolist(), "kv_capacity_tokens": kv_capacity_tokens}
+
+
 def assumptions(policy: Policy) -> list[str]:
     """What this result rests on beyond its inputs, in words a reader can check."""
     out = ["step time: a grid of moesim step-model runs, interpolated; a step that mixes decode and prefill "
            "tokens is composed from them (moesim/serve/step_function.py)",
-           "KV: a request reserves its ISL + OSL tokens at admission, so nothing is preempted",
+           ("KV: a request reserves its ISL + OSL tokens at admission, so nothing is preempted"
+            if policy.kv_admission == "whole_request" else
+            "KV: a request is admitted when its prompt fits and grows a token per step; when decode tokens no "
+            "longer fit, the newest decoding request is preempted and later recomputed (vLLM V1)"),
            "prefill step time is the step model's at the mean prompt length (its attention context); "
            "a request's own prompt and output lengths set its chunks, decode context, KV and finish",
            "ranks of an instance step in lockstep; a step takes as long as its slowest rank",

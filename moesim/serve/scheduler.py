@@ -4,15 +4,23 @@ An engine instance is one expert-parallel group: `(ep x etp) / tp` attention-DP 
 in lockstep (every MoE layer's all-to-all joins them), each with its own running requests and KV
 cache. The policy is data with sources (`workloads/frameworks.yaml`, `batching`):
 
-- admission: a waiting request joins its rank when fewer than `max_running_requests_per_rank`
-  run there and the rank's KV cache can hold the whole request (its own ISL + OSL tokens, reserved at
-  admission, first come first served; the head of the queue blocks the rest). Reserving the full
-  length means a running request can always grow, so nothing is preempted in this increment;
-  frameworks admit more optimistically and preempt (a later increment).
+- admission (`kv_admission`): a waiting request joins its rank when fewer than
+  `max_running_requests_per_rank` run there and the rank's KV cache can hold, first come first
+  served (the head of the queue blocks the rest),
+  - `whole_request` (TRT-LLM's GUARANTEED_NO_EVICT; the default): its whole ISL + OSL, reserved at
+    admission, so a running request can always grow and nothing is preempted;
+  - `incremental` (vLLM V1): its prompt only; the KV grows a token per decoded token, and when a
+    rank's decode tokens no longer fit, the most recently started decoding request is preempted:
+    its KV is freed, it goes back to the front of the queue, and when admitted again it prefills
+    its prompt plus what it had generated (recompute) and goes on decoding; its client sees one
+    long inter-token gap. Disaggregated pools always reserve whole requests (SGLang's decode
+    PreallocQueue).
 - step composition per rank: `mixed` (vLLM V1): every decoding request gives one token, prompt
   chunks fill what is left of `step_token_budget`; `prefill_first` (SGLang): a rank with prompt
   tokens to process runs a prefill step of up to `step_token_budget` tokens, else a decode step.
   Prompts are taken first come first served and the last one is chunked to fit.
+- every decoding request of a rank gives one token per decode step (vLLM refuses a
+  `max_num_batched_tokens` below `max_num_seqs`, so its decode tokens always fit the budget);
 - CUDA graphs: a decode-only step's batch is padded up to the next captured size (a larger one
   runs unpadded); steps with prefill tokens run without graphs, unpadded.
 - step time: each rank's mix through the step function, the slowest rank's time (lockstep), plus
@@ -22,12 +30,20 @@ The request-level loop around instances is `serve.run` (a heap of timed events).
 with heapq rather than SimPy processes: an instance's only behaviour is "form a step, wait for
 its time, apply it", which a sorted event list expresses directly and deterministically, and
 simpy stays owned by `sim.engine` alone (the import-linter owner contract).
+
+Decode progress is kept per rank, not per request: a rank counts its decode steps (`clock`), and
+a decoding request's generated tokens are its offset plus that count, so a step costs O(ranks)
+however many requests decode, plus O(log B) per request that finishes (a heap of finish clocks).
+The decode batch's context sum is kept the same way. Inter-token latencies are recorded per rank
+and step with a count (`ItlSamples`), not per token. The numbers are the ones a per-token loop
+gives: the same integer sums, the same float subtractions (tests/test_serve_scheduler.py).
 """
 from __future__ import annotations
 
 import bisect
 import heapq
 import itertools
+import math
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
@@ -53,6 +69,15 @@ class Policy:
     graph_sizes: tuple[int, ...]
     cpu_overhead_s: float
     cpu_overhead_published: bool
+    request_overhead_s: float = 0.0   # from send to the engine's queue (HTTP, tokenisation): on TTFT
+    kv_admission: str = "whole_request"   # or "incremental" (module docstring)
+
+    def __post_init__(self):
+        if self.step_policy == "mixed" and self.max_running > self.token_budget:
+            # vLLM refuses max_num_seqs > max_num_batched_tokens: every decode token must fit a step
+            raise MoesimError(f"{self.framework}: {self.max_running} running requests per rank cannot decode within a "
+                              f"step budget of {self.token_budget} tokens", field="max_running_requests_per_rank",
+                              fix="give a step token budget at least the running-request limit")
 
     @classmethod
     def of(cls, sc: Scenario) -> "Policy":
@@ -62,7 +87,8 @@ class Policy:
             raise MoesimError(f"framework {name!r} has no continuous-batching policy in workloads/frameworks.yaml",
                               field="runtime.framework", fix="serve with a serving framework: vllm or sglang")
         overhead = b.step_cpu_overhead_s.value
-        return cls(framework=name, max_running=b.max_running_requests_per_rank.value,
+        admission = b.kv_admission.value if b.kv_admission is not None else "whole_request"
+        return cls(framework=name, kv_admission=admission, max_running=b.max_running_requests_per_rank.value,
                    token_budget=b.step_token_budget.value, step_policy=b.step_policy.value,
                    graph_sizes=b.cuda_graph_batch_sizes.value.sizes(), cpu_overhead_s=overhead or 0.0,
                    cpu_overhead_published=overhead is not None)
@@ -75,7 +101,8 @@ class Policy:
     def to_json(self) -> dict:
         return {"framework": self.framework, "max_running_requests_per_rank": self.max_running,
                 "step_token_budget": self.token_budget, "step_policy": self.step_policy,
-                "cuda_graph_batch_sizes": list(self.graph_sizes), "step_cpu_overhead_s": self.cpu_overhead_s}
+                "cuda_graph_batch_sizes": list(self.graph_sizes), "step_cpu_overhead_s": self.cpu_overhead_s,
+                "request_overhead_s": self.request_overhead_s, "kv_admission": self.kv_admission}
 
 
 def _variant(sc: Scenario, workload: Serving) -> Scenario:
@@ -115,6 +142,16 @@ def kv_capacity_tokens(sc: Scenario, *, isl: int, osl: int, max_batch: int, pref
 # happened by its start.
 STEP_END, FLOW, ARRIVAL, WAKE = 0, 1, 2, 3
 
+# At most this many decode steps are planned at once (`Instance.stretch`): bounds the arrays of one
+# stretch; a longer run of decode steps is simply more than one stretch.
+STRETCH_STEPS = 2048
+# ... and at least this many (measured: below ~8 steps the numpy arrays cost more than they save).
+STRETCH_MIN = 8
+
+# From how many busy ranks `Instance.plan` prices a step with one numpy call instead of a call per
+# rank (measured on this project's 2-core machines: the two cross near 16 ranks; same floats).
+VECTOR_RANKS = 16
+
 
 class EventQueue:
     """A run's events in time order; ties by kind (STEP_END, FLOW, ARRIVAL, WAKE), then in the order
@@ -126,6 +163,11 @@ class EventQueue:
 
     def push(self, t: float, kind: int, payload) -> None:
         heapq.heappush(self._heap, (t, kind, next(self._order), payload))
+
+    def next_time(self) -> float:
+        """When the next event happens (infinity when none is due): what `Instance.stretch` may
+        plan up to."""
+        return self._heap[0][0] if self._heap else math.inf
 
     def pop(self) -> tuple:
         t, kind, _, payload = heapq.heappop(self._heap)
@@ -140,12 +182,15 @@ class Clients:
     at `closed_loop_starts` and send their next request when one finishes; an open loop or trace
     sends at its arrival times."""
 
-    def __init__(self, events: EventQueue, load: Load, total: int) -> None:
-        self.events, self.load, self.total = events, load, total
+    def __init__(self, events: EventQueue, load: Load, total: int, overhead_s: float = 0.0) -> None:
+        self.events, self.load, self.total, self.overhead_s = events, load, total, overhead_s
         self.issued = 0
+        self.sent = np.full(total, math.nan)   # when each request was sent: its latencies count from here
 
     def send(self, t: float) -> None:
-        self.events.push(t, ARRIVAL, self.issued)
+        """Send the next request at `t`; it reaches the engine's queue `overhead_s` later."""
+        self.sent[self.issued] = t
+        self.events.push(t + self.overhead_s if self.overhead_s else t, ARRIVAL, self.issued)
         self.issued += 1
 
     def start(self, fn: StepFunction, decode_ranks: int) -> None:
@@ -181,20 +226,52 @@ def check_finished_once(finishes: list) -> None:
         raise AssertionError(f"{len(unfinished)} requests did not finish exactly once (first: {unfinished[0]})")
 
 
+class ItlSamples:
+    """Inter-token latencies as (value, count) pairs: every continuing decode request of a rank
+    gets the same gap at a step, so a step adds one pair per rank, not one float per token."""
+
+    def __init__(self) -> None:
+        self.values: list[float] = []
+        self.counts: list[int] = []
+
+    def add(self, value: float, count: int) -> None:
+        self.values.append(value)
+        self.counts.append(count)
+
+    def array(self) -> np.ndarray:
+        """Every gap, one per token (what the benchmark clients pool their percentiles over),
+        sorted: their mean then does not depend on the order instances and steps reported them."""
+        return np.sort(np.repeat(np.asarray(self.values, dtype=float), np.asarray(self.counts, dtype=np.int64)))
+
+
 @dataclass
 class Rank:
-    """One attention-DP rank: its queue, its running requests and its KV cache."""
+    """One attention-DP rank: its queue, its running requests and its KV cache.
+
+    Decoding requests (module docstring): `clock` counts the rank's decode steps; a request that
+    started decoding holds `offset[req]` = its ISL + tokens generated - clock at the start, so its
+    context now is offset + clock, and `context_base` is the sum of the offsets; `finishing` is a
+    heap of (clock at which it has its OSL tokens, join order, request)."""
 
     waiting: deque = field(default_factory=deque)
     prefilling: list = field(default_factory=list)   # request ids with prompt tokens left, FCFS
-    decoding: list = field(default_factory=list)     # request ids generating tokens
+    decoding: dict = field(default_factory=dict)     # request ids generating tokens, in join order
     kv_reserved: int = 0
     kv_used: int = 0
     incoming: int = 0   # disaggregated decode: requests with KV reserved here, still in transfer
+    clock: int = 0
+    context_base: int = 0
+    offset: dict = field(default_factory=dict)
+    finishing: list = field(default_factory=list)
+    fresh: list = field(default_factory=list)   # (request, its last token's time) joined since the last decode step
+    joining: list = field(default_factory=list)  # (request, last token's time) whose KV arrived: decode from the next plan
+    measured: int = 0                           # decoding requests counted in the statistics (past the warm-up)
+    joined_as: dict = field(default_factory=dict)   # request -> its entry's join number in `finishing` (others are stale)
+    last_decode_end: float = math.nan
 
     @property
     def running(self) -> int:
-        return len(self.prefilling) + len(self.decoding)
+        return len(self.prefilling) + len(self.decoding) + len(self.joining)
 
 
 @dataclass
@@ -204,6 +281,21 @@ class StepPlan:
     chunks: list
     decodes: list
     duration_s: float
+    # a run of pure decode steps (`Instance.stretch`): each one's end time; None for one step
+    ends: Optional[list] = None
+
+    @property
+    def steps(self) -> int:
+        return len(self.ends) if self.ends else 1
+
+    def end_s(self, start_s: float) -> float:
+        return self.ends[-1] if self.ends else start_s + self.duration_s
+
+    def spans(self, start_s: float):
+        """(start, end) of each step of the plan."""
+        if not self.ends:
+            return [(start_s, start_s + self.duration_s)]
+        return list(zip([start_s] + self.ends[:-1], self.ends))
 
 
 class _Same:
@@ -231,7 +323,8 @@ class Instance:
     """
 
     def __init__(self, ranks: int, policy: Policy, fn: StepFunction, *, isl, osl, kv_capacity: int,
-                 prefilled: list, generated: list, hold_finished_kv: bool = False):
+                 prefilled: list, generated: list, hold_finished_kv: bool = False, warmup: int = 0,
+                 kv_admission: str = "whole_request"):
         self.ranks = [Rank() for _ in range(ranks)]
         self.policy, self.fn, self.kv_capacity = policy, fn, kv_capacity
         self.isl, self.osl = _per_request(isl), _per_request(osl)
@@ -239,6 +332,12 @@ class Instance:
         # A disaggregated prefill instance keeps a finished request's KV until it has been sent
         # to the decode pool (SGLang frees it when the transfer reports success): `release`.
         self.hold_finished_kv = hold_finished_kv
+        self.warmup = warmup
+        self.incremental = kv_admission == "incremental"
+        self.recompute: dict[int, int] = {}       # preempted request -> tokens it had generated (re-prefilled)
+        self.last_token_at: dict[int, float] = {}  # preempted request -> when its last token came
+        self.preemptions = 0
+        self._joined = itertools.count()
         self.busy = False
         self.peak_kv_used = 0
         self.peak_kv_reserved = 0
@@ -247,11 +346,16 @@ class Instance:
     def has_work(self) -> bool:
         return any(r.waiting or r.running for r in self.ranks)
 
+    def prompt_len(self, req: int) -> int:
+        """Tokens request `req` must prefill: its prompt, plus what it had generated if it was preempted."""
+        return self.isl[req] + self.recompute.get(req, 0)
+
     def _admit(self, rank: Rank) -> None:
         isl, osl = self.isl, self.osl
         while rank.waiting and rank.running < self.policy.max_running:
             head = rank.waiting[0]
-            need = isl[head] + osl[head]
+            # incremental: the prompt and the slot of the token its prefill samples
+            need = self.prompt_len(head) + 1 if self.incremental else isl[head] + osl[head]
             if rank.kv_reserved + need > self.kv_capacity:
                 break
             rank.prefilling.append(rank.waiting.popleft())
@@ -264,72 +368,225 @@ class Instance:
         for req in rank.prefilling:
             if budget <= 0:
                 break
-            take = min(self.isl[req] - self.prefilled[req], budget)
+            take = min(self.prompt_len(req) - self.prefilled[req], budget)
             chunks.append((req, take))
             budget -= take
         return chunks
 
-    def plan(self) -> Optional[StepPlan]:
-        """Admit what fits and form the next step; None when no rank has anything to run."""
+    def plan(self, now: float = math.nan) -> Optional[StepPlan]:
+        """Admit what fits and form the next step; None when no rank has anything to run. `now`:
+        the time the step starts (the last-token time of requests whose KV arrived meanwhile: a
+        disaggregated decode worker streams the prefill's token as the request joins its batch).
+
+        Every rank's mix goes through the step function in one call (`StepFunction.step_many`),
+        the same floats as one call per rank."""
         p = self.policy
-        all_chunks, all_decodes, longest = [], [], 0.0
+        mixed, prefill_first = p.step_policy == "mixed", p.step_policy == "prefill_first"
+        all_chunks, all_decodes = [], []
+        batches, contexts, tokens_of = [], [], []
         for rank in self.ranks:
-            self._admit(rank)
-            if p.step_policy == "prefill_first" and rank.prefilling:
+            if rank.joining:   # arrived while a step ran: they join the batch now
+                for req, last in rank.joining:
+                    self._start_decoding(rank, req, now if last != last else last)
+                rank.joining.clear()
+            if rank.waiting:
+                self._admit(rank)
+            if self.incremental and rank.decoding and rank.kv_reserved + len(rank.decoding) > self.kv_capacity:
+                self._preempt_until_decodes_fit(rank)
+            if prefill_first and rank.prefilling:
                 chunks, decodes = self._prompt_chunks(rank, p.token_budget), []
             else:
-                # SGLang's decode batch is every running request; vLLM's decode tokens share the budget
-                decodes = list(rank.decoding) if p.step_policy == "prefill_first" else rank.decoding[:p.token_budget]
-                chunks = self._prompt_chunks(rank, p.token_budget - len(decodes)) if p.step_policy == "mixed" else []
+                # every decoding request gives a token (SGLang's decode batch is every running request;
+                # vLLM's decode tokens come first in the budget, the rest goes to prompt chunks)
+                decodes = list(rank.decoding)
+                chunks = self._prompt_chunks(rank, p.token_budget - len(decodes)) if mixed and rank.prefilling else []
             all_chunks.append(chunks)
             all_decodes.append(decodes)
-            tokens = sum(n for _, n in chunks)
+            tokens = sum(n for _, n in chunks) if chunks else 0
             if not decodes and not tokens:
                 continue
             batch = len(decodes)
-            isl, generated = self.isl, self.generated
-            context = (sum(isl[r] + generated[r] for r in decodes) / batch) if batch else 0.0
-            if batch and not tokens:
-                batch = p.padded(batch)
-            longest = max(longest, self.fn.step(batch, context, tokens))
+            contexts.append(((rank.context_base + batch * rank.clock) / batch) if batch else 0.0)
+            batches.append(p.padded(batch) if batch and not tokens else batch)
+            tokens_of.append(tokens)
+        if not batches:
+            return None
+        if len(batches) <= VECTOR_RANKS:   # a few ranks: plain calls beat numpy's per-call cost
+            step = self.fn.step
+            longest = max(step(b, c, n) for b, c, n in zip(batches, contexts, tokens_of))
+        else:
+            longest = float(self.fn.step_many(np.asarray(batches), np.asarray(contexts), np.asarray(tokens_of)).max())
         if longest <= 0.0:
             return None
         return StepPlan(all_chunks, all_decodes, longest + p.cpu_overhead_s)
 
-    def apply(self, plan: StepPlan, now: float, on_token, on_finish) -> None:
+    def stretch(self, plan: StepPlan, now: float, horizon: float) -> StepPlan:
+        """A pure decode step extended by the decode steps that follow it unchanged: while no rank
+        has prompt tokens to run, nothing arrives (no event before `horizon`, the next event of
+        the run) and no request finishes, every rank's batch stays the same and only its context
+        grows by one a step, so the steps up to the first finish, or to the first step that starts
+        at or after `horizon`, are known now. Their times are the ones step-by-step planning gives
+        (the same contexts, the same `step_many` floats, the same sequential sums of durations);
+        `apply` then applies them together. One plan instead of one per step: the event loop's
+        cost follows events (arrivals, finishes), not tokens."""
+        if any(plan.chunks) or not any(plan.decodes) or horizon - now < STRETCH_MIN * plan.duration_s:
+            return plan   # (steps only get longer: fewer than STRETCH_MIN fit before the next event)
+        busy = [(rank, len(d)) for rank, d in zip(self.ranks, plan.decodes) if d]
+        if self.incremental:
+            room = min(self._next_finish(rank) - rank.clock for rank, _ in busy)
+        else:   # no preemption, no stale entries
+            room = min(rank.finishing[0][0] - rank.clock for rank, _ in busy)
+        if self.incremental:   # each step's tokens must fit: no preemption inside a stretch
+            room = min(room, min((self.kv_capacity - rank.kv_reserved) // b for rank, b in busy))
+        steps = min(room, STRETCH_STEPS)
+        if horizon < math.inf:   # steps grow with context: the first step's time over-counts how many fit
+            steps = min(steps, int((horizon - now) / plan.duration_s) + 2)
+        if steps < STRETCH_MIN:   # a short run: planning it step by step costs less than the arrays
+            return plan
+        p = self.policy
+        s = np.arange(steps, dtype=np.int64)[:, None]
+        batch = np.array([b for _, b in busy], dtype=np.int64)[None, :]
+        base = np.array([rank.context_base for rank, _ in busy], dtype=np.int64)[None, :]
+        clock = np.array([rank.clock for rank, _ in busy], dtype=np.int64)[None, :]
+        context = (base + batch * (clock + s)) / batch
+        padded = np.array([p.padded(b) for _, b in busy], dtype=np.int64)
+        times = self.fn.step_many(np.broadcast_to(padded, context.shape).ravel(), context.ravel(),
+                                  np.zeros(context.size, dtype=np.int64)).reshape(context.shape)
+        durations = times.max(axis=1) + p.cpu_overhead_s
+        ends = np.cumsum(np.concatenate([[now], durations]))[1:]
+        later = np.nonzero(ends >= horizon)[0]
+        k = int(later[0]) + 1 if later.size else steps
+        if k <= 1:
+            return plan
+        return StepPlan(plan.chunks, plan.decodes, plan.duration_s, ends=ends[:k].tolist())
+
+    @staticmethod
+    def _next_finish(rank: Rank) -> int:
+        """The clock at which the rank's next decoding request has its output (stale heap entries
+        of preempted requests dropped)."""
+        heap = rank.finishing
+        while rank.joined_as.get(heap[0][2]) != heap[0][1]:
+            heapq.heappop(heap)
+        return heap[0][0]
+
+    def _preempt_until_decodes_fit(self, rank: Rank) -> None:
+        """vLLM V1's preemption by recompute (module docstring): free the most recently started
+        decoding requests until one decode token for each of the others fits."""
+        while rank.decoding and rank.kv_reserved + len(rank.decoding) > self.kv_capacity:
+            req = next(reversed(rank.decoding))
+            offset = rank.offset.pop(req)
+            del rank.decoding[req], rank.joined_as[req]
+            rank.context_base -= offset
+            generated = offset - self.isl[req] + rank.clock
+            self.generated[req] = generated
+            held = self.isl[req] + generated
+            rank.kv_used -= held
+            rank.kv_reserved -= held
+            last = rank.last_decode_end
+            for i, (fresh_req, fresh_last) in enumerate(rank.fresh):
+                if fresh_req == req:
+                    last = fresh_last
+                    del rank.fresh[i]
+                    break
+            self.last_token_at[req] = last
+            if req >= self.warmup:
+                rank.measured -= 1
+            self.recompute[req] = generated
+            self.prefilled[req] = 0
+            rank.waiting.appendleft(req)
+            self.preemptions += 1
+
+    def _start_decoding(self, rank: Rank, req: int, last_token_s: float) -> None:
+        """Request `req` (ISL + its generated tokens in the cache) decodes on `rank` from its next
+        decode step; its last token came at `last_token_s` (its first inter-token gap starts there)."""
+        offset = self.isl[req] + self.generated[req] - rank.clock
+        rank.decoding[req] = None
+        rank.offset[req] = offset
+        rank.context_base += offset
+        joined = next(self._joined)
+        rank.joined_as[req] = joined
+        heapq.heappush(rank.finishing, (self.osl[req] - self.generated[req] + rank.clock, joined, req))
+        rank.fresh.append((req, last_token_s))
+        if req >= self.warmup:
+            rank.measured += 1
+
+    def _decode_step(self, rank: Rank, decodes: list, now: float, on_token, itl: Optional[ItlSamples],
+                     ends: Optional[list] = None) -> list:
+        """One token for each of the rank's decoding requests (one per step of a stretched plan,
+        whose steps end at `ends`); returns those now done, in join order."""
+        batch, steps = len(decodes), (len(ends) if ends else 1)
+        rank.clock += steps
+        rank.kv_used += batch * steps
+        if self.incremental:
+            rank.kv_reserved += batch * steps
+            self.peak_kv_reserved = max(self.peak_kv_reserved, rank.kv_reserved)
+        first_end = ends[0] if ends else now
+        if itl is None:   # a caller that wants every token
+            for end in (ends or [now]):
+                for req in decodes:
+                    on_token(req, end)
+        else:
+            warmup, continuing = self.warmup, rank.measured
+            for req, last in rank.fresh:
+                if req >= warmup:
+                    continuing -= 1
+                    itl.add(first_end - last, 1)
+            if continuing:
+                itl.add(first_end - rank.last_decode_end, continuing)
+            if rank.measured and steps > 1:
+                for previous, end in zip(ends[:-1], ends[1:]):
+                    itl.add(end - previous, rank.measured)
+        rank.fresh = []
+        rank.last_decode_end = now
+        done, heap = [], rank.finishing
+        while heap and heap[0][0] <= rank.clock:
+            _, joined, req = heapq.heappop(heap)
+            if rank.joined_as.get(req) != joined:   # a preempted request's old entry
+                continue
+            del rank.joined_as[req]
+            offset = rank.offset.pop(req)
+            self.generated[req] = offset - self.isl[req] + rank.clock
+            rank.context_base -= offset
+            del rank.decoding[req]
+            if req >= self.warmup:
+                rank.measured -= 1
+            done.append(req)
+        return done
+
+    def apply(self, plan: StepPlan, now: float, on_token, on_finish, itl: Optional[ItlSamples] = None) -> None:
         """Apply a finished step at time `now`: prompt chunks advance (a finished prompt gives the
         request its first token), decode requests get one token each, finished requests free
-        their KV. `on_token(req, now)` and `on_finish(req, now)` record what happened."""
+        their KV. `on_token(req, now)` is called for every first token, and for every decode token
+        only when no `itl` collector is given (else the gaps go to `itl`, module docstring);
+        `on_finish(req, now)` for every finished request."""
         isl, osl = self.isl, self.osl
         for rank, chunks, decodes in zip(self.ranks, plan.chunks, plan.decodes):
-            done = []
-            for req in decodes:
-                self.generated[req] += 1
-                rank.kv_used += 1
-                on_token(req, now)
-                if self.generated[req] >= osl[req]:
-                    done.append(req)
+            done = self._decode_step(rank, decodes, now, on_token, itl, plan.ends) if decodes else []
             for req, n in chunks:
                 self.prefilled[req] += n
                 rank.kv_used += n
-                if self.prefilled[req] >= isl[req]:
+                if self.prefilled[req] >= self.prompt_len(req):
                     rank.prefilling.remove(req)
-                    self.generated[req] = 1
-                    rank.kv_used += 1
-                    on_token(req, now)
-                    if osl[req] > 1:
-                        rank.decoding.append(req)
+                    rank.kv_used += 1   # the sampled token's slot, reserved at admission
+                    if req in self.recompute:   # a preempted request's prefill again: its next token
+                        del self.recompute[req]
+                        self.generated[req] += 1
+                        if itl is not None and req >= self.warmup:
+                            itl.add(now - self.last_token_at.pop(req), 1)
+                    else:
+                        self.generated[req] = 1
+                        on_token(req, now)
+                    if self.generated[req] < osl[req]:
+                        self._start_decoding(rank, req, now)
                     else:
                         done.append(req)
             self.peak_kv_used = max(self.peak_kv_used, rank.kv_used)
-            if rank.kv_used > self.kv_capacity:  # cannot happen with full reservation; a guard for later policies
+            if rank.kv_used > self.kv_capacity:  # admission and preemption keep it inside: a guard
                 raise AssertionError(f"KV use {rank.kv_used} exceeds capacity {self.kv_capacity}")
             for req in done:
-                if req in rank.decoding:
-                    rank.decoding.remove(req)
                 if not self.hold_finished_kv:
                     rank.kv_used -= isl[req] + self.generated[req]
-                    rank.kv_reserved -= isl[req] + osl[req]
+                    rank.kv_reserved -= isl[req] + (self.generated[req] if self.incremental else osl[req])
                 on_finish(req, now)
 
     # ------------------------------------------------------------ disaggregation (serve.disagg)
@@ -351,12 +608,14 @@ class Instance:
         self.peak_kv_reserved = max(self.peak_kv_reserved, rank.kv_reserved)
         return True
 
-    def join(self, rank_index: int, req: int) -> None:
-        """A request whose KV has arrived joins the rank's decode batch (from its next step on)."""
+    def join(self, rank_index: int, req: int, last_token_s: float = math.nan) -> None:
+        """A request whose KV has arrived joins the rank's decode batch (from its next step on);
+        `last_token_s`: when its last token (the prefill's) reached the client."""
         rank = self.ranks[rank_index]
         rank.incoming -= 1
         rank.kv_used += self.isl[req] + self.generated[req]
-        rank.decoding.append(req)
+        # not `_start_decoding` now: a step may be running, and its decode tokens are fixed (`plan`)
+        rank.joining.append((req, last_token_s))
         self.peak_kv_used = max(self.peak_kv_used, rank.kv_used)
         self.peak_running = max(self.peak_running, rank.running)
 
@@ -367,5 +626,5 @@ class Instance:
         rank.kv_reserved -= self.isl[req] + self.osl[req]
 
 
-__all__ = ["ARRIVAL", "FLOW", "Instance", "Policy", "STEP_END", "StepPlan", "WAKE", "check_finished_once",
+__all__ = ["ARRIVAL", "FLOW", "Instance", "ItlSamples", "Policy", "STEP_END", "StepPlan", "WAKE", "check_finished_once",
            "kv_capacity_tokens", "mark_prefill_start"]

@@ -130,7 +130,7 @@ def step_time_s(sc: Scenario) -> float:
     from moesim.sim.engine import run_step
     from moesim.sim.layer_ops import serving_layers
     layers, group, _ = serving_layers(sc, microbatches=1, skew="uniform", placement=None)
-    return run_step(layers, group, microbatches=1).makespan_s
+    return run_step(layers, group, microbatches=1, record=False).makespan_s
 
 
 def simulate_decode(sc: Scenario, batch: int, context: int) -> float:
@@ -226,18 +226,20 @@ class StepFunction:
             batches, contexts, prefill_tokens, isl, times
         self._decode = [[None] * len(contexts) for _ in batches]   # filled as used
         self._prefill = [None] * len(prefill_tokens)
+        self._decode_table = np.full((len(batches), len(contexts)), math.nan)   # the same, for `*_many`
+        self._prefill_table = np.full(len(prefill_tokens), math.nan)
 
     def _decode_at(self, i: int, j: int) -> float:
         row = self._decode[i]
         value = row[j]
         if value is None:
-            value = row[j] = self.times.decode_s(self.batches[i], self.contexts[j])
+            value = row[j] = self._decode_table[i, j] = self.times.decode_s(self.batches[i], self.contexts[j])
         return value
 
     def _prefill_at(self, k: int) -> float:
         value = self._prefill[k]
         if value is None:
-            value = self._prefill[k] = self.times.prefill_s(self.prefill_tokens[k], self.isl)
+            value = self._prefill[k] = self._prefill_table[k] = self.times.prefill_s(self.prefill_tokens[k], self.isl)
         return value
 
     def fill(self) -> "StepFunction":
@@ -296,6 +298,75 @@ class StepFunction:
             return self.prefill(prefill_tokens)
         attention = self.decode(decode_batch, decode_context) - self.decode(decode_batch, MIN_CONTEXT)
         return self.prefill(prefill_tokens + decode_batch) + attention
+
+    # ------------------------------------------------------------------ many ranks at once
+    @staticmethod
+    def _pairs(xs: tuple[int, ...], x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per x, the grid indices (lo, hi) `_interp` reads: the bracketing pair, or the point
+        itself twice where x is on it (where `_interp` reads only that one: so no neighbour is
+        simulated that the scalar path would not simulate). Refuses x outside the grid."""
+        if x.size and (x.min() < xs[0] or x.max() > xs[-1]):
+            bad = x[(x < xs[0]) | (x > xs[-1])][0]
+            raise ValueError(f"{bad} outside the step-function grid [{xs[0]}, {xs[-1]}]")
+        if len(xs) == 1:
+            zero = np.zeros(len(x), dtype=np.int64)
+            return zero, zero
+        grid = np.asarray(xs)
+        hi = np.minimum(np.searchsorted(grid, x, side="right"), len(xs) - 1)
+        lo = hi - 1
+        return lo, np.where(grid[lo] == x, lo, hi)
+
+    @staticmethod
+    def _lerp(xs, lo, hi, x, y0, y1):
+        """`_interp`'s arithmetic element by element: y0 + (y1 - y0) * (x - x0) / (x1 - x0) with
+        the bracketing grid values, or y0 where x is on a grid point (y1 is then y0 and x - x0 is
+        0, so y0 + 0 = y0): the floats the scalar path gives."""
+        if len(xs) == 1:
+            return y0
+        grid = np.asarray(xs)
+        x0, x1 = grid[lo], grid[np.maximum(hi, lo + 1)]
+        return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+
+    def decode_many(self, batch: np.ndarray, context: np.ndarray) -> np.ndarray:
+        """`decode` of every (batch, context) pair; grid points not simulated yet are simulated
+        first, only those the scalar path would read."""
+        blo, bhi = self._pairs(self.batches, batch)
+        clo, chi = self._pairs(self.contexts, context)
+        table = self._decode_table
+        rows, cols = np.concatenate([blo, blo, bhi, bhi]), np.concatenate([clo, chi, clo, chi])
+        if np.isnan(table[rows, cols]).any():
+            for r, c in set(zip(rows.tolist(), cols.tolist())):
+                if self._decode[r][c] is None:
+                    self._decode_at(r, c)
+
+        def row(r):
+            return self._lerp(self.contexts, clo, chi, context, table[r, clo], table[r, chi])
+        return self._lerp(self.batches, blo, bhi, batch, row(blo), row(bhi))
+
+    def prefill_many(self, tokens: np.ndarray) -> np.ndarray:
+        lo, hi = self._pairs(self.prefill_tokens, tokens)
+        values = self._prefill_table
+        if np.isnan(values[lo]).any() or np.isnan(values[hi]).any():
+            for k in set(np.concatenate([lo, hi]).tolist()):
+                self._prefill_at(k)
+        return self._lerp(self.prefill_tokens, lo, hi, tokens, values[lo], values[hi])
+
+    def step_many(self, decode_batch: np.ndarray, decode_context: np.ndarray, prefill_tokens: np.ndarray) -> np.ndarray:
+        """`step` of every rank's (batch, mean context, prefill tokens) at once: one numpy pass
+        instead of a Python call per rank (a step of an EP-64 instance has 64 ranks). The same
+        floats as `step` element by element (tests/test_serve_step_function.py)."""
+        out = np.zeros(len(decode_batch), dtype=float)
+        dec, pre = decode_batch > 0, prefill_tokens > 0
+        only_decode, only_prefill, mixed = dec & ~pre, pre & ~dec, dec & pre
+        if only_decode.any():
+            out[only_decode] = self.decode_many(decode_batch[only_decode], decode_context[only_decode])
+        if only_prefill.any():
+            out[only_prefill] = self.prefill_many(prefill_tokens[only_prefill])
+        if mixed.any():
+            b, c = decode_batch[mixed], decode_context[mixed]
+            attention = self.decode_many(b, c) - self.decode_many(b, np.full(len(b), float(MIN_CONTEXT)))
+            out[mixed] = self.prefill_many(prefill_tokens[mixed] + b) + attention
+        return out
 
     def request_s(self, isl: int, osl: int, batch: int) -> float:
         """Rough seconds of one request among `batch` per rank: its prompt as prefill steps of at

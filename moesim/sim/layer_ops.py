@@ -105,6 +105,21 @@ def check_simulatable(sc: Scenario) -> None:
                           field="parallel.ep", fix="make ep x etp a multiple of tp")
 
 
+def slot_token_counts(place, choice: np.ndarray, expert_load: np.ndarray) -> np.ndarray:
+    """Tokens per expert slot: each (token, expert) pair goes to replica token % replicas. With one
+    slot per expert (no replicas) that is the expert's own count, read off the sample's loads
+    instead of a pass over every pair (the same integers, so the same floats)."""
+    ptr, slots = place.expert_slot_ptr, place.expert_slots
+    if len(slots) == len(ptr) - 1 and np.all(np.diff(ptr) == 1):
+        out = np.zeros(len(place.slot_expert), dtype=np.int64)
+        out[slots[ptr[:-1]]] = expert_load
+        return out.astype(float)
+    rows = np.repeat(np.arange(len(choice)), choice.shape[1])
+    experts = choice.ravel()
+    reps = ptr[experts + 1] - ptr[experts]
+    return np.bincount(slots[ptr[experts] + rows % reps], minlength=len(place.slot_expert)).astype(float)
+
+
 def serving_layers(sc: Scenario, *, microbatches: int, skew: str, placement: Optional[str]) -> tuple[list, int, dict]:
     """Per-layer op lists for one micro-batch of a serving step of one EP group."""
     m, p, w = sc.model, sc.plan, sc.input.workload
@@ -177,12 +192,7 @@ def serving_layers(sc: Scenario, *, microbatches: int, skew: str, placement: Opt
                              dispatch_dtype=dispatch_dtype)
         t_dispatch, t_combine = ep_comm_times(sc, fabric, traffic, domain, host_sync=w.phase == "prefill")
         # per-slot token counts: each (token, expert) pair goes to replica token % replicas
-        ptr, slots = place.expert_slot_ptr, place.expert_slots
-        choice = sample.choices[i]
-        rows = np.repeat(np.arange(len(choice)), choice.shape[1])
-        experts = choice.ravel()
-        reps = ptr[experts + 1] - ptr[experts]
-        slot_tokens = np.bincount(slots[ptr[experts] + rows % reps], minlength=len(place.slot_expert)).astype(float)
+        slot_tokens = slot_token_counts(place, sample.choices[i], sample.expert_load[i])
         per_rank = grouped_gemm_times_per_owner(gpu, prof, slot_tokens, place.slot_gpu, p.ep, 2 * inter, d, exp_dtype) \
             + grouped_gemm_times_per_owner(gpu, prof, slot_tokens, place.slot_gpu, p.ep, d, inter, exp_dtype)
         per_gpu = np.repeat(per_rank, p.etp).tolist()

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+import yaml
 from pydantic import ConfigDict, Field
 
 from moesim.core.errors import MoesimError
@@ -38,12 +39,33 @@ class Skip(Exception):
 
 
 def load_cases(path: str) -> list[Case]:
-    data, node = read_yaml(Path(path))
-    cases = parse_record(CasesFile, data, file=path, node=node).cases
+    """The file's cases. Parsed with libyaml's C loader (validation/serving_load.yaml, 4 MB, in 4 s
+    instead of 15 s with the pure-Python loader and its line-number tree); a file that does not
+    parse or validate that way is read again by `read_yaml`, whose error names the line."""
+    data = _parse_fast(Path(path))
+    try:
+        if data is None:
+            raise MoesimError("not parsed by the fast loader", file=path)
+        cases = parse_record(CasesFile, data, file=path).cases
+    except MoesimError:
+        data, node = read_yaml(Path(path))
+        cases = parse_record(CasesFile, data, file=path, node=node).cases
     if not cases:
         raise MoesimError("the file holds no cases", file=path, field="cases",
                           fix="add cases in the schema of validation/SCHEMA.md")
     return cases
+
+
+def _parse_fast(path: Path) -> Any:
+    """The YAML data by libyaml (`yaml.CSafeLoader`), or None when it is missing or the file does not
+    parse (the slow path then reports why, with the line)."""
+    loader = getattr(yaml, "CSafeLoader", None)
+    if loader is None:
+        return None
+    try:
+        return yaml.load(path.read_text(), Loader=loader)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
 
 
 @dataclass(frozen=True)

@@ -53,16 +53,18 @@ def preparers() -> dict[str, Prepare]:
             "grouped_gemm": gemm_model.prepare}
 
 
-def build_targets(cases: list[Case], by_gpu: dict[str, Calibrated], profile: KernelProfile
+def build_targets(cases: list[Case], by_gpu: dict[str, Calibrated], profile: KernelProfile, *, workers: int = 1
                   ) -> tuple[list[Target], list[dict]]:
     """Targets of every case moesim can model, and the skipped ones with their reason. Cases
-    predicted by simulating a whole step simulate it with `profile`."""
+    predicted by simulating a whole step simulate it with `profile`; kinds prepared in batches
+    (`batch_preparers`: serving_load) spread their simulations over `workers` processes (the
+    targets do not depend on it)."""
     key = _cache_key(cases, by_gpu, profile)
     if key in _BUILT:  # validate, calibrate and --cv on the same cases in one process build once
         targets, skipped = _BUILT[key]
         return list(targets), [dict(s) for s in skipped]
     with standing_in_for_default(profile):
-        built = _build(cases, by_gpu, profile.values())
+        built = _build(cases, by_gpu, profile, workers)
     if len(_BUILT) >= 4:
         _BUILT.pop(next(iter(_BUILT)))
     _BUILT[key] = built
@@ -80,23 +82,50 @@ def _cache_key(cases: list[Case], by_gpu: dict[str, Calibrated], profile: Kernel
             tuple(sorted(profile.fitted.items())), code_and_data_digest())
 
 
-def _build(cases: list[Case], by_gpu: dict[str, Calibrated], values: dict[str, float]
+def batch_preparers() -> dict:
+    """Kinds whose cases are prepared together, `prepare_many(cases, calibration_of, profile, workers)
+    -> {case id: Target or Skip}`: a serving_load benchmark gives two cases from one run, and the
+    benchmarks of one deployment share its step-time function (`validation.serving_load`)."""
+    from moesim.validation import serving_load
+    return {serving_load.WHAT: serving_load.prepare_many}
+
+
+def _build(cases: list[Case], by_gpu: dict[str, Calibrated], profile: KernelProfile, workers: int = 1
            ) -> tuple[list[Target], list[dict]]:
     systems, models = set(system_names()), set(model_names())
+    values = profile.values()
     table = preparers()
+    batch = batch_preparers()
+
+    def reason_of(case: Case) -> Optional[str]:
+        if case.what not in table and case.what not in batch:
+            return f"what {case.what!r} not modelled yet: unknown kind of case"
+        if case.system not in systems:
+            return f"unknown system {case.system!r}"
+        if "model" in case.params and case.params["model"] not in models:
+            return f"unknown model {case.params['model']!r}"
+        return None
+
+    def calibration_of(case: Case) -> Optional[Calibrated]:
+        return by_gpu.get(load_system(case.system).gpu.id) if by_gpu else None
+
+    prepared: dict = {}
+    for what, prepare_many in batch.items():
+        mine = [c for c in cases if c.what == what and reason_of(c) is None]
+        if mine:
+            prepared.update(prepare_many(mine, calibration_of, profile, workers))
     targets, skipped = [], []
     for case in cases:
-        reason = None
-        if case.what not in table:
-            reason = f"what {case.what!r} not modelled yet: unknown kind of case"
-        elif case.system not in systems:
-            reason = f"unknown system {case.system!r}"
-        elif "model" in case.params and case.params["model"] not in models:
-            reason = f"unknown model {case.params['model']!r}"
+        reason = reason_of(case)
         if reason is None:
             try:
-                calibration = by_gpu.get(load_system(case.system).gpu.id) if by_gpu else None
-                target = bind(table[case.what](case, calibration), values)
+                if case.what in batch:
+                    made = prepared[case.id]
+                    if isinstance(made, Skip):
+                        raise made
+                else:
+                    made = table[case.what](case, calibration_of(case))
+                target = bind(made, values)
                 if not target.predict(values) > 0:
                     raise Skip("the model predicts no time for this case")
                 targets.append(target)

@@ -1,0 +1,173 @@
+"""Run serving_load benchmarks: one `serve` run per benchmark, grouped by deployment, in a process pool.
+
+`run_groups(groups, profile, workers)` returns, per benchmark key, the run's TTFT and TPOT means,
+the step counts the fit's first-order model needs (`validation.serving_load`) and the parameter
+values it ran at - or `{"skip": reason}`. A group (one deployment's benchmarks) runs in one process
+so its benchmarks share the deployment's step-time function (`serve.step_function`, shared per
+process for the same resolved scenario). Groups go to `workers` processes, largest first; a run
+depends only on its own inputs (the step function's points do not depend on the order they are
+simulated in), so the answers are the same floats for any number of workers.
+
+Step counts come from the run's trace (`serve.trace`: engine steps per instance, phases per
+request), per measured request:
+- agg: n_first = steps of the request's instance that end after it arrives and by its first token;
+  n_tpot = steps that end after its first token and by its last, over OSL - 1;
+- disagg: n_first = steps of its prefill instance from arrival to prompt done, plus the decode
+  instance's steps it waited for after its KV arrived (steps from KV arrival to its last token less
+  its OSL - 1 decode steps); n_tpot = 1 (a decode instance runs only decode steps, each gives it a token).
+A request's instance is the one with a step ending when its phase ends (its last token, its prompt).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
+from typing import Optional
+
+import numpy as np
+
+from moesim.core.errors import MoesimError
+from moesim.validation.serving_load import (Benchmark, batch_limit, disagg_for, load_for, request_param,
+                                            scenario_overrides, step_cpu_param)
+
+US = 1e6              # trace timestamps are microseconds
+MATCH_S = 1e-9        # a phase that ends at a step's end: the same instant up to float rounding
+
+
+def run_groups(groups: list[list[Benchmark]], profile, *, workers: int = 1) -> dict[str, dict]:
+    """Every benchmark's run (module docstring), keyed by `Benchmark.key`."""
+    if workers < 1:
+        raise MoesimError(f"workers must be at least 1, got {workers}", field="--workers", fix="use 1 or more")
+    order = sorted(range(len(groups)), key=lambda i: -_cost(groups[i]))   # largest first: the pool ends together
+    out: dict[str, dict] = {}
+    if workers == 1 or len(groups) <= 1:
+        for i in order:
+            out.update(run_group(groups[i], profile))
+        return out
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(groups)), initializer=_worker_init, initargs=(os.getpid(),))
+    try:
+        for result in pool.map(run_group, [groups[i] for i in order], [profile] * len(order)):
+            out.update(result)
+    except BaseException:
+        _stop(pool)
+        raise
+    pool.shutdown(wait=True)
+    return out
+
+
+def _cost(group: list[Benchmark]) -> float:
+    """A rough relative cost of a group: decode tokens simulated, times the ranks stepped."""
+    return sum(2 * b.concurrency * b.osl * (b.decode or b.pool).attn_dp for b in group)
+
+
+def run_group(group: list[Benchmark], profile) -> dict[str, dict]:
+    """One deployment's benchmarks in this process, with the kernel profile `profile` standing in for
+    the default (a pool worker does not inherit the caller's context)."""
+    from moesim.calibration.kernel_params import standing_in_for_default
+    with standing_in_for_default(profile):
+        values = profile.values()
+        return {b.key: run_benchmark(b, values) for b in group}
+
+
+def run_benchmark(b: Benchmark, values: dict) -> dict:
+    """One benchmark simulated at the parameter values `values`; `{"skip": reason}` when it cannot run."""
+    from moesim.cluster.scenario import load_scenario
+    from moesim.serve.run import serve
+    from moesim.serve.scheduler import Policy
+
+    c_ms, r_ms = values[step_cpu_param(b.backend)], values[request_param(b.backend)]
+    try:
+        sc = load_scenario(None, scenario_overrides(b))
+        policy = replace(Policy.of(sc), max_running=batch_limit(b), cpu_overhead_s=c_ms / 1e3,
+                         request_overhead_s=r_ms / 1e3)
+        result = serve(sc, load_for(b), disagg=disagg_for(b), policy=policy, trace=True)
+    except MoesimError as exc:
+        if exc.field in ("memory", "--isl/--osl"):
+            return {"skip": f"KV cache does not fit per the VRAM ledger: {exc.problem}"}
+        return {"skip": f"cannot model: {exc.one_line()}"}
+    m = result["metrics"]
+    first, per_token = step_counts(result["_trace"], warmup=result["load"]["warmup"], osl=b.osl, mode=b.mode,
+                                   queue_delay_s=policy.request_overhead_s)
+    return {"ttft_ms": m["ttft_ms"]["mean"], "tpot_ms": m["tpot_ms"]["mean"], "steps_before_first_token": first,
+            "steps_per_output_token": per_token, "step_cpu_ms": c_ms, "request_overhead_ms": r_ms}
+
+
+def step_counts(trace: dict, *, warmup: int, osl: int, mode: str, queue_delay_s: float = 0.0) -> tuple[float, float]:
+    """(mean steps before the first token, mean steps per output token) over the measured requests.
+    A request's `queue` phase starts when it is sent; it reaches its rank's queue `queue_delay_s`
+    later (the request overhead), and only steps ending after that delay it."""
+    steps: dict[int, list[float]] = {}
+    phases: dict[int, dict[str, tuple[float, float]]] = {}
+    for ev in trace["traceEvents"]:
+        if ev.get("ph") != "X":
+            continue
+        start, end = ev["ts"] / US, (ev["ts"] + ev["dur"]) / US
+        if ev["pid"] == 0:
+            steps.setdefault(ev["tid"], []).append(end)
+        elif ev["tid"] >= warmup:
+            phases.setdefault(ev["tid"], {})[ev["name"]] = (start, end)
+    ends = {e: np.sort(np.asarray(v)) for e, v in steps.items()}
+
+    def instance(t: float) -> Optional[np.ndarray]:
+        for arr in ends.values():
+            i = np.searchsorted(arr, t - MATCH_S)
+            if i < len(arr) and arr[i] <= t + MATCH_S:
+                return arr
+        return None
+
+    def between(arr: Optional[np.ndarray], a: float, b: float) -> int:
+        if arr is None:
+            return 0
+        return int(np.searchsorted(arr, b + MATCH_S) - np.searchsorted(arr, a + MATCH_S))
+
+    firsts, per_token = [], []
+    for req in sorted(phases):
+        ph = phases[req]
+        arrival = ph["queue"][0] + queue_delay_s
+        if mode == "agg":
+            first, finish = ph["decode"]
+            own = instance(finish) if osl > 1 else instance(first)
+            firsts.append(between(own, arrival, first))
+            if osl > 1:
+                per_token.append(between(own, first, finish) / (osl - 1))
+        else:
+            prompt_done = ph["prefill"][1]
+            joined, finish = ph["decode"]
+            decode_steps = between(instance(finish), joined, finish)
+            firsts.append(between(instance(prompt_done), arrival, prompt_done) + max(decode_steps - (osl - 1), 0))
+            per_token.append(1.0)
+    return float(np.mean(firsts)), (float(np.mean(per_token)) if per_token else 0.0)
+
+
+# ----------------------------------------------------------------------------- the pool
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _worker_init(parent: int) -> None:
+    """A pool worker dies with its parent (SIGTERM from the kernel on Linux) and leaves Ctrl-C to it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            import ctypes
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(1)   # the parent died before the signal was armed
+
+
+def _stop(pool: ProcessPoolExecutor) -> None:
+    """Stop a pool now (an error or Ctrl-C in the caller): cancel what has not started, end the workers."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in processes:
+        with contextlib.suppress(Exception):
+            proc.terminate()
+    for proc in processes:
+        with contextlib.suppress(Exception):
+            proc.join(timeout=2)
+
+
+__all__ = ["run_benchmark", "run_group", "run_groups", "step_counts"]

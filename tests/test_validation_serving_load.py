@@ -1,0 +1,258 @@
+"""serving_load validation: a closed-loop benchmark case -> scenario, load and policy -> one serve run
+for both metrics; skips with reasons; --cv config; workers; the serving parameters' closure."""
+import json
+from dataclasses import replace
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from moesim.calibration.kernel_fit import bind, cross_validate, fit_all
+from moesim.calibration.kernel_params import SPEC, KernelProfile, definitions
+from moesim.cli import main
+from moesim.validation import serving_load as S
+from moesim.validation.cases import Skip, load_cases
+from moesim.validation.run import cv_groups, validate
+from moesim.validation.serving_load_run import run_benchmark, run_groups
+
+SPEC_PROFILE = KernelProfile(name=SPEC)
+
+
+def pool(tp, attn_dp, moe_tp, moe_ep, max_batch, **extra):
+    return dict(tp=tp, pp=1, attn_dp=attn_dp, moe_tp=moe_tp, moe_ep=moe_ep, gpus=tp * attn_dp,
+                max_batch_per_attn_dp=max_batch, **extra)
+
+
+def bench(run, *, backend="vllm", system="dgx-h100", concurrency=4, isl=128, osl=16, split=(1, 2, 1, 2),
+          mode="agg", model="qwen3-30b-a3b", **params):
+    """Both cases (TTFT and TPOT) of one small benchmark; measured values are arbitrary test numbers."""
+    tp, attn_dp, moe_tp, moe_ep = split
+    p = {"model": model, "hf_model": "x", "backend": backend, "backend_version": "1.0", "mode": mode, "isl": isl,
+         "osl": osl, "weights_dtype": "fp8", "moe_dtype": "fp8", "concurrency": concurrency}
+    if mode == "agg":
+        p["pool"] = pool(tp, attn_dp, moe_tp, moe_ep, max(concurrency // attn_dp, 1))
+    else:
+        p["prefill"] = pool(tp, attn_dp, moe_tp, moe_ep, 1, workers=1)
+        p["decode"] = pool(tp, attn_dp, moe_tp, moe_ep, max(concurrency // attn_dp, 1), workers=1)
+    p.update(params)
+    gpus = tp * attn_dp * (2 if mode == "disagg" else 1)
+    return [{"id": f"{run}-{m}", "what": "serving_load", "system": system, "gpus": gpus, "params": p, "metric": m,
+             "measured": v, "run": run, "source": "test", "table": "t"}
+            for m, v in (("ttft_ms", 40.0), ("tpot_ms", 5.0))]
+
+
+# Two deployments of qwen3-30b-a3b on H100 (EP2 with attention DP 2; TP2 with expert TP 2), two loads each
+GOOD = (bench("a-c2", concurrency=2) + bench("a-c4", concurrency=4)
+        + bench("b-c2", concurrency=2, split=(2, 1, 2, 1)) + bench("b-c4", concurrency=4, split=(2, 1, 2, 1)))
+
+
+def write(tmp_path, cases, name="cases.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump({"cases": cases}))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory):
+    path = write(tmp_path_factory.mktemp("sl"), GOOD)
+    cases = load_cases(path)
+    return path, cases, S.prepare_many(cases, lambda c: None, SPEC_PROFILE, workers=1)
+
+
+def test_a_case_maps_to_one_instance_with_the_benchmarks_attention_dp_ranks():
+    from moesim.cluster.scenario import load_scenario
+    from moesim.serve.run import deployment_shape
+    case = load_cases_from(bench("m", concurrency=8, split=(2, 2, 1, 4), isl=256, osl=32))[0]
+    b = S.benchmark_of(case, None)
+    sc = load_scenario(None, S.scenario_overrides(b))
+    p = sc.plan
+    assert (p.tp, p.dp, p.ep, p.etp, sc.gpus) == (2, 2, 4, 1, 4)
+    assert deployment_shape(sc) == (1, 2)              # one instance of attn_dp = 2 ranks of tp = 2 GPUs
+    assert sc.input.runtime.framework == "vllm" and sc.input.dtypes.weights == "fp8"
+    assert sc.input.dtypes.kv_cache == "fp8" == S.kv_cache_format("fp8") and S.kv_cache_format("bf16") == "bf16"
+    assert S.batch_limit(b) == 4                        # max_batch_per_attn_dp -> Policy.max_running
+    assert S.disagg_for(b) is None
+    load = S.load_for(b)
+    assert (load.concurrency, load.warmup, load.closed_loop_start) == (8, 8, "burst")
+    assert load.requests % 8 == 0 and 8 <= load.requests <= S.MAX_WAVES * 8
+
+
+def load_cases_from(cases, tmp=None):
+    import tempfile
+    from pathlib import Path
+    with tempfile.TemporaryDirectory() as d:
+        return load_cases(write(Path(d), cases))
+
+
+def test_disagg_pools_of_their_own_splits():
+    case = load_cases_from(bench("d", mode="disagg", concurrency=4, decode=pool(2, 1, 2, 1, 4, workers=3)))[0]
+    b = S.benchmark_of(case, None)
+    d = S.disagg_for(b)
+    assert (d.prefill, d.decode, dict(d.decode_parallel)) == (1, 3, {"tp": 2, "ep": 1, "etp": 2})
+    assert S.batch_limit(b) == 4 and S.scenario_overrides(b)["parallel.ep"] == 2   # the prefill pool's split
+    same = S.benchmark_of(load_cases_from(bench("e", mode="disagg"))[0], None)
+    assert S.disagg_for(same).decode_parallel is None
+    run = run_benchmark(b, SPEC_PROFILE.values())
+    assert run["ttft_ms"] > 0 and run["tpot_ms"] > 0 and run["steps_per_output_token"] == 1.0
+    assert run["steps_before_first_token"] >= 1
+
+
+def test_fp4_on_a_gpu_without_fp4_tensor_cores_runs_weight_only():
+    case = load_cases_from(bench("h", weights_dtype="nvfp4", moe_dtype="nvfp4"))[0]
+    assert S.scenario_overrides(S.benchmark_of(case, None))["dtypes.weights"] == S.WEIGHT_ONLY_FP4
+    case = load_cases_from(bench("b", system="hgx-b200", weights_dtype="nvfp4", moe_dtype="nvfp4"))[0]
+    assert S.scenario_overrides(S.benchmark_of(case, None))["dtypes.weights"] == "nvfp4"
+
+
+@pytest.mark.parametrize("cases, reason", [
+    (bench("x", split=(1, 1, 2, 1)), "does not cover the pool"),
+    (bench("x", backend="tgi"), "unknown backend"),
+    (bench("x", mode="both"), "unknown mode"),
+    (bench("x", pool=dict(pool(1, 2, 1, 2, 2), pp=2)), "pipeline parallelism"),
+    (bench("x", concurrency=8, pool=pool(1, 2, 1, 2, 2)), "batch limit of 4 requests .* below the 8 clients"),
+    ([dict(c, params=dict(c["params"], concurrency="many")) for c in bench("x")], "concurrency must be a whole"),
+])
+def test_skips_say_why_without_simulating(cases, reason):
+    for case in load_cases_from(cases):
+        with pytest.raises(Skip, match=reason):
+            S.benchmark_of(case, None)
+
+
+def test_a_deployment_whose_kv_does_not_fit_is_skipped_with_the_ledger_reason():
+    # Qwen3-235B in FP8 on one H100: the weights alone exceed the GPU
+    case = load_cases_from(bench("k", model="qwen3-235b-a22b", split=(1, 1, 1, 1)))[0]
+    run = run_benchmark(S.benchmark_of(case, None), SPEC_PROFILE.values())
+    assert run["skip"].startswith("KV cache does not fit per the VRAM ledger")
+
+
+def test_unknown_metric_is_a_skip():
+    case = load_cases_from([dict(bench("u")[0], metric="itl_ms")])[0]
+    with pytest.raises(Skip, match="unknown metric"):
+        S.benchmark_of(case, None)
+
+
+def test_both_metrics_come_from_one_run_per_benchmark(good, monkeypatch):
+    import moesim.serve.run as serve_run
+    _, cases, _ = good
+    calls = []
+    real = serve_run.serve
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(serve_run, "serve", counting)
+    out = S.prepare_many(cases, lambda c: None, SPEC_PROFILE, workers=1)
+    assert len(calls) == len(cases) // 2 == 4
+    assert all(not isinstance(t, Skip) for t in out.values())
+
+
+def test_the_closure_is_first_order_in_the_serving_parameters(good):
+    _, cases, targets = good
+    v = SPEC_PROFILE.values()
+    t_ttft, t_tpot = targets["a-c4-ttft_ms"], targets["a-c4-tpot_ms"]
+    c, r = S.step_cpu_param("vllm"), S.request_param("vllm")
+    base_ttft, base_tpot = t_ttft.predict(v), t_tpot.predict(v)
+    assert t_ttft.predict(dict(v, **{r: v[r] + 7.0})) == pytest.approx(base_ttft + 7.0)
+    assert t_tpot.predict(dict(v, **{r: v[r] + 7.0})) == base_tpot       # TPOT does not read the request overhead
+    bumped = t_tpot.predict(dict(v, **{c: v[c] + 1.0}))
+    assert bumped - base_tpot == pytest.approx(1.0, rel=1e-6)            # vLLM: one step per output token
+    assert t_ttft.predict(dict(v, **{c: v[c] + 1.0})) > base_ttft
+
+
+def test_closure_against_a_resimulation(good):
+    """The first-order model from a run at the defaults, evaluated at other values, against a run at them."""
+    _, cases, targets = good
+    v = SPEC_PROFILE.values()
+    c, r = S.step_cpu_param("vllm"), S.request_param("vllm")
+    moved = dict(v, **{c: 2.0, r: 30.0})
+    case = next(x for x in cases if x.id == "a-c4-ttft_ms")
+    rerun = run_benchmark(S.benchmark_of(case, None), moved)
+    assert targets["a-c4-ttft_ms"].predict(moved) == pytest.approx(rerun["ttft_ms"], rel=0.05)
+    assert targets["a-c4-tpot_ms"].predict(moved) == pytest.approx(rerun["tpot_ms"], rel=0.05)
+
+
+def test_workers_give_the_same_floats(good):
+    _, cases, targets = good
+    benches = {}
+    for case in cases:
+        b = S.benchmark_of(case, None)
+        benches.setdefault(b.key, b)
+    groups = {}
+    for b in benches.values():
+        groups.setdefault(b.deployment, []).append(b)
+    one = run_groups(list(groups.values()), SPEC_PROFILE, workers=1)
+    two = run_groups(list(groups.values()), SPEC_PROFILE, workers=2)
+    assert json.dumps(one, sort_keys=True) == json.dumps(two, sort_keys=True)
+
+
+def test_cv_config_leaves_a_whole_configuration_out(good):
+    _, cases, targets = good
+    defs = definitions()
+    defaults, bounds = {n: d.value for n, d in defs.items()}, {n: d.bounds for n, d in defs.items()}
+    ts = [bind(targets[c.id], defaults) for c in cases]
+    assert len({S.config_key(c) for c in cases}) == 2 and all(t.params for t in ts)
+
+    def held_out(ts):
+        fitted = fit_all(ts, defaults, bounds)
+        return cross_validate(cv_groups(ts, cases), dict(defaults, **fitted.values), defaults, bounds)
+
+    before = held_out(ts)
+    # change every measured value of configuration "a": its left-out predictions must not move
+    changed = [replace(t, measured=t.measured * 3.0) if t.id.startswith("a-") else t for t in ts]
+    after = held_out(changed)
+    for t in ts:
+        if t.id.startswith("a-"):
+            assert after[t.id] == pytest.approx(before[t.id], rel=1e-9, abs=1e-12)
+    assert any(after[t.id] != pytest.approx(before[t.id]) for t in ts if t.id.startswith("b-"))
+
+
+def test_validate_reports_per_metric_and_per_group(good, tmp_path):
+    path, cases, _ = good
+    result = validate(cases, kernel_profile=SPEC)
+    assert {"serving_load.ttft_ms", "serving_load.tpot_ms"} <= set(result["mape"]) <= set(result["bias"])
+    groups = result["groups"]["serving_load.ttft_ms"]
+    assert groups["overall"]["cases"] == 4
+    assert set(groups) == {"overall", "system", "backend", "backend_version", "mode", "model"}
+    assert groups["system"]["dgx-h100"]["cases"] == 4 and "mape" in groups["backend"]["vllm"]
+    row = result["cases"][0]
+    assert row["labels"]["system"] == "dgx-h100" and row["labels"]["backend_version"] == "vllm 1.0"
+    runner = CliRunner()
+    png = tmp_path / "parity.png"
+    out = runner.invoke(main, ["validate", "--cases", path, "--profile", "spec", "--report", str(png)])
+    assert out.exit_code == 0, out.output
+    assert "serving_load.ttft_ms" in out.output and "backend_version" in out.output
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cases_file_errors_still_name_the_line(tmp_path):
+    from moesim.core.errors import MoesimError
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("cases:\n  - id: x\n    what: serving_load\n    system: dgx-h100\n    metric: ttft_ms\n"
+                   "    measured: -1\n    source: t\n")
+    with pytest.raises(MoesimError, match=r"bad.yaml:6"):
+        load_cases(str(bad))
+
+
+def test_cli_cv_config_with_workers(good):
+    path, _, _ = good
+    out = CliRunner().invoke(main, ["validate", "--cases", path, "--profile", "spec", "--cv", "config", "--workers", "2",
+                                    "--json"])
+    assert out.exit_code == 0, out.output
+    data = json.loads(out.output)
+    assert data["cv"] == "config"
+    for key in ("serving_load", "serving_load.ttft_ms", "serving_load.tpot_ms"):
+        assert key in data["mape_cv"] and key in data["bias_cv"] and key in data["mape"]
+    assert "mape_cv" in data["groups"]["serving_load.tpot_ms"]["backend"]["vllm"]
+    bad = CliRunner().invoke(main, ["validate", "--cases", path, "--workers", "0"])
+    assert bad.exit_code == 2 and "--workers" in bad.output
+
+
+def test_report_has_the_serving_parity_and_group_table(good, tmp_path):
+    from moesim.present import report
+    _, cases, _ = good
+    data = tmp_path / "validate.json"
+    data.write_text(json.dumps(validate(cases, kernel_profile=SPEC, cv="config")))
+    html = report.build_report([str(data)], str(tmp_path / "r.html")).read_text()
+    assert "Serving benchmarks: TTFT and TPOT" in html and "left out" in html
+    assert "backend_version" in html and "vllm 1.0" in html
+
