@@ -35,6 +35,7 @@ from moesim.cluster.scenario import load_scenario, with_redundant_experts
 from moesim.core.digest import code_and_data_digest
 from moesim.core.errors import MoesimError
 from moesim.core.output import write_atomic
+from moesim.core.pools import kill_pool
 from moesim.core.result import to_json
 from moesim.costs.feasibility import fit_problem
 from moesim.costs.placement import parse_placement
@@ -365,20 +366,6 @@ def _sigterm_raises():
         signal.signal(signal.SIGTERM, previous)
 
 
-def _kill_pool(pool: ProcessPoolExecutor) -> None:
-    """Stop a pool now: cancel what has not started, terminate the workers that run."""
-    processes = list((getattr(pool, "_processes", None) or {}).values())
-    pool.shutdown(wait=False, cancel_futures=True)
-    for proc in processes:
-        with contextlib.suppress(Exception):
-            proc.terminate()
-    for proc in processes:
-        with contextlib.suppress(Exception):
-            proc.join(timeout=2)
-            if proc.is_alive():
-                proc.kill()
-
-
 def _run_pool(workers: int, todo: list, finish, advance) -> None:
     """Simulate `todo` in a local process pool; finished points are cached as they arrive. Any
     exception here (a failed point, Ctrl-C, SIGTERM) stops the workers at once instead of waiting
@@ -392,7 +379,7 @@ def _run_pool(workers: int, todo: list, finish, advance) -> None:
                     finish(point, path, result)
                     advance()
         except BaseException:
-            _kill_pool(pool)
+            kill_pool(pool)
             raise
         pool.shutdown(wait=True)
 

@@ -37,6 +37,19 @@ OP_COLOURS = {"attention": "#0072B2", "elementwise": "#56B4E9", "dense_mlp": "#0
               "forward": "#0072B2", "backward": "#E69F00"}
 
 
+
+def parity_axes(ax, lo: float, hi: float, band: float) -> list[float]:
+    """A parity plot's frame: log axes over [lo, hi], the predicted = measured line and the
+    +-band around it (the validation and the serving-load parity plots share it)."""
+    xs = [lo, hi]
+    ax.plot(xs, xs, color="black", linewidth=1, label="predicted = measured")
+    ax.fill_between(xs, [x * (1 - band) for x in xs], [x * (1 + band) for x in xs], color="grey", alpha=0.2,
+                    label=f"+-{100 * band:.0f}% band")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(*xs)
+    return xs
+
 def op_colour(op_class: str) -> str:
     return OP_COLOURS.get(op_class, "#999999")
 
@@ -379,13 +392,7 @@ def parity_figure(result: dict, *, band: float = 0.15) -> Figure:
         label = f"{what} ({len(rows)}, MAPE {100 * mape:.0f}%)" if mape is not None else what
         ax.scatter([c["measured"] for c in rows], [c["predicted"] for c in rows], marker=markers[i % len(markers)],
                    s=22, alpha=0.75, label=label, color=OKABE_ITO[i % len(OKABE_ITO)])
-    xs = [lo / 2, hi * 2]
-    ax.plot(xs, xs, color="black", linewidth=1, label="predicted = measured")
-    ax.fill_between(xs, [x * (1 - band) for x in xs], [x * (1 + band) for x in xs], color="grey", alpha=0.2,
-                    label=f"+-{100 * band:.0f}% band")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlim(*xs)
+    xs = parity_axes(ax, lo / 2, hi * 2, band)
     ax.set_ylim(*xs)
     ax.set_xlabel("measured (each case in its own metric's unit: GB/s, TFLOP/s, µs, GiB, tokens/s)")
     ax.set_ylabel("predicted by moesim (same unit)")
@@ -422,13 +429,7 @@ def serving_parity_figure(result: dict, *, band: float = 0.15) -> Figure:
                 ax.scatter([c["measured"] for c in pts], [c["predicted"] for c in pts], s=14, alpha=0.7,
                            marker=markers[i % len(markers)], color=OKABE_ITO[i % len(OKABE_ITO)],
                            label=f"{system} ({len(pts)})")
-        xs = [lo / 1.5, hi * 1.5]
-        ax.plot(xs, xs, color="black", linewidth=1, label="predicted = measured")
-        ax.fill_between(xs, [x * (1 - band) for x in xs], [x * (1 + band) for x in xs], color="grey", alpha=0.2,
-                        label=f"+-{100 * band:.0f}% band")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlim(*xs)
+        parity_axes(ax, lo / 1.5, hi * 1.5, band)
         ax.set_xlabel(f"measured {label}")
         ax.set_ylabel(f"predicted {label} (moesim serve)")
         key = f"{SERVING_LOAD}.{metric}"

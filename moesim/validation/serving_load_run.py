@@ -30,6 +30,7 @@ from typing import Optional
 import numpy as np
 
 from moesim.core.errors import MoesimError
+from moesim.core.pools import kill_pool
 from moesim.validation.serving_load import (Benchmark, batch_limit, disagg_for, load_for, request_param,
                                             scenario_overrides, step_cpu_param)
 
@@ -52,7 +53,7 @@ def run_groups(groups: list[list[Benchmark]], profile, *, workers: int = 1) -> d
         for result in pool.map(run_group, [groups[i] for i in order], [profile] * len(order)):
             out.update(result)
     except BaseException:
-        _stop(pool)
+        kill_pool(pool)
         raise
     pool.shutdown(wait=True)
     return out
@@ -156,18 +157,6 @@ def _worker_init(parent: int) -> None:
             ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
     if os.getppid() != parent:
         os._exit(1)   # the parent died before the signal was armed
-
-
-def _stop(pool: ProcessPoolExecutor) -> None:
-    """Stop a pool now (an error or Ctrl-C in the caller): cancel what has not started, end the workers."""
-    processes = list((getattr(pool, "_processes", None) or {}).values())
-    pool.shutdown(wait=False, cancel_futures=True)
-    for proc in processes:
-        with contextlib.suppress(Exception):
-            proc.terminate()
-    for proc in processes:
-        with contextlib.suppress(Exception):
-            proc.join(timeout=2)
 
 
 __all__ = ["run_benchmark", "run_group", "run_groups", "step_counts"]
