@@ -373,7 +373,8 @@ def _run_pool(workers: int, todo: list, finish, advance) -> None:
     with _sigterm_raises():
         pool = ProcessPoolExecutor(max_workers=workers, initializer=_worker_init, initargs=(os.getpid(),))
         try:
-            futures = {pool.submit(simulate_group, [p for p, _ in items]): items for items in _groups(todo)}
+            futures = {pool.submit(simulate_group, [p for p, _ in items]): items
+                       for items in _balanced(_groups(todo), workers)}
             for future in as_completed(futures):
                 for (point, path), result in zip(futures[future], future.result()):
                     finish(point, path, result)
@@ -399,6 +400,19 @@ def _groups(todo: list) -> list[list]:
             index[group] = len(out)
             out.append([item])
     return out
+
+
+def _balanced(groups: list[list], workers: int) -> list[list]:
+    """Groups cut into at most `workers` pieces each, largest first: a group (one deployment's
+    points) run whole keeps the pool's last worker busy long after the others are done when a few
+    deployments are slow (wide disaggregated pools); in pieces, each worker builds a deployment's
+    step times at most once (they stay in its process, `serve.step_function._CACHE`) and the pool
+    stays full. Which worker runs a point does not change its result."""
+    pieces = []
+    for group in groups:
+        size = -(-len(group) // max(workers, 1))
+        pieces += [group[i:i + size] for i in range(0, len(group), size)]
+    return sorted(pieces, key=len, reverse=True)
 
 
 def check_dask_address(address: str) -> None:
