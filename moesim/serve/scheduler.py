@@ -85,7 +85,7 @@ class Policy:
         name = sc.input.runtime.framework
         if b is None:
             raise MoesimError(f"framework {name!r} has no continuous-batching policy in workloads/frameworks.yaml",
-                              field="runtime.framework", fix="serve with a serving framework: vllm or sglang")
+                              field="runtime.framework", fix="serve with a serving framework: vllm, sglang or trtllm")
         overhead = b.step_cpu_overhead_s.value
         admission = b.kv_admission.value if b.kv_admission is not None else "whole_request"
         return cls(framework=name, kv_admission=admission, max_running=b.max_running_requests_per_rank.value,
