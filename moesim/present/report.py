@@ -24,6 +24,7 @@ from moesim.core.loader import data_root
 from moesim.core.output import write_atomic
 from moesim.core.result import code_version
 from moesim.present import plots
+from moesim.present.tables import SLO_NAMES, serve_lengths
 
 FORMATS = (".html", ".pdf")
 TEMPLATE = "report.html.j2"
@@ -338,20 +339,11 @@ def _serve_load(load: dict) -> str:
         how = f"open loop, Poisson arrivals at {load['rate_per_s']:g} requests/s"
     else:
         how = f"trace {load.get('arrivals', '?')}"
-
-    def lengths(key: str, nominal: str) -> str:
-        d = load.get(key)
-        if d is None:
-            return f"{nominal.upper()} {load[nominal]:,}"
-        if d["distribution"] == "uniform":
-            return f"{nominal.upper()} uniform {d['low']:,}-{d['high']:,}"
-        return f"{nominal.upper()} lognormal mean {d['mean']:,g} sigma {d['sigma']:g}"
-    return (f"{how}; {lengths('input_lengths', 'isl')}, {lengths('output_lengths', 'osl')}; {load['requests']:,} "
-            f"measured requests after {load['warmup']:,} warm-up")
+    return (f"{how}; {serve_lengths(load, 'input_lengths', 'isl')}, {serve_lengths(load, 'output_lengths', 'osl')}; "
+            f"{load['requests']:,} measured requests after {load['warmup']:,} warm-up")
 
 
 SERVE_ROWS = (("ttft_ms", "TTFT"), ("tpot_ms", "TPOT"), ("itl_ms", "ITL"), ("e2e_ms", "E2E"))
-SLO_LABELS = {"ttft_ms": "TTFT", "tpot_ms": "TPOT", "e2e_ms": "E2E"}
 
 
 def serve_section(data: dict, input_file: str) -> Section:
@@ -386,7 +378,7 @@ def serve_section(data: dict, input_file: str) -> Section:
                     "tokens/s per user = 1 / mean TPOT."]
     if goodput:
         assumptions.append("Goodput (DistServe, OSDI 2024; counted as vLLM bench_serving --goodput does): only the "
-                           "requests whose own " + " and ".join(SLO_LABELS.get(k, k) for k in goodput["slo_ms"])
+                           "requests whose own " + " and ".join(SLO_NAMES.get(k, k) for k in goodput["slo_ms"])
                            + " meet the SLOs count; a one-token output passes a TPOT SLO.")
     if (data.get("timeline") or {}).get("pool") == "decode":
         assumptions.append("Disaggregated: batch and KV over time are the decode pool's (running = decoding).")
@@ -402,7 +394,7 @@ def serve_section(data: dict, input_file: str) -> Section:
         ["GPUs", str(m["gpus"])], ["measured requests", f"{m['requests']:,}"],
         ["output tokens", f"{m['output_tokens']:,}"], ["duration", f"{m['duration_s']:,.3f} s"]]))
     if goodput:
-        slo = ", ".join(f"{SLO_LABELS.get(k, k)} <= {v:g} ms" for k, v in goodput["slo_ms"].items())
+        slo = ", ".join(f"{SLO_NAMES.get(k, k)} <= {v:g} ms" for k, v in goodput["slo_ms"].items())
         tables.append(Table(f"Goodput under SLOs ({slo})", ["metric", "all requests", "requests meeting the SLOs"], [
             ["requests", f"{goodput['requests']:,}",
              f"{goodput['good_requests']:,} ({100 * goodput['fraction']:.1f} %)"],

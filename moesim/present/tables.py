@@ -270,7 +270,7 @@ def whatif_table(r: dict) -> str:
                       table(["change"] + keys, rows, align="l" + "r" * len(keys))] + ([""] + notes if notes else []))
 
 
-def _serve_lengths(ld: dict, key: str, nominal: str) -> str:
+def serve_lengths(ld: dict, key: str, nominal: str) -> str:
     """`ISL 1,000`, or the distribution the lengths were drawn from (`ISL lognormal mean 1,000 sigma 0.5`)."""
     d = ld.get(key)
     name = nominal.upper()
@@ -304,8 +304,8 @@ def serve_table(r: dict) -> str:
     else:
         load = f"arrivals {ld['arrivals']}"
     head = (f"{r['scenario']}: {r['model']} on {r['fleet']} (tp={p['tp']} dp={p['dp']} ep={p['ep']}), "
-            f"{r['framework']}; {load}, {_serve_lengths(ld, 'input_lengths', 'isl')}, "
-            f"{_serve_lengths(ld, 'output_lengths', 'osl')}, {ld['requests']:,} requests "
+            f"{r['framework']}; {load}, {serve_lengths(ld, 'input_lengths', 'isl')}, "
+            f"{serve_lengths(ld, 'output_lengths', 'osl')}, {ld['requests']:,} requests "
             f"(+{ld['warmup']} warm-up), seed {ld['seed']}")
     rows = []
     for key, name in (("ttft_ms", "TTFT"), ("tpot_ms", "TPOT"), ("itl_ms", "ITL"), ("e2e_ms", "E2E")):
