@@ -69,8 +69,8 @@ from moesim.costs.network import COMPLETION_RTOL, solve_rates
 from moesim.serve.load import Load, request_lengths
 from moesim.serve.metrics import run_metrics, summary_ms
 from moesim.serve.scheduler import (ARRIVAL, FLOW, STEP_END, WAKE, Clients, EventQueue, Instance, ItlSamples, Policy,
-                                    check_finished_once, kv_capacity_tokens, mark_prefill_start)
-from moesim.serve.step_function import StepFunction, build_step_function
+                                    check_finished_once, mark_prefill_start)
+from moesim.serve.step_function import StepFunction
 from moesim.serve.trace import StepTrace, chrome_trace
 from moesim.specs.model import ModelSpec
 from moesim.specs.parallelism import ParallelInput
@@ -234,32 +234,17 @@ class PoolTimes:
         self.prefill, self.decode = prefill, decode
 
     def request_s(self, isl: int, osl: int, batch: int) -> float:
-        pre, dec = self.prefill, self.decode
-        top = pre.prefill_tokens[-1]
-        full, rest = divmod(int(isl), top)
-        prompt = full * pre.prefill(top) + (pre.prefill(rest) if rest else 0.0)
-        b = min(max(int(batch), 1), dec.batches[-1])
-        context = min(max(isl + osl / 2, dec.contexts[0]), dec.contexts[-1])
-        return prompt + max(int(osl) - 1, 0) * dec.decode(b, context)
+        return self.prefill.prompt_s(isl) + self.decode.decoding_s(isl, osl, batch)
 
 
 def decode_pool(dsc: Scenario, load: Load, policy: Policy, cache_dir=None) -> tuple[int, int, StepFunction]:
     """(attention-DP ranks per instance, KV capacity per rank, step function) of a decode pool with
-    a split of its own, sized as `serve.run.serve` sizes the scenario's (the same calls: the KV
-    ledger at the run's largest step, a grid up to the batches the KV and the framework allow)."""
-    from moesim.serve.run import _reachable_batch, deployment_shape  # run imports this module
+    a split of its own, sized as `serve.run.serve` sizes the scenario's (`run.rank_capacity_and_steps`;
+    a decode pool reserves whole requests, SGLang's PreallocQueue)."""
+    from moesim.serve.run import deployment_shape, rank_capacity_and_steps  # run imports this module
     _, ranks = deployment_shape(dsc)
-    isl_of, osl_of = request_lengths(load)
-    sizes = isl_of + osl_of
-    longest = int(np.argmax(sizes))
-    batch_bound = _reachable_batch(policy, load)
-    kv_capacity = kv_capacity_tokens(dsc, isl=load.isl, osl=load.osl, max_batch=batch_bound,
-                                     prefill_tokens=policy.token_budget, where="one decode rank",
-                                     longest=(int(isl_of[longest]), int(osl_of[longest])))
-    max_batch = max(min(batch_bound, kv_capacity // int(sizes.min())), 1)
-    fn = build_step_function(dsc, isl=load.isl, osl=load.osl, max_batch=policy.padded(max_batch),
-                             max_prefill_tokens=policy.token_budget, max_context=int(sizes.max()),
-                             cache_dir=cache_dir)
+    kv_capacity, fn = rank_capacity_and_steps(dsc, load, policy, where="one decode rank", kv_admission="whole_request",
+                                              cache_dir=cache_dir)
     return ranks, kv_capacity, fn
 
 

@@ -69,6 +69,31 @@ def _reachable_batch(policy: Policy, load: Load) -> int:
     return min(bound, load.concurrency) if load.concurrency is not None else bound
 
 
+def rank_capacity_and_steps(sc: Scenario, load: Load, policy: Policy, *, where: str, kv_admission: str,
+                            cache_dir=None) -> tuple[int, StepFunction]:
+    """(KV tokens one attention-DP rank holds, the step function sized to what a run can reach) for
+    an engine instance of the scenario's split: the VRAM ledger at the run's largest step
+    (`kv_capacity_tokens`, `where` names the rank in its errors), then a grid up to the decode
+    batches the KV and the framework allow, the longest request's context and the step budget.
+    The aggregated run and each disaggregated pool size themselves with it."""
+    isl, osl = load.isl, load.osl   # nominal (mean) lengths: the ledger's activations, the grid's anchors
+    isl_of, osl_of = request_lengths(load)
+    sizes = isl_of + osl_of
+    longest = int(np.argmax(sizes))
+    batch_bound = _reachable_batch(policy, load)
+    kv_capacity = kv_capacity_tokens(sc, isl=isl, osl=osl, max_batch=batch_bound, prefill_tokens=policy.token_budget,
+                                     where=where, longest=(int(isl_of[longest]), int(osl_of[longest])))
+    # the most requests a rank can hold: as many of the shortest as its KV takes
+    # (incremental admission holds only a prompt and its sampled token at admission; a run's decode
+    # batch can reach as many of those, until preemption trims it)
+    per_request = int(isl_of.min()) + 1 if kv_admission == "incremental" else int(sizes.min())
+    max_batch = max(min(batch_bound, kv_capacity // per_request), 1)
+    fn = build_step_function(sc, isl=isl, osl=osl, max_batch=policy.padded(max_batch),
+                             max_prefill_tokens=policy.token_budget, max_context=int(sizes.max()),
+                             cache_dir=cache_dir)
+    return kv_capacity, fn
+
+
 def serve(sc: Scenario, load: Load, *, disagg: Optional[Disagg] = None, trace: bool = False,
           cache_dir=None, policy: Optional[Policy] = None, slo: Optional[dict] = None) -> dict:
     """Simulate the load on the deployment and return the Result (see the module docstring).
@@ -85,23 +110,9 @@ def serve(sc: Scenario, load: Load, *, disagg: Optional[Disagg] = None, trace: b
     slo = check_slo(slo)
     instances_n, ranks_n = deployment_shape(sc)
     policy = policy or Policy.of(sc)
-    isl, osl = load.isl, load.osl   # nominal (mean) lengths: the ledger's activations, the grid's anchors
-    isl_of, osl_of = request_lengths(load)
-    sizes = isl_of + osl_of
-    longest = int(np.argmax(sizes))
-    batch_bound = _reachable_batch(policy, load)
-    kv_capacity = kv_capacity_tokens(sc, isl=isl, osl=osl, max_batch=batch_bound, prefill_tokens=policy.token_budget,
-                                     where=("one prefill rank" if disagg.decode_parallel else "one decode rank")
-                                     if disagg else "one rank",
-                                     longest=(int(isl_of[longest]), int(osl_of[longest])))
-    # the most requests a rank can hold: as many of the shortest as its KV takes
-    # (incremental admission holds only a prompt and its sampled token at admission; a run's decode
-    # batch can reach as many of those, until preemption trims it)
-    per_request = int(isl_of.min()) + 1 if policy.kv_admission == "incremental" else int(sizes.min())
-    max_batch = max(min(batch_bound, kv_capacity // per_request), 1)
-    fn = build_step_function(sc, isl=isl, osl=osl, max_batch=policy.padded(max_batch),
-                             max_prefill_tokens=policy.token_budget, max_context=int(sizes.max()),
-                             cache_dir=cache_dir)
+    where = ("one prefill rank" if disagg.decode_parallel else "one decode rank") if disagg else "one rank"
+    kv_capacity, fn = rank_capacity_and_steps(sc, load, policy, where=where, kv_admission=policy.kv_admission,
+                                              cache_dir=cache_dir)
     if disagg is None:
         gpus, fleet = sc.gpus, sc.system.fleet_label(sc.gpus)
         run = _run_agg(sc, load, policy, fn, instances_n=instances_n, ranks_n=ranks_n, kv_capacity=kv_capacity,

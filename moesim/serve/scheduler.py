@@ -387,7 +387,7 @@ class Instance:
         for rank in self.ranks:
             if rank.joining:   # arrived while a step ran: they join the batch now
                 for req, last in rank.joining:
-                    self._start_decoding(rank, req, now if last != last else last)
+                    self._start_decoding(rank, req, now if math.isnan(last) else last)
                 rank.joining.clear()
             if rank.waiting:
                 self._admit(rank)

@@ -373,12 +373,19 @@ class StepFunction:
         most the grid's largest step, then OSL - 1 decode steps of `batch` at its mean context. A
         time scale (e.g. for `load.closed_loop_starts`), not a prediction: the run simulates the
         real mix of steps."""
+        return self.prompt_s(isl) + self.decoding_s(isl, osl, batch)
+
+    def prompt_s(self, isl: int) -> float:
+        """`request_s`'s prompt: prefill steps of at most the grid's largest step."""
         top = self.prefill_tokens[-1]
         full, rest = divmod(int(isl), top)
-        prompt = full * self.prefill(top) + (self.prefill(rest) if rest else 0.0)
+        return full * self.prefill(top) + (self.prefill(rest) if rest else 0.0)
+
+    def decoding_s(self, isl: int, osl: int, batch: int) -> float:
+        """`request_s`'s decode: OSL - 1 steps of `batch` (within the grid) at the mean context."""
         batch = min(max(int(batch), 1), self.batches[-1])
         context = min(max(isl + osl / 2, self.contexts[0]), self.contexts[-1])
-        return prompt + max(int(osl) - 1, 0) * self.decode(batch, context)
+        return max(int(osl) - 1, 0) * self.decode(batch, context)
 
     def to_json(self) -> dict:
         """The grid and the step times (ms) this function used, null where a point was not needed:
