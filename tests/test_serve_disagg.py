@@ -18,11 +18,13 @@ from click.testing import CliRunner
 from moesim.cli import main
 from moesim.cluster.links import path_latency
 from moesim.cluster.scenario import load_scenario
+from moesim.core.errors import MoesimError
 from moesim.core.result import to_json
 from moesim.costs.collectives import build_fabric
 from moesim.serve.disagg import Transfers, instance_gpus, kv_bytes_per_gpu, make_disagg
 from moesim.serve.load import make_load
 from moesim.serve.run import serve
+from moesim.serve.scheduler import Policy
 from moesim.serve.step_function import simulate_decode, simulate_prefill
 from moesim.specs.precision import bytes_per_element
 
@@ -51,10 +53,13 @@ def lone_transfer(sc, src: int, dst: int, gpus: int) -> tuple[float, float, set]
 
 def test_low_load_limits_and_kv_transfer_inside_a_node():
     """One request at a time on 1 prefill + 1 decode instance (GPUs 0-1 and 2-3 of one node):
-    TTFT = its prefill step + its KV transfer (the decode worker streams the first token), TPOT
-    = a batch-1 decode step, the transfer is bytes / NVLink rate (+ path latency), and E2E is the
-    aggregated E2E plus exactly that transfer."""
+    TTFT = the request overhead + its prefill step + its KV transfer + the hand-over (the decode worker
+    streams the first token), TPOT = a batch-1 decode step, each step with the framework's CPU time, the
+    transfer is bytes / NVLink rate (+ path latency), and E2E is the aggregated E2E plus exactly the
+    transfer and the hand-over."""
     sc = scenario()
+    p = Policy.of(sc)
+    assert p.kv_handoff_s > 0
     load = make_load(isl=ISL, osl=OSL, requests=5, concurrency=1)
     r = serve(sc, load, disagg=make_disagg("disagg", 1, 1))
     m, kv = r["metrics"], r["kv_transfer"]
@@ -64,10 +69,12 @@ def test_low_load_limits_and_kv_transfer_inside_a_node():
     for key in ("mean", "p50", "p90", "p99"):
         assert kv["transfer_ms"][key] == pytest.approx(expected * 1e3, rel=1e-9)
     assert kv["wait_for_decode_slot_ms"]["p99"] == 0.0
-    assert m["ttft_ms"]["mean"] == pytest.approx(simulate_prefill(sc, ISL, ISL) * 1e3 + expected * 1e3, rel=0.02)
-    assert m["tpot_ms"]["mean"] == pytest.approx(simulate_decode(sc, 1, ISL + OSL // 2) * 1e3, rel=0.02)
+    prefill = p.request_overhead_s + simulate_prefill(sc, ISL, ISL) + p.cpu_overhead_s
+    assert m["ttft_ms"]["mean"] == pytest.approx((prefill + expected + p.kv_handoff_s) * 1e3, rel=0.02)
+    assert m["tpot_ms"]["mean"] == pytest.approx((simulate_decode(sc, 1, ISL + OSL // 2) + p.cpu_overhead_s) * 1e3,
+                                                 rel=0.02)
     agg = serve(sc, load)["metrics"]
-    assert m["e2e_ms"]["mean"] - agg["e2e_ms"]["mean"] == pytest.approx(expected * 1e3, rel=1e-6)
+    assert m["e2e_ms"]["mean"] - agg["e2e_ms"]["mean"] == pytest.approx((expected + p.kv_handoff_s) * 1e3, rel=1e-6)
     assert m["tpot_ms"]["mean"] == pytest.approx(agg["tpot_ms"]["mean"], rel=1e-9)
     assert m["gpus"] == r["gpus"] == 4 and r["mode"] == "disagg"
     # the bytes are the model's KV per token (the `moesim models` column) at the KV format, times the prompt
@@ -141,7 +148,20 @@ def test_littles_law_closed_loop():
     assert m["requests_per_s"] * m["e2e_ms"]["mean"] / 1e3 == pytest.approx(concurrency, rel=0.02)
 
 
-@pytest.mark.parametrize("mode, phases", [("agg", 3), ("disagg", 5)])
+def test_a_prefill_pool_of_its_own_batch_limit_prefills_one_prompt_at_a_time():
+    sc = scenario()
+    load = make_load(isl=ISL, osl=OSL, requests=24, concurrency=8, closed_loop_start="burst")
+    batched = serve(sc, load, disagg=make_disagg("disagg", 1, 1))
+    single = serve(sc, load, disagg=make_disagg("disagg", 1, 1, prefill_max_running=1))
+    assert batched["pools"]["prefill"]["peak_running_per_rank"] > 1
+    assert single["pools"]["prefill"]["peak_running_per_rank"] == 1
+    assert single["metrics"]["ttft_ms"]["mean"] > batched["metrics"]["ttft_ms"]["mean"]   # prompts queue
+    assert single["scheduler"]["policy"]["max_running_requests_per_rank"] > 1              # decode keeps its own
+    with pytest.raises(MoesimError, match="only for disaggregated"):
+        make_disagg("agg", None, None, prefill_max_running=1)
+
+
+@pytest.mark.parametrize("mode, phases", [("agg", 3), ("disagg", 6)])
 def test_trace_one_event_per_step_and_request_phase(mode, phases):
     disagg = make_disagg("disagg", 1, 2) if mode == "disagg" else None
     r = serve(scenario(), make_load(isl=ISL, osl=OSL, requests=30, warmup=2, concurrency=6), disagg=disagg, trace=True)

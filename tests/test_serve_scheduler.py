@@ -69,7 +69,7 @@ def test_request_overhead_adds_to_ttft_not_tpot():
     sc = load_scenario(None, CHEAP)
     load = make_load(isl=256, osl=16, requests=40, concurrency=1)
     base = Policy.of(sc)
-    plain = serve(sc, load)["metrics"]
+    plain = serve(sc, load, policy=Policy(**dict(base.__dict__, request_overhead_s=0.0)))["metrics"]
     slow = serve(sc, load, policy=Policy(**dict(base.__dict__, request_overhead_s=0.05)))["metrics"]
     assert slow["ttft_ms"]["mean"] == pytest.approx(plain["ttft_ms"]["mean"] + 50.0, rel=1e-6)
     assert slow["tpot_ms"]["mean"] == pytest.approx(plain["tpot_ms"]["mean"], rel=1e-9)

@@ -13,6 +13,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
+from moesim.calibration.kernel_params import resolve_kernel_profile
 from moesim.cli import main
 from moesim.cluster.scenario import framework_table, load_scenario
 from moesim.core.result import to_json
@@ -50,7 +51,7 @@ def test_trtllm_record_every_value_has_a_source():
     assert b.cuda_graph_batch_sizes.value.sizes() == tuple(range(1, 32)) + (32, 64, 128)
     assert b.chunked_prefill.value is False and b.cuda_graph_padding.value is False
     assert b.kv_admission.value == "whole_request" and b.overlap_scheduler.value is True
-    assert b.step_cpu_overhead_s.value == 0.0 and fw.memory_fraction.value == 0.9
+    assert fw.memory_fraction.value == 0.9
     # the other frameworks leave the new, optional fields unrecorded rather than guessed
     assert framework_table().frameworks["vllm"].batching.chunked_prefill is None
 
@@ -59,7 +60,10 @@ def test_policy_of_trtllm_scenario():
     policy = Policy.of(load_scenario(None, CHEAP))
     assert policy.framework == "trtllm" and policy.max_running == 2048 and policy.token_budget == 8192
     assert policy.padded(20) == 20 and policy.padded(33) == 64 and policy.padded(129) == 129
-    assert policy.cpu_overhead_published and policy.cpu_overhead_s == 0.0
+    values = resolve_kernel_profile(None).values()   # the profile's serving overheads, as validate runs them
+    assert policy.cpu_overhead_s == values["serving.step_cpu_ms.trtllm"] / 1e3
+    assert policy.request_overhead_s == values["serving.request_overhead_ms.trtllm"] / 1e3
+    assert policy.kv_handoff_s == values["serving.disagg_handoff_ms.trtllm"] / 1e3
 
 
 @pytest.mark.parametrize("load", [dict(concurrency=16), dict(rate=40.0)])

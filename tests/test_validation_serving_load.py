@@ -73,8 +73,26 @@ def test_a_case_maps_to_one_instance_with_the_benchmarks_attention_dp_ranks():
     assert S.batch_limit(b) == 4                        # max_batch_per_attn_dp -> Policy.max_running
     assert S.disagg_for(b) is None
     load = S.load_for(b)
-    assert (load.concurrency, load.warmup, load.closed_loop_start) == (8, 8, "burst")
-    assert load.requests % 8 == 0 and 8 <= load.requests <= S.MAX_WAVES * 8
+    assert (load.concurrency, load.warmup, load.closed_loop_start) == (8, 0, "burst")   # every request measured
+    assert load.requests == S.SIMULATED_ROUNDS * 8
+
+
+def test_profiled_mean_weights_the_last_simulated_round_for_the_rounds_not_simulated():
+    burst, second, steady = [10.0, 30.0], [4.0, 6.0], [2.0, 2.0]
+    assert S.profiled_mean(burst + second + steady, 2) == pytest.approx((20 + 5 + 2 * (S.PROFILED_ROUNDS - 2))
+                                                                        / S.PROFILED_ROUNDS)
+    assert S.profiled_mean(burst + steady, 2) == pytest.approx((20 + 2 * (S.PROFILED_ROUNDS - 1)) / S.PROFILED_ROUNDS)
+    assert S.profiled_mean([7.0, 9.0], 2) == 8.0                      # one round: its own mean
+    assert S.simulated_rounds(8, 1024) == 3 and S.simulated_rounds(4096, 1024) == 2   # 2 x 4096 x 1024 > 1M tokens
+
+
+def test_sglang_aggregated_benchmarks_mix_decode_into_prefill_steps():
+    sglang = S.benchmark_of(load_cases_from(bench("g", backend="sglang"))[0], None)
+    split = S.benchmark_of(load_cases_from(bench("h", backend="sglang", mode="disagg"))[0], None)
+    vllm = S.benchmark_of(load_cases_from(bench("v"))[0], None)
+    assert S.step_policy(sglang, "prefill_first") == "mixed"                  # --enable-mixed-chunk
+    assert S.step_policy(split, "prefill_first") == "prefill_first"           # only the aggregated workers
+    assert S.step_policy(vllm, "mixed") == "mixed"
 
 
 def load_cases_from(cases, tmp=None):
@@ -89,6 +107,7 @@ def test_disagg_pools_of_their_own_splits():
     b = S.benchmark_of(case, None)
     d = S.disagg_for(b)
     assert (d.prefill, d.decode, dict(d.decode_parallel)) == (1, 3, {"tp": 2, "ep": 1, "etp": 2})
+    assert d.prefill_max_running == 1                    # the prefill pool's own max_batch_per_attn_dp
     assert S.batch_limit(b) == 4 and S.scenario_overrides(b)["parallel.ep"] == 2   # the prefill pool's split
     same = S.benchmark_of(load_cases_from(bench("e", mode="disagg"))[0], None)
     assert S.disagg_for(same).decode_parallel is None

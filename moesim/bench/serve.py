@@ -20,9 +20,11 @@ Measured in one process, in this order:
 `plan_points_per_min` (`plan_benchmark`): the load-aware plan of `PLAN_SPACE`
 (workloads/spaces/deepseek-v3-b200-nvl72-serve.yaml: DeepSeek-V3 FP8 over HGX B200 and an NVL72
 rack, 540 served points: splits, agg and disagg worker ratios, batch limits, at one load with SLOs)
-with `PLAN_WORKERS` = 2 local worker processes, cold (no step times in memory, no disk cache), wall
-time from expansion to summary: points served per minute. `plan_meets_target` is true only when
-both the size (>= 500 points) and the rate (>= 1,000 points per minute) are met.
+with `PLAN_WORKERS` = 2 local worker processes, cold (no step times in memory, no disk cache; the
+workers share the grid points they simulate through a folder that lives as long as the pool,
+`planning.sweep._run_pool`), wall time from expansion to summary: points served per minute.
+`plan_meets_target` is true only when both the size (>= 500 points) and the rate (>= 1,000 points
+per minute) are met.
 """
 from __future__ import annotations
 

@@ -104,14 +104,13 @@ class Batching(Record):
     """A serving framework's continuous-batching policy at its defaults (`moesim serve`): how many
     requests one attention-DP rank runs at once, how many tokens one step may process (the chunked
     prefill size), whether a step mixes decode and prefill tokens or runs prefill first, the batch
-    sizes a decode step is padded to (CUDA graphs) and the CPU time a step adds on the GPU's
-    critical path."""
+    sizes a decode step is padded to (CUDA graphs). The CPU time a step adds on the GPU's critical
+    path is a serving parameter of the kernel profile (topologies/kernels/serving.yaml)."""
 
     max_running_requests_per_rank: Sourced[PositiveInt]
     step_token_budget: Sourced[PositiveInt]
     step_policy: Sourced[Literal["prefill_first", "mixed"]]
     cuda_graph_batch_sizes: Sourced[GraphSizes]
-    step_cpu_overhead_s: Sourced[Annotated[float, Field(ge=0)]]
     # Recorded where a framework's scheduler departs from what `moesim serve` runs (the notes say
     # how); null or absent: not recorded. `moesim serve` does not read them yet.
     versions: Optional[Sourced[str]] = Field(None, description="releases these defaults were checked for")

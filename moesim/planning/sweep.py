@@ -24,6 +24,7 @@ import math
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -163,13 +164,15 @@ def serve_problem(sc, served: dict) -> Optional[str]:
 _SERVE_DROP = ("step_function", "provenance")
 
 
-def serve_point(point: dict) -> dict:
+def serve_point(point: dict, step_cache: Optional[str] = None) -> dict:
     """Serve the load on one point's deployment (`serve.run.serve`). The scenario and its step
-    times are shared by the points of a group run in this process (`serve.step_function._CACHE`)."""
+    times are shared by the points of a group run in this process (`serve.step_function._CACHE`),
+    and with `step_cache` (a folder) by the processes of a pool: a grid point one of them has
+    simulated is read by the others (the same float, `serve.step_function.StepTimes`)."""
     from moesim.serve.run import serve
     load, disagg = _serve_args(point["serve"])
     sc = _scenario(point["overrides"])
-    out = serve(sc, load, disagg=disagg, policy=serve_policy(sc, point["serve"]))
+    out = serve(sc, load, disagg=disagg, policy=serve_policy(sc, point["serve"]), cache_dir=step_cache)
     out = {k: v for k, v in out.items() if not k.startswith("_") and k not in _SERVE_DROP}
     return json.loads(to_json(out, indent=None))
 
@@ -187,19 +190,20 @@ def _scenario(overrides: dict):
     return sc
 
 
-def simulate_point(point: dict) -> dict:
-    """Simulate one point (top-level so worker processes can pickle it)."""
+def simulate_point(point: dict, step_cache: Optional[str] = None) -> dict:
+    """Simulate one point (top-level so worker processes can pickle it); `step_cache`: see
+    `serve_point`."""
     if point.get("serve") is not None:
-        return serve_point(point)
+        return serve_point(point, step_cache)
     sc = load_scenario(None, point["overrides"])
     out = simulate(sc, **point["simulate"])
     out.pop("_trace", None)
     return json.loads(to_json(out, indent=None))
 
 
-def simulate_group(points: list[dict]) -> list[dict]:
+def simulate_group(points: list[dict], step_cache: Optional[str] = None) -> list[dict]:
     """Simulate the points of one group in order, in one process (top-level for worker pools)."""
-    return [simulate_point(point) for point in points]
+    return [simulate_point(point, step_cache) for point in points]
 
 
 def _record(point: dict, result: dict, cached: bool) -> dict:
@@ -369,11 +373,12 @@ def _sigterm_raises():
 def _run_pool(workers: int, todo: list, finish, advance) -> None:
     """Simulate `todo` in a local process pool; finished points are cached as they arrive. Any
     exception here (a failed point, Ctrl-C, SIGTERM) stops the workers at once instead of waiting
-    for the rest of the sweep."""
-    with _sigterm_raises():
+    for the rest of the sweep. The workers share served deployments' step times through a folder
+    that lives as long as the pool (`serve_point`)."""
+    with _sigterm_raises(), tempfile.TemporaryDirectory(prefix="moesim-step-times-") as step_cache:
         pool = ProcessPoolExecutor(max_workers=workers, initializer=_worker_init, initargs=(os.getpid(),))
         try:
-            futures = {pool.submit(simulate_group, [p for p, _ in items]): items
+            futures = {pool.submit(simulate_group, [p for p, _ in items], step_cache): items
                        for items in _balanced(_groups(todo), workers)}
             for future in as_completed(futures):
                 for (point, path), result in zip(futures[future], future.result()):
@@ -402,17 +407,23 @@ def _groups(todo: list) -> list[list]:
     return out
 
 
+# Pieces per group and worker (`_balanced`): small enough that the pool's last pieces end together.
+PIECES_PER_WORKER = 2
+
+
 def _balanced(groups: list[list], workers: int) -> list[list]:
-    """Groups cut into at most `workers` pieces each, largest first: a group (one deployment's
-    points) run whole keeps the pool's last worker busy long after the others are done when a few
-    deployments are slow (wide disaggregated pools); in pieces, each worker builds a deployment's
-    step times at most once (they stay in its process, `serve.step_function._CACHE`) and the pool
-    stays full. Which worker runs a point does not change its result."""
+    """Groups cut into at most PIECES_PER_WORKER x `workers` pieces each, largest first: a group
+    (one deployment's points) run whole keeps the pool's last worker busy long after the others
+    are done when a few deployments are slow (wide disaggregated pools); in pieces the pool stays
+    full to the end. Of pieces of one size, every group's first comes before any group's second,
+    so workers start on different deployments and a later piece finds its deployment's step times
+    simulated by the worker that ran an earlier one (in its process, `serve.step_function._CACHE`,
+    or in the pool's folder, `_run_pool`). Which worker runs a point does not change its result."""
     pieces = []
     for group in groups:
-        size = -(-len(group) // max(workers, 1))
-        pieces += [group[i:i + size] for i in range(0, len(group), size)]
-    return sorted(pieces, key=len, reverse=True)
+        size = -(-len(group) // max(PIECES_PER_WORKER * workers, 1))
+        pieces += [(k, group[i:i + size]) for k, i in enumerate(range(0, len(group), size))]
+    return [piece for _, piece in sorted(pieces, key=lambda kp: (-len(kp[1]), kp[0]))]
 
 
 def check_dask_address(address: str) -> None:

@@ -32,13 +32,17 @@ queue -> running batch; Dynamo routes the same way; every length below is the re
    the prefill GPUs that hold them, or (MLA) the whole latent from one of them. The prefill rank
    keeps the request's KV until the transfer ends (SGLang frees it when the sender reports
    success);
-4. it joins the decode rank's continuous batch from the rank's next step on.
+4. after the hand-over (`Policy.kv_handoff_s`: the router's dispatch to the decode worker, the
+   transfer's set-up and the worker picking the request up, beyond the bytes' flow; a serving
+   parameter of the kernel profile) it joins the decode rank's continuous batch from the rank's
+   next step on.
 
 TTFT: the first token is computed by the prefill worker but the client receives it from the
 decode worker, which streams it when it takes the request into its batch after the transfer
 (SGLang's prebuilt batch carries the prefill's token; the client is connected to the decode side
 in both SGLang's router and Dynamo). So TTFT = queue + prefill + wait for a decode slot + KV
-transfer + wait for the decode instance's current step to end; TPOT then counts decode steps only.
+transfer + hand-over + wait for the decode instance's current step to end; TPOT then counts decode
+steps only.
 
 KV transfers as flows in the event loop, not a rate fixed at their start: concurrent transfers
 share NICs and NVLink ports, and a rate frozen when a transfer starts would be wrong for its whole
@@ -46,14 +50,20 @@ life as soon as another one starts or ends (under load they overlap most of the 
 flow start and end re-solves max-min fair rates over the flows in flight (`costs.network.
 solve_rates`, the same sharing model as `costs.network.complete_flows`: a flow starts sending
 after its path latency, then at its fair share until its last byte). A run of N requests solves
-2 N times over the few flows in flight, which costs far less than the steps.
+2 N times over the few flows in flight, which costs far less than the steps; the same flows in
+flight come back often, so their rates are solved once per run.
+
+Decode instances that step side by side take their single steps without an event each
+(`Coasting`): one instance's step ends keep the others stepping one step at a time, so their
+steps can be planned together; the run is the per-event loop's, float for float (`COASTING`).
 """
 from __future__ import annotations
 
+import bisect
 import itertools
 import math
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from typing import Mapping, Optional
 
@@ -66,10 +76,11 @@ from moesim.core.errors import MoesimError
 from moesim.costs.collectives import Fabric, build_fabric
 from moesim.costs.memory import kv_bytes_per_sequence
 from moesim.costs.network import COMPLETION_RTOL, solve_rates
+from moesim.kernels import maxmin
 from moesim.serve.load import Load, request_lengths
 from moesim.serve.metrics import run_metrics, summary_ms
-from moesim.serve.scheduler import (ARRIVAL, FLOW, STEP_END, WAKE, Clients, EventQueue, Instance, ItlSamples, Policy,
-                                    check_finished_once, mark_prefill_start)
+from moesim.serve.scheduler import (ARRIVAL, FLOW, STEP_END, STRETCH_MIN, WAKE, Clients, EventQueue, Instance,
+                                    ItlSamples, Policy, StepPlan, check_finished_once, mark_prefill_start)
 from moesim.serve.step_function import StepFunction
 from moesim.serve.trace import StepTrace, chrome_trace
 from moesim.specs.model import ModelSpec
@@ -77,18 +88,25 @@ from moesim.specs.parallelism import ParallelInput
 
 MODES = ("agg", "disagg")
 DECODE_SPLIT = ("tp", "ep", "etp")   # the sizes a decode pool may set for itself (pp > 1 is not served)
-FLOW_START, FLOW_CHECK = 0, 1   # payloads of FLOW events: a flow starts sending / the next flow ends
+# payloads of FLOW events: a flow starts sending / the next flow ends / a request's hand-over to decode is done
+FLOW_START, FLOW_CHECK, HANDED_OVER = 0, 1, 2
+# Decode instances take runs of single steps without an event each (`Coasting`): the same run,
+# faster. False: one event per step, the reference the tests compare it with.
+COASTING = True
 
 
 @dataclass(frozen=True)
 class Disagg:
     """How many engine instances prefill and how many decode, and the decode pool's own split
-    (`decode_parallel`: (size, value) pairs of `DECODE_SPLIT`; None: the scenario's split).
-    `prefix` is how the caller spells options in errors (`make_disagg`)."""
+    (`decode_parallel`: (size, value) pairs of `DECODE_SPLIT`; None: the scenario's split), and the
+    prefill pool's own batch limit per rank (`prefill_max_running`; None: the policy's, as the decode
+    pool's): a prefill engine launched with max batch 1 prefills one prompt at a time per rank
+    however many wait. `prefix` is how the caller spells options in errors (`make_disagg`)."""
 
     prefill: int
     decode: int
     decode_parallel: Optional[tuple[tuple[str, int], ...]] = None
+    prefill_max_running: Optional[int] = None
     prefix: str = field(default="", compare=False)
 
     def field_name(self, key: str) -> str:
@@ -129,7 +147,13 @@ class Disagg:
         out = {"prefill_instances": self.prefill, "decode_instances": self.decode}
         if self.decode_parallel is not None:
             out["decode_parallel"] = dict(self.decode_parallel)
+        if self.prefill_max_running is not None:
+            out["prefill_max_running_requests_per_rank"] = self.prefill_max_running
         return out
+
+    def prefill_policy(self, policy: Policy) -> Policy:
+        """The policy of a prefill instance: `policy` with the prefill pool's batch limit, if it has one."""
+        return policy if self.prefill_max_running is None else replace(policy, max_running=self.prefill_max_running)
 
 
 def instance_gpus(sc: Scenario) -> int:
@@ -143,15 +167,16 @@ def _whole(value) -> bool:
 
 def make_disagg(mode: str, prefill_workers: Optional[int], decode_workers: Optional[int], *,
                 decode_parallel: Optional[Mapping[str, Optional[int]]] = None,
-                prefix: str = "") -> Optional[Disagg]:
+                prefill_max_running: Optional[int] = None, prefix: str = "") -> Optional[Disagg]:
     """The checked pool sizes, or None for aggregated serving. `decode_parallel` gives the decode
     pool a split of its own ({"tp": N, "ep": N, "etp": N}, None values unset): built from the
     given sizes alone, unset ones taking their defaults (tp 1, ep 1, etp as `resolve_plan` sets
     it), as the scenario's own split is rebuilt from flags; nothing given: the scenario's split.
     Whether the split fits the model and divides is checked when it meets the scenario
     (`Disagg.decode_scenario`). `prefix` is how the caller spells its options in errors (the CLI:
-    `--`, with dashes)."""
-    keys = ("mode", "prefill-workers", "decode-workers") + tuple(f"decode-{k}" for k in DECODE_SPLIT)
+    `--`, with dashes). `prefill_max_running` is the prefill pool's own batch limit per rank (`Disagg`)."""
+    keys = ("mode", "prefill-workers", "decode-workers", "prefill-max-running") + tuple(
+        f"decode-{k}" for k in DECODE_SPLIT)
     name = {k: f"{prefix}{k if prefix == '--' else k.replace('-', '_')}" for k in keys}
     if mode not in MODES:
         raise MoesimError(f"unknown mode {mode!r}", field=name["mode"], fix=f"give one of: {', '.join(MODES)}")
@@ -161,7 +186,8 @@ def make_disagg(mode: str, prefill_workers: Optional[int], decode_workers: Optio
         raise MoesimError(f"a decode pool sets only {', '.join(DECODE_SPLIT)}, not {', '.join(map(str, unknown))}",
                           field=f"{prefix}decode_parallel" if prefix != "--" else "--decode-*",
                           fix=f"give the decode pool's {', '.join(DECODE_SPLIT)}")
-    given = {"prefill-workers": prefill_workers, "decode-workers": decode_workers}
+    given = {"prefill-workers": prefill_workers, "decode-workers": decode_workers,
+             "prefill-max-running": prefill_max_running}
     given.update({f"decode-{k}": split.get(k) for k in DECODE_SPLIT})
     if mode == "agg":
         for key, value in given.items():
@@ -181,7 +207,8 @@ def make_disagg(mode: str, prefill_workers: Optional[int], decode_workers: Optio
             raise MoesimError(f"must be a whole number > 0, got {value!r}", field=name[key],
                               fix=f"give {name[key]} 1 or more")
     chosen = tuple((k, int(split[k])) for k in DECODE_SPLIT if split.get(k) is not None)
-    return Disagg(int(prefill_workers), int(decode_workers), chosen or None, prefix)
+    return Disagg(int(prefill_workers), int(decode_workers), chosen or None,
+                  None if prefill_max_running is None else int(prefill_max_running), prefix)
 
 
 def kv_bytes_per_gpu(sc: Scenario, isl: int) -> float:
@@ -259,15 +286,22 @@ class Transfers:
 
     def __init__(self, fabric: Fabric):
         self.fabric = fabric
+        # float64 capacities, checked once (`solve_rates` of no flow checks them as it would at every solve)
+        self._capacity = np.ascontiguousarray(fabric.capacity_Bps, dtype=np.float64)
+        solve_rates(self._capacity, np.zeros(1, dtype=np.int64), np.zeros(0, dtype=np.int32))
         self._paths: dict = {}
+        self._routes: dict[tuple, int] = {}   # a route's links -> its number (pairs on the same links share it)
+        self._route_of: dict[tuple, int] = {}   # (src, dst) -> its route's number
+        self._solved: dict[tuple, list] = {}   # the routes in flight, in order -> their rates
         self._ids = itertools.count()
         self.links: dict[int, np.ndarray] = {}
+        self.route: dict[int, int] = {}
         self.size: dict[int, float] = {}
         self.remaining: dict[int, float] = {}
         self.owner: dict[int, int] = {}
         self.left: dict[int, int] = {}    # request -> its flows not yet done
         self.active: list[int] = []
-        self.rates = np.empty(0)
+        self.rates: list[float] = []
         self.due: list[int] = []          # the flows that end at the next check
         self.clock = 0.0
         self.version = 0
@@ -276,10 +310,22 @@ class Transfers:
         """(links, latency) of the route from GPU src to GPU dst, routed once per pair."""
         key = (src, dst)
         if key not in self._paths:
-            ptr, links = routes(self.fabric.graph, self.fabric.table, np.array([[src, dst]]))
-            path = np.asarray(links[ptr[0]:ptr[1]], dtype=np.int64)
-            self._paths[key] = (path, path_latency(self.fabric.table, path))
+            self.route_pairs([key])
         return self._paths[key]
+
+    def route_pairs(self, pairs: list[tuple[int, int]]) -> None:
+        """Route (src, dst) GPU pairs not routed yet, in one call (`cluster.topology.routes` routes
+        many pairs at the cost of one; a run knows its requests' pairs in advance)."""
+        new = list(dict.fromkeys(p for p in pairs if p not in self._paths))
+        if not new:
+            return
+        ptr, links = routes(self.fabric.graph, self.fabric.table, np.array(new))
+        if links.size and (links.min() < 0 or links.max() >= self._capacity.size):
+            raise AssertionError("a route has a link outside the fabric")
+        for k, key in enumerate(new):
+            path = np.asarray(links[ptr[k]:ptr[k + 1]], dtype=np.int64)
+            self._paths[key] = (path, path_latency(self.fabric.table, path))
+            self._route_of[key] = self._routes.setdefault(tuple(path.tolist()), len(self._routes))
 
     def open(self, req: int, pairs: list[tuple[int, int]], nbytes) -> list[tuple[float, int]]:
         """New flows for request `req`, of `nbytes` each (or one size per pair): [(path latency, flow id)]."""
@@ -289,27 +335,46 @@ class Transfers:
             links, latency = self.path(src, dst)
             fid = next(self._ids)
             self.links[fid], self.size[fid], self.remaining[fid], self.owner[fid] = links, size, size, req
+            self.route[fid] = self._route_of[(src, dst)]
             out.append((latency, fid))
         self.left[req] = len(pairs)
         return out
 
     def _advance(self, t: float) -> None:
-        for fid, rate in zip(self.active, self.rates.tolist()):
+        for fid, rate in zip(self.active, self.rates):
             self.remaining[fid] -= rate * (t - self.clock)
         self.clock = t
 
     def _resolve(self) -> Optional[float]:
         self.version += 1
         if not self.active:
-            self.rates, self.due = np.empty(0), []
+            self.rates, self.due = [], []
             return None
-        lengths = [len(self.links[f]) for f in self.active]
-        ptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        self.rates = solve_rates(self.fabric.capacity_Bps, ptr, np.concatenate([self.links[f] for f in self.active]))
-        to_finish = np.array([self.remaining[f] for f in self.active]) / self.rates
-        first = float(to_finish.min())
-        self.due = [f for f, left in zip(self.active, to_finish.tolist()) if left <= first * (1 + COMPLETION_RTOL)]
+        self.rates = rates = self._rates()
+        remaining = [self.remaining[f] for f in self.active]
+        if min(rates) > 0.0:   # the few flows in flight: plain divisions (numpy's per-call cost is larger)
+            to_finish = [left / rate for left, rate in zip(remaining, rates)]
+            first = min(to_finish)
+        else:   # a flow held at rate 0 never ends: numpy's division (+inf)
+            divided = np.array(remaining) / np.array(rates)
+            to_finish, first = divided.tolist(), float(divided.min())
+        self.due = [f for f, left in zip(self.active, to_finish) if left <= first * (1 + COMPLETION_RTOL)]
         return self.clock + first
+
+    def _rates(self) -> list[float]:
+        """Max-min fair rates of the flows in flight (`costs.network.solve_rates`). They depend only
+        on the routes in flight, in order, and the same ones come back again and again (a
+        request's flows, one transfer at a time): solved once per run for each, by the kernel
+        `solve_rates` runs, on the arrays it would pass it (the fabric's capacities and the
+        routes' links were checked when they were made, `__init__` and `path`)."""
+        key = tuple([self.route[f] for f in self.active])
+        rates = self._solved.get(key)
+        if rates is None:
+            lengths = [len(self.links[f]) for f in self.active]
+            ptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+            links = np.concatenate([self.links[f] for f in self.active]).astype(np.int32)
+            rates = self._solved[key] = maxmin.maxmin_rates(self._capacity, ptr, links).tolist()
+        return rates
 
     def start(self, t: float, fid: int) -> Optional[float]:
         """Flow `fid` starts sending at `t`; returns the time of the next flow end."""
@@ -327,7 +392,7 @@ class Transfers:
         done = []
         for fid in sorted(ended):
             req = self.owner.pop(fid)
-            for table in (self.links, self.size, self.remaining):
+            for table in (self.links, self.size, self.remaining, self.route):
                 del table[fid]
             self.left[req] -= 1
             if self.left[req] == 0:
@@ -336,8 +401,124 @@ class Transfers:
         return done, self._resolve()
 
 
+class _Tie(Exception):
+    """A coasting decode instance's step ends exactly when another event happens, where which of
+    the two comes first can decide the run (`Coasting`): the run is made again without coasting."""
+
+
+class Coasting:
+    """Decode instances of a disaggregated run taking single steps without an event each.
+
+    In the per-event loop an instance that has finished a step plans the next one and stretches it
+    over the steps that follow up to the run's next event (`Instance.stretch`); with an event due
+    within STRETCH_MIN of its steps it takes a single step. While another decode instance is
+    stepping one step at a time, one of that instance's step ends is always due within its step
+    time; so while every such stepping instance's steps are shorter than STRETCH_MIN of this one's,
+    each step of this one is a single step, planned at the end of the one before, and they can be
+    planned at once (`Instance.coast`). Their ends are kept here, not in the event heap, up to the
+    coast's last one, a real STEP_END: the next finish, the first step end at or after a request's
+    KV arrives (its plan takes the request), or the first step end after the last stepping
+    partner stops or takes steps too long for it. Other instances' horizons (`horizon`) count the
+    ends kept here as the events they are, and the run records each step as its own (`serve.run.
+    Timeline.coasted`, the busy time step by step). The run's floats are the per-event loop's
+    (tests/test_serve_fast_paths.py); a kept step end that falls exactly on another event's time, where
+    only the per-event loop knows which of the two comes first, makes the run start again without
+    coasting (`_Tie`)."""
+
+    MARGIN = 1e-6   # relative: step times are compared with differences of step ends, which round
+
+    def __init__(self, events: EventQueue):
+        self.events = events
+        self.plans: dict[int, StepPlan] = {}     # coasting instance -> its coast
+        self.event: dict[int, int] = {}          # ... -> its STEP_END's number in `events`
+        self.shortest: dict[int, float] = {}     # ... -> its shortest step
+        self.counts: dict[int, tuple] = {}       # ... -> its (running, waiting, KV, decoding) when it began
+        self.stepping: dict[int, float] = {}     # decode instance stepping one step at a time -> its longest step
+
+    def horizon(self, now: float) -> float:
+        """When the run's next event happens, the coasts' step ends counted (`EventQueue.next_time`)."""
+        h = self.events.next_time()
+        for plan in self.plans.values():
+            ends = plan.ends
+            i = bisect.bisect_left(ends, now)
+            if i < len(ends):
+                if ends[i] == now and i < len(ends) - 1:
+                    raise _Tie
+                h = min(h, ends[i])
+        return h
+
+    def single(self, e: int, plan: StepPlan, now: float, engine: Instance) -> StepPlan:
+        """The plan decode instance `e` (`engine`) takes at `now` for its single step `plan`: that
+        step and the ones after it (`Instance.coast`) when another decode instance steps one step
+        at a time, each step shorter than STRETCH_MIN of the coast's; else `plan`. Either way `e`
+        now steps one step at a time."""
+        if any(f != e for f in self.stepping):
+            coasted = engine.coast(plan, now)
+            if coasted.ends:
+                ends = coasted.ends
+                gaps = [end - previous for previous, end in zip([now] + ends, ends)]
+                shortest = min(gaps) * (1 - self.MARGIN)
+                if max(longest for f, longest in self.stepping.items() if f != e) < STRETCH_MIN * shortest:
+                    self.plans[e], self.shortest[e] = coasted, shortest
+                    self.counts[e] = engine.totals() + (sum(map(len, plan.decodes)),)
+                    self._stepping(e, max(gaps) * (1 + self.MARGIN), now)
+                    return coasted
+        self._stepping(e, plan.duration_s * (1 + self.MARGIN), now)
+        return plan
+
+    def _stepping(self, e: int, longest: float, now: float) -> None:
+        self.stepping[e] = longest
+        for g, shortest in list(self.shortest.items()):
+            if g != e and longest >= STRETCH_MIN * shortest:
+                self._cut(g, now)
+
+    def stopped(self, e: int, now: float) -> None:
+        """Decode instance `e` stops stepping one step at a time at `now` (it idles, or stretches):
+        coasts left without a stepping partner end at their first step end after `now`."""
+        if self.stepping.pop(e, None) is None:
+            return
+        for g in list(self.plans):
+            if not any(f != g for f in self.stepping):
+                self._cut(g, now)
+
+    def arriving(self, e: int, now: float) -> None:
+        """A request's KV arrives at decode instance `e` at `now`: a coast ends at its first step end
+        at or after `now`, whose plan takes the request."""
+        if e in self.plans:
+            self._cut(e, now)
+
+    def finished(self, e: int) -> tuple:
+        """Decode instance `e`'s coast has reached its last step end (its STEP_END): its counts when
+        it began."""
+        del self.plans[e], self.event[e], self.shortest[e]
+        return self.counts.pop(e)
+
+    def _cut(self, e: int, now: float) -> None:
+        plan = self.plans[e]
+        k = bisect.bisect_left(plan.ends, now)
+        if k < len(plan.ends) - 1:
+            if plan.ends[k] == now:
+                raise _Tie
+            plan.ends = plan.ends[:k + 1]
+            self.events.cancel(self.event[e])
+            self.event[e] = self.events.push(plan.ends[-1], STEP_END, e)
+
+
 def run_disagg(sc: Scenario, load: Load, policy: Policy, fn: StepFunction, disagg: Disagg, *, ranks_n: int,
                kv_capacity: int, trace: bool, cache_dir=None) -> dict:
+    """The disaggregated event loop (`_run_disagg`): with coasting decode instances (`Coasting`), or
+    again without when a coasting step end ties with another event. Not with a trace, whose
+    events are written as the run produces them (a coast's steps would come when it ends)."""
+    try:
+        return _run_disagg(sc, load, policy, fn, disagg, ranks_n=ranks_n, kv_capacity=kv_capacity, trace=trace,
+                           cache_dir=cache_dir, coast=COASTING and not trace)
+    except _Tie:
+        return _run_disagg(sc, load, policy, fn, disagg, ranks_n=ranks_n, kv_capacity=kv_capacity, trace=trace,
+                           cache_dir=cache_dir, coast=False)
+
+
+def _run_disagg(sc: Scenario, load: Load, policy: Policy, fn: StepFunction, disagg: Disagg, *, ranks_n: int,
+                kv_capacity: int, trace: bool, cache_dir, coast: bool) -> dict:
     """The disaggregated event loop (module docstring); returns the mode's parts of the Result.
     `fn`, `ranks_n` and `kv_capacity` are the scenario's (the prefill pool's, and the decode pool's
     too unless it has a split of its own: then `decode_pool` builds its own, with `cache_dir`).
@@ -372,12 +553,12 @@ def run_disagg(sc: Scenario, load: Load, policy: Policy, fn: StepFunction, disag
 
     prefilled, generated = [0] * total, [0] * total
     times = {k: np.full(total, math.nan) for k in ("arrival", "prefill_start", "prefill_end", "transfer_start",
-                                                   "transfer_end", "first_token", "finish")}
+                                                   "transfer_end", "handed_over", "first_token", "finish")}
     arrival, first_token, finish = times["arrival"], times["first_token"], times["finish"]
     last_token = [math.nan] * total
     finishes = [0] * total
     itl = ItlSamples()   # decode gaps, counted per rank and step (serve.scheduler)
-    engines = ([Instance(ranks_n, policy, fn, isl=isl, osl=1, kv_capacity=kv_capacity, prefilled=prefilled,
+    engines = ([Instance(ranks_n, disagg.prefill_policy(policy), fn, isl=isl, osl=1, kv_capacity=kv_capacity, prefilled=prefilled,
                          generated=generated, hold_finished_kv=True) for _ in range(P)]
                + [Instance(ranks_d, policy, fn_d, isl=isl, osl=osl, kv_capacity=kv_capacity_d, prefilled=prefilled,
                            generated=generated, warmup=load.warmup) for _ in range(D)])
@@ -389,10 +570,14 @@ def run_disagg(sc: Scenario, load: Load, policy: Policy, fn: StepFunction, disag
     steps = [0] * n
     wake_pending = [False] * n
     decode_queue = [deque() for _ in range(D * ranks_d)]
+    queued_on = [set() for _ in range(D)]   # per decode instance, its ranks with requests waiting in `decode_queue`
     steps_trace = StepTrace([f"prefill {i}" for i in range(P)] + [f"decode {i}" for i in range(D)]) if trace else None
     events = EventQueue()
     clients = Clients(events, load, total, policy.request_overhead_s)
     push = events.push
+    handoff_s = policy.kv_handoff_s
+    coasting = Coasting(events)
+    horizon = coasting.horizon
 
     def wake(e: int, t: float) -> None:
         if plans[e] is None and not wake_pending[e]:
@@ -422,11 +607,13 @@ def run_disagg(sc: Scenario, load: Load, policy: Policy, fn: StepFunction, disag
         while queue and engines[P + e].reserve(r, queue[0]):
             req = queue.popleft()
             times["transfer_start"][req] = t
-            pe, pr = prefill_slot(req)
-            pairs = [(prefill_gpu(pe, pr, a), decode_gpu(e, r, b)) for a, b, _ in flows]
             nbytes = per_gpu_bytes(req)
-            for latency, fid in net.open(req, pairs, [nbytes * share for share in shares]):
+            for latency, fid in net.open(req, pairs_of(req), [nbytes * share for share in shares]):
                 push(t + latency, FLOW, (FLOW_START, fid))
+        if queue:
+            queued_on[e].add(r)
+        else:
+            queued_on[e].discard(r)
 
     def client_finish(req: int, t: float) -> None:
         finish[req] = t
@@ -451,9 +638,18 @@ def run_disagg(sc: Scenario, load: Load, policy: Policy, fn: StepFunction, disag
             first_token[req] = last_token[req] = t
             client_finish(req, t)
             start_transfers(slot, t)
+        elif handoff_s:
+            push(t + handoff_s, FLOW, (HANDED_OVER, req))
         else:
-            engines[P + e].join(r, req)
-            wake(P + e, t)
+            handed_over(req, t)
+
+    def handed_over(req: int, t: float) -> None:
+        """Request `req` joins its decode rank (its KV there, the hand-over done: `Policy.kv_handoff_s`)."""
+        times["handed_over"][req] = t
+        e, r = divmod(decode_slot(req), ranks_d)
+        coasting.arriving(P + e, t)
+        engines[P + e].join(r, req)
+        wake(P + e, t)
 
     def decode_token(req: int, t: float) -> None:   # decode tokens go to `itl`; no first token comes here
         raise AssertionError("a decode worker's first token is streamed when it joins a batch")
@@ -461,27 +657,60 @@ def run_disagg(sc: Scenario, load: Load, policy: Policy, fn: StepFunction, disag
     def decode_finish_of(e: int):
         def on_finish(req: int, t: float) -> None:
             client_finish(req, t)
-            for r in range(ranks_d):
+            for r in sorted(queued_on[e - P]):   # its ranks in order (those with nothing queued have nothing to send)
                 start_transfers((e - P) * ranks_d + r, t)
         return on_finish
+    decode_finish = {e: decode_finish_of(e) for e in range(P, n)}
+
+    def pairs_of(req: int) -> list[tuple[int, int]]:
+        """The GPU pairs request `req`'s KV flows take, prefill rank to decode rank."""
+        (pe, pr), (e, r) = prefill_slot(req), divmod(decode_slot(req), ranks_d)
+        return [(prefill_gpu(pe, pr, a), decode_gpu(e, r, b)) for a, b, _ in flows]
+    net.route_pairs([pair for req in range(min(total, P * ranks_n * D * ranks_d)) for pair in pairs_of(req)])
 
     # requests decode on the decode pool's ranks only
     clients.start(fn if fn_d is fn else PoolTimes(fn, fn_d), D * ranks_d)
 
     def prefill_token(req: int, t: float) -> None:
         """A prefill instance's token reaches the client later, through the decode worker."""
+
+    def start_step(e: int, t: float) -> None:
+        """An idle instance forms its next step (a WAKE)."""
+        plan = engines[e].plan(t)
+        if plan is None:
+            coasting.stopped(e, t)
+            return
+        plans[e], plan_start[e] = plan, t
+        if e < P:
+            mark_prefill_start(plan, times["prefill_start"], t)
+        else:   # the decode worker streams the prefill's token as the request joins its batch
+            for req in engines[e].fresh_requests():
+                if math.isnan(first_token[req]):
+                    first_token[req] = last_token[req] = t
+            # its pure decode steps up to the next event, at once
+            plans[e] = plan = engines[e].stretch(plan, t, horizon(t))
+            if plan.ends:
+                coasting.stopped(e, t)
+            elif coast and D > 1:
+                plans[e] = plan = coasting.single(e, plan, t, engines[e])
+        order = push(plan.end_s(t), STEP_END, e)
+        if plan.coast:
+            coasting.event[e] = order
+
     while events:
         t, kind, payload = events.pop()
         if kind == ARRIVAL:
             req = payload
             arrival[req] = clients.sent[req]   # latencies count from the send (request overhead before the queue)
             e, r = prefill_slot(req)
-            engines[e].ranks[r].waiting.append(req)
+            engines[e].enqueue(r, req)
             wake(e, t)
         elif kind == FLOW:
             what, value = payload
             if what == FLOW_START:
                 schedule_check(net.start(t, value))
+            elif what == HANDED_OVER:
+                handed_over(value, t)
             else:
                 done, t_next = net.check(t, value)
                 schedule_check(t_next)
@@ -490,36 +719,33 @@ def run_disagg(sc: Scenario, load: Load, policy: Policy, fn: StepFunction, disag
         elif kind == WAKE:
             e = payload
             wake_pending[e] = False
-            if plans[e] is not None:
-                continue
-            plan = engines[e].plan(t)
-            if plan is None:
-                continue
-            plans[e], plan_start[e] = plan, t
-            if e < P:
-                mark_prefill_start(plan, times["prefill_start"], t)
-            else:   # the decode worker streams the prefill's token as the request joins its batch
-                for rank in engines[e].ranks:
-                    for req, _ in rank.fresh:
-                        if math.isnan(first_token[req]):
-                            first_token[req] = last_token[req] = t
-            if e >= P:   # a decode worker: its pure decode steps up to the next event, at once
-                plans[e] = plan = engines[e].stretch(plan, t, events.next_time())
-            push(plan.end_s(t), STEP_END, e)
+            if plans[e] is None:
+                start_step(e, t)
         else:
             e = payload
             if e < P:
                 engines[e].apply(plans[e], t, prefill_token, prefill_done)
+            elif plans[e].coast:   # its single steps one by one, as the per-event loop ends them
+                timeline.coasted(e - P, plans[e].ends[:-1], *coasting.finished(e))
+                starts = [plan_start[e]] + plans[e].ends[:-1]
+                for start, end in zip(starts, plans[e].ends):
+                    busy[e] += end - start
+                engines[e].apply(plans[e], t, decode_token, decode_finish[e], itl)
+                timeline.step(e - P, t)
             else:
-                engines[e].apply(plans[e], t, decode_token, decode_finish_of(e), itl)
+                engines[e].apply(plans[e], t, decode_token, decode_finish[e], itl)
                 timeline.step(e - P, t)
             if steps_trace is not None:
                 for start, end in plans[e].spans(plan_start[e]):
                     steps_trace.step(e, start, end, plans[e])
-            busy[e] += t - plan_start[e]
+            if not plans[e].coast:
+                busy[e] += t - plan_start[e]
             steps[e] += plans[e].steps
             plans[e] = None
-            wake(e, t)
+            if not wake_pending[e] and horizon(t) > t:   # its wake-up would be the next event
+                start_step(e, t)
+            else:
+                wake(e, t)
 
     check_finished_once(finishes)
     measured = slice(load.warmup, total)
@@ -565,7 +791,8 @@ def run_disagg(sc: Scenario, load: Load, policy: Policy, fn: StepFunction, disag
                                       ("prefill", times["prefill_start"], times["prefill_end"]),
                                       ("kv_wait", times["prefill_end"], times["transfer_start"]),
                                       ("kv_transfer", times["transfer_start"], times["transfer_end"]),
-                                      ("decode", times["transfer_end"], finish)], total, load.warmup)
+                                      ("handoff", times["transfer_end"], times["handed_over"]),
+                                      ("decode", times["handed_over"], finish)], total, load.warmup)
     return out
 
 
@@ -592,5 +819,5 @@ def disagg_assumptions(disagg: Optional[Disagg] = None, sc: Optional[Scenario] =
     return out
 
 
-__all__ = ["DECODE_SPLIT", "Disagg", "MODES", "Transfers", "decode_pool", "disagg_assumptions", "instance_gpus",
-           "kv_bytes_per_gpu", "kv_flow_plan", "make_disagg", "run_disagg"]
+__all__ = ["COASTING", "Coasting", "DECODE_SPLIT", "Disagg", "MODES", "Transfers", "decode_pool", "disagg_assumptions",
+           "instance_gpus", "kv_bytes_per_gpu", "kv_flow_plan", "make_disagg", "run_disagg"]

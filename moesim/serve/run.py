@@ -178,6 +178,15 @@ def _run_agg(sc: Scenario, load: Load, policy: Policy, fn: StepFunction, *, inst
 
     clients.start(fn, instances_n * ranks_n)  # requests decode on every rank of every instance
 
+    def start_step(e: int, t: float) -> None:
+        """An idle instance forms its next step (a WAKE)."""
+        plan = engines[e].plan()
+        if plan is not None:
+            plans[e], plan_start[e] = plan, t
+            mark_prefill_start(plan, prefill_start, t)
+            plans[e] = plan = engines[e].stretch(plan, t, events.next_time())
+            push(plan.end_s(t), STEP_END, e)
+
     total_ranks = instances_n * ranks_n
     while events:
         t, kind, payload = events.pop()
@@ -186,21 +195,15 @@ def _run_agg(sc: Scenario, load: Load, policy: Policy, fn: StepFunction, *, inst
             queued[req] = t
             slot = req % total_ranks
             e = slot // ranks_n
-            engines[e].ranks[slot % ranks_n].waiting.append(req)
+            engines[e].enqueue(slot % ranks_n, req)
             if plans[e] is None and not wake_pending[e]:
                 wake_pending[e] = True
                 push(t, WAKE, e)
         elif kind == WAKE:
             e = payload
             wake_pending[e] = False
-            if plans[e] is not None:
-                continue
-            plan = engines[e].plan()
-            if plan is not None:
-                plans[e], plan_start[e] = plan, t
-                mark_prefill_start(plan, prefill_start, t)
-                plans[e] = plan = engines[e].stretch(plan, t, events.next_time())
-                push(plan.end_s(t), STEP_END, e)
+            if plans[e] is None:
+                start_step(e, t)
         else:
             e = payload
             engines[e].apply(plans[e], t, on_token, on_finish, itl)
@@ -210,8 +213,11 @@ def _run_agg(sc: Scenario, load: Load, policy: Policy, fn: StepFunction, *, inst
                     steps_trace.step(e, start, end, plans[e])
             steps += plans[e].steps
             plans[e] = None
-            wake_pending[e] = True
-            push(t, WAKE, e)
+            if events.next_time() > t:   # nothing else happens at t: its wake-up would be the next event
+                start_step(e, t)
+            else:
+                wake_pending[e] = True
+                push(t, WAKE, e)
 
     check_finished_once(finishes)
     measured = slice(load.warmup, total)
@@ -238,34 +244,52 @@ def _run_agg(sc: Scenario, load: Load, policy: Policy, fn: StepFunction, *, inst
 class Timeline:
     """Batch and KV use over the run (issue 16's "batch size and KV use over time"): after every
     step of any instance, the deployment's running and waiting requests and KV tokens in use,
-    summed over ranks. An instance's totals are recomputed only when it steps (O(ranks)); the
-    JSON keeps at most `POINTS` samples, the state at evenly spaced times."""
+    summed over ranks. An instance's totals are asked for only when it steps (`Instance.totals`:
+    O(ranks), or O(1) while it decodes in lockstep) and kept per instance as they come; the
+    deployment's sums after each step (each instance's latest totals) are formed at the end, in
+    time order, with the same integer additions. The JSON keeps at most `POINTS` samples, the
+    state at evenly spaced times (after the last step at or before each)."""
 
     POINTS = 200
 
     def __init__(self, engines: list) -> None:
         self.engines = engines
-        self.per_instance = [(0, 0, 0)] * len(engines)
-        self.totals = [0, 0, 0]
-        self.t: list[float] = []
-        self.rows: list[tuple] = []
+        # per instance: its steps' end times and its running, waiting and KV tokens after each
+        self.t: list[list[float]] = [[] for _ in engines]
+        self.counts: list[list[list[int]]] = [[[], [], []] for _ in engines]
 
     def step(self, e: int, t: float) -> None:
-        ranks = self.engines[e].ranks
-        now = (sum(r.running for r in ranks), sum(len(r.waiting) for r in ranks), sum(r.kv_used for r in ranks))
-        self.totals = [a + b - c for a, b, c in zip(self.totals, now, self.per_instance[e])]
-        self.per_instance[e] = now
-        self.t.append(t)
-        self.rows.append(tuple(self.totals))
+        self.t[e].append(t)
+        for values, value in zip(self.counts[e], self.engines[e].totals()):
+            values.append(value)
+
+    def coasted(self, e: int, ends: list, running: int, waiting: int, kv: int, decoding: int) -> None:
+        """Steps of instance `e` that ended at `ends`, single decode steps one after the other from
+        a state of (`running`, `waiting`, `kv`) tokens with `decoding` requests (`serve.disagg.
+        Coasting`): each adds a token per decoding request."""
+        self.t[e] += ends
+        running_, waiting_, kv_ = self.counts[e]
+        running_ += [running] * len(ends)
+        waiting_ += [waiting] * len(ends)
+        kv_ += range(kv + decoding, kv + decoding * (len(ends) + 1), decoding)
+
+    def rows(self) -> tuple[np.ndarray, np.ndarray]:
+        """(end times [steps], the deployment's (running, waiting, KV tokens) after each [steps, 3]),
+        in time order: each instance's change since its own previous step, summed."""
+        times = np.concatenate([np.asarray(t, dtype=float) for t in self.t])
+        deltas = np.concatenate([np.diff(np.asarray(c, dtype=np.int64).reshape(3, -1).T, axis=0, prepend=0)
+                                 for c in self.counts])
+        order = np.argsort(times, kind="stable")
+        return times[order], np.cumsum(deltas[order], axis=0)
 
     def to_json(self, kv_capacity_tokens: int) -> dict:
-        if not self.t:
+        if not any(self.t):
             return {"t_s": [], "running_requests": [], "waiting_requests": [], "kv_used_tokens": [],
                     "kv_capacity_tokens": kv_capacity_tokens}
-        times = np.asarray(self.t)
+        times, rows = self.rows()
         grid = np.linspace(0.0, times[-1], min(self.POINTS, len(times)))
         idx = np.maximum(np.searchsorted(times, grid, side="right") - 1, 0)
-        rows = np.asarray(self.rows, dtype=np.int64)[idx]
+        rows = rows[idx]
         return {"t_s": grid.tolist(), "running_requests": rows[:, 0].tolist(), "waiting_requests": rows[:, 1].tolist(),
                 "kv_used_tokens": rows[:, 2].tolist(), "kv_capacity_tokens": kv_capacity_tokens}
 
@@ -282,8 +306,10 @@ def assumptions(policy: Policy) -> list[str]:
            "a request's own prompt and output lengths set its chunks, decode context, KV and finish",
            "ranks of an instance step in lockstep; a step takes as long as its slowest rank",
            "requests go to attention-DP ranks round robin"]
-    if not policy.cpu_overhead_published:
-        out.append(f"{policy.framework}: per-step CPU time is not published; none is added")
+    out.append(f"{policy.framework}: {policy.cpu_overhead_s * 1e3:.3g} ms of CPU time per engine step, "
+               f"{policy.request_overhead_s * 1e3:.3g} ms per request from send to queue (HTTP, tokenisation) and, "
+               f"disaggregated, {policy.kv_handoff_s * 1e3:.3g} ms of prefill-to-decode hand-over per request; from "
+               f"{policy.overheads_from}")
     return out
 
 

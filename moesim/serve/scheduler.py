@@ -37,6 +37,12 @@ however many requests decode, plus O(log B) per request that finishes (a heap of
 The decode batch's context sum is kept the same way. Inter-token latencies are recorded per rank
 and step with a count (`ItlSamples`), not per token. The numbers are the ones a per-token loop
 gives: the same integer sums, the same float subtractions (tests/test_serve_scheduler.py).
+
+While an instance only decodes (no prompt to run, no preemption), its steps are kept per instance
+instead (`Lockstep`): every rank with decoding requests decodes at every step, so a step is a
+count, and a rank's own counters catch up when a request joins or finishes on it; step times come
+from a look-ahead over the coming steps. The same run, float for float, as every step through the
+ranks (`LOCKSTEP`, tests/test_serve_fast_paths.py).
 """
 from __future__ import annotations
 
@@ -68,9 +74,10 @@ class Policy:
     step_policy: str
     graph_sizes: tuple[int, ...]
     cpu_overhead_s: float
-    cpu_overhead_published: bool
+    overheads_from: str = "given"      # where cpu_overhead_s, request_overhead_s and kv_handoff_s come from
     request_overhead_s: float = 0.0   # from send to the engine's queue (HTTP, tokenisation): on TTFT
     kv_admission: str = "whole_request"   # or "incremental" (module docstring)
+    kv_handoff_s: float = 0.0   # disagg: from a request's KV arriving to its decode rank's queue: on TTFT
 
     def __post_init__(self):
         if self.step_policy == "mixed" and self.max_running > self.token_budget:
@@ -86,12 +93,12 @@ class Policy:
         if b is None:
             raise MoesimError(f"framework {name!r} has no continuous-batching policy in workloads/frameworks.yaml",
                               field="runtime.framework", fix="serve with a serving framework: vllm, sglang or trtllm")
-        overhead = b.step_cpu_overhead_s.value
         admission = b.kv_admission.value if b.kv_admission is not None else "whole_request"
+        step_cpu_ms, request_ms, handoff_ms, source = serving_overheads_ms(sc, name)
         return cls(framework=name, kv_admission=admission, max_running=b.max_running_requests_per_rank.value,
                    token_budget=b.step_token_budget.value, step_policy=b.step_policy.value,
-                   graph_sizes=b.cuda_graph_batch_sizes.value.sizes(), cpu_overhead_s=overhead or 0.0,
-                   cpu_overhead_published=overhead is not None)
+                   graph_sizes=b.cuda_graph_batch_sizes.value.sizes(), cpu_overhead_s=step_cpu_ms / 1e3,
+                   request_overhead_s=request_ms / 1e3, kv_handoff_s=handoff_ms / 1e3, overheads_from=source)
 
     def padded(self, batch: int) -> int:
         """The decode batch a CUDA graph runs: the next captured size, or `batch` beyond them."""
@@ -102,7 +109,30 @@ class Policy:
         return {"framework": self.framework, "max_running_requests_per_rank": self.max_running,
                 "step_token_budget": self.token_budget, "step_policy": self.step_policy,
                 "cuda_graph_batch_sizes": list(self.graph_sizes), "step_cpu_overhead_s": self.cpu_overhead_s,
-                "request_overhead_s": self.request_overhead_s, "kv_admission": self.kv_admission}
+                "request_overhead_s": self.request_overhead_s, "kv_handoff_s": self.kv_handoff_s,
+                "overheads_from": self.overheads_from, "kv_admission": self.kv_admission}
+
+
+SERVING_OVERHEADS = ("serving.step_cpu_ms", "serving.request_overhead_ms", "serving.disagg_handoff_ms")
+
+
+def serving_overheads_ms(sc: Scenario, framework: str) -> tuple[float, float, float, str]:
+    """(CPU ms per engine step, ms per request, ms per disaggregated hand-over) of the framework, and where
+    they come from: the kernel profile in force (`runtime.kernel_profile`, default the shipped fit of
+    topologies/calibration/kernels.yaml; `topologies/kernels/serving.yaml` has their sourced defaults), so
+    that serve and plan run with what `moesim validate` checks against the measured serving benchmarks."""
+    from moesim.sim.provenance import kernel_profile
+    profile = kernel_profile(sc)
+    values = profile.values()
+    names = [f"{prefix}.{framework}" for prefix in SERVING_OVERHEADS]
+    missing = [n for n in names if n not in values]
+    if missing:
+        raise MoesimError(f"framework {framework!r} has no serving overheads ({', '.join(missing)})",
+                          field="runtime.framework", fix="add them to topologies/kernels/serving.yaml with sources")
+    fitted = [n for n in names if n in profile.fitted]
+    source = (f"kernel profile {profile.name} ({'fitted' if len(fitted) == len(names) else 'partly fitted'})"
+              if fitted else "sourced defaults (topologies/kernels/serving.yaml)")
+    return values[names[0]], values[names[1]], values[names[2]], source
 
 
 def _variant(sc: Scenario, workload: Serving) -> Scenario:
@@ -148,6 +178,10 @@ STRETCH_STEPS = 2048
 # ... and at least this many (measured: below ~8 steps the numpy arrays cost more than they save).
 STRETCH_MIN = 8
 
+# Pure decode steps are kept per instance, not per rank (`Lockstep`): the same run, faster. False
+# runs every step through the per-rank path, the reference the tests compare it with.
+LOCKSTEP = True
+
 # From how many busy ranks `Instance.plan` prices a step with one numpy call instead of a call per
 # rank (measured on this project's 2-core machines: the two cross near 16 ranks; same floats).
 VECTOR_RANKS = 16
@@ -160,20 +194,39 @@ class EventQueue:
     def __init__(self) -> None:
         self._heap: list = []
         self._order = itertools.count()
+        self._cancelled: set[int] = set()
 
-    def push(self, t: float, kind: int, payload) -> None:
-        heapq.heappush(self._heap, (t, kind, next(self._order), payload))
+    def push(self, t: float, kind: int, payload) -> int:
+        """Add an event; returns its number, for `cancel`."""
+        order = next(self._order)
+        heapq.heappush(self._heap, (t, kind, order, payload))
+        return order
+
+    def cancel(self, order: int) -> None:
+        """Take back the event `push` numbered `order`: as if it had never been pushed."""
+        self._cancelled.add(order)
+
+    def _drop_cancelled(self) -> None:
+        heap, cancelled = self._heap, self._cancelled
+        while heap and heap[0][2] in cancelled:
+            cancelled.discard(heapq.heappop(heap)[2])
 
     def next_time(self) -> float:
         """When the next event happens (infinity when none is due): what `Instance.stretch` may
         plan up to."""
+        if self._cancelled:
+            self._drop_cancelled()
         return self._heap[0][0] if self._heap else math.inf
 
     def pop(self) -> tuple:
+        if self._cancelled:
+            self._drop_cancelled()
         t, kind, _, payload = heapq.heappop(self._heap)
         return t, kind, payload
 
     def __bool__(self) -> bool:
+        if self._cancelled:
+            self._drop_cancelled()
         return bool(self._heap)
 
 
@@ -238,10 +291,19 @@ class ItlSamples:
         self.values.append(value)
         self.counts.append(count)
 
+    def add_gaps(self, ends: list, count: int) -> None:
+        """The gaps between consecutive step `ends` (each end minus the one before), `count` each."""
+        if len(ends) > 1:
+            self.values += [end - previous for previous, end in zip(ends, ends[1:])]
+            self.counts += [count] * (len(ends) - 1)
+
     def array(self) -> np.ndarray:
         """Every gap, one per token (what the benchmark clients pool their percentiles over),
-        sorted: their mean then does not depend on the order instances and steps reported them."""
-        return np.sort(np.repeat(np.asarray(self.values, dtype=float), np.asarray(self.counts, dtype=np.int64)))
+        sorted: their mean then does not depend on the order instances and steps reported them.
+        The pairs are sorted before they are repeated (far fewer pairs than tokens): the same array."""
+        values = np.asarray(self.values, dtype=float)
+        order = np.argsort(values, kind="stable")
+        return np.repeat(values[order], np.asarray(self.counts, dtype=np.int64)[order])
 
 
 @dataclass
@@ -268,6 +330,7 @@ class Rank:
     measured: int = 0                           # decoding requests counted in the statistics (past the warm-up)
     joined_as: dict = field(default_factory=dict)   # request -> its entry's join number in `finishing` (others are stale)
     last_decode_end: float = math.nan
+    synced: int = 0   # decoding in lockstep (`Lockstep`): the instance's step count its counters were last brought to
 
     @property
     def running(self) -> int:
@@ -283,6 +346,8 @@ class StepPlan:
     duration_s: float
     # a run of pure decode steps (`Instance.stretch`): each one's end time; None for one step
     ends: Optional[list] = None
+    # those steps are single steps, each planned at the end of the one before (`Lockstep.coast`)
+    coast: bool = False
 
     @property
     def steps(self) -> int:
@@ -334,17 +399,41 @@ class Instance:
         self.hold_finished_kv = hold_finished_kv
         self.warmup = warmup
         self.incremental = kv_admission == "incremental"
+        # pure decode steps kept per instance (`Lockstep`); not with preemption, which touches single ranks
+        self.lockstep = LOCKSTEP and not self.incremental
+        self._lockstep: Optional[Lockstep] = None
+        self._dirty: list[int] = []   # ranks a request was queued on or joined since the last plan
         self.recompute: dict[int, int] = {}       # preempted request -> tokens it had generated (re-prefilled)
         self.last_token_at: dict[int, float] = {}  # preempted request -> when its last token came
         self.preemptions = 0
         self._joined = itertools.count()
-        self.busy = False
         self.peak_kv_used = 0
         self.peak_kv_reserved = 0
         self.peak_running = 0
 
     def has_work(self) -> bool:
         return any(r.waiting or r.running for r in self.ranks)
+
+    def enqueue(self, rank_index: int, req: int) -> None:
+        """Request `req` reaches the queue of rank `rank_index` (it is admitted at a later plan)."""
+        self.ranks[rank_index].waiting.append(req)
+        self._dirty.append(rank_index)
+        if self._lockstep is not None:
+            self._lockstep.waiting += 1
+
+    def totals(self) -> tuple[int, int, int]:
+        """(running requests, waiting requests, KV tokens in use) summed over the ranks
+        (`serve.run.Timeline`): a pass over the ranks, or while decoding in lockstep, its counts."""
+        if self._lockstep is not None:
+            return self._lockstep.totals()
+        ranks = self.ranks
+        return sum(r.running for r in ranks), sum(len(r.waiting) for r in ranks), sum(r.kv_used for r in ranks)
+
+    def fresh_requests(self) -> list[int]:
+        """Requests that started decoding since their rank's last decode step (they give their
+        first decode token at the coming one)."""
+        ranks = self.ranks if self._lockstep is None else [self.ranks[i] for i in self._lockstep.fresh_ranks]
+        return [req for rank in ranks for req, _ in rank.fresh]
 
     def prompt_len(self, req: int) -> int:
         """Tokens request `req` must prefill: its prompt, plus what it had generated if it was preempted."""
@@ -379,7 +468,14 @@ class Instance:
         disaggregated decode worker streams the prefill's token as the request joins its batch).
 
         Every rank's mix goes through the step function in one call (`StepFunction.step_many`),
-        the same floats as one call per rank."""
+        the same floats as one call per rank. While decoding in lockstep (`Lockstep`), the step
+        is formed there, without a pass over the ranks."""
+        if self._lockstep is not None:
+            plan = self._lockstep.plan(now)
+            if plan is not None:
+                return plan
+            self._end_lockstep()
+        self._dirty.clear()
         p = self.policy
         mixed, prefill_first = p.step_policy == "mixed", p.step_policy == "prefill_first"
         all_chunks, all_decodes = [], []
@@ -420,6 +516,11 @@ class Instance:
             return None
         return StepPlan(all_chunks, all_decodes, longest + p.cpu_overhead_s)
 
+    def coast(self, plan: StepPlan, now: float) -> StepPlan:
+        """`plan` (a single pure decode step planned at `now`) and the ones after it as single steps
+        planned together (`Lockstep.coast`); `plan` itself when not decoding in lockstep."""
+        return self._lockstep.coast(plan, now) if self._lockstep is not None else plan
+
     def stretch(self, plan: StepPlan, now: float, horizon: float) -> StepPlan:
         """A pure decode step extended by the decode steps that follow it unchanged: while no rank
         has prompt tokens to run, nothing arrives (no event before `horizon`, the next event of
@@ -429,6 +530,8 @@ class Instance:
         (the same contexts, the same `step_many` floats, the same sequential sums of durations);
         `apply` then applies them together. One plan instead of one per step: the event loop's
         cost follows events (arrivals, finishes), not tokens."""
+        if self._lockstep is not None:
+            return self._lockstep.stretch(plan, now, horizon)
         if any(plan.chunks) or not any(plan.decodes) or horizon - now < STRETCH_MIN * plan.duration_s:
             return plan   # (steps only get longer: fewer than STRETCH_MIN fit before the next event)
         busy = [(rank, len(d)) for rank, d in zip(self.ranks, plan.decodes) if d]
@@ -538,6 +641,11 @@ class Instance:
                     itl.add(end - previous, rank.measured)
         rank.fresh = []
         rank.last_decode_end = now
+        return self._pop_finished(rank)
+
+    def _pop_finished(self, rank: Rank) -> list:
+        """The rank's decoding requests that have their output at its clock, taken out of its batch,
+        in join order."""
         done, heap = [], rank.finishing
         while heap and heap[0][0] <= rank.clock:
             _, joined, req = heapq.heappop(heap)
@@ -553,13 +661,30 @@ class Instance:
             done.append(req)
         return done
 
+    def _count_kv(self, rank: Rank) -> None:
+        """After a step: the peak KV use, and the guard that admission and preemption keep KV use
+        within capacity."""
+        self.peak_kv_used = max(self.peak_kv_used, rank.kv_used)
+        if rank.kv_used > self.kv_capacity:
+            raise AssertionError(f"KV use {rank.kv_used} exceeds capacity {self.kv_capacity}")
+
+    def _free(self, rank: Rank, req: int) -> None:
+        """A finished request's KV leaves its rank (unless the instance holds it for a transfer)."""
+        if not self.hold_finished_kv:
+            rank.kv_used -= self.isl[req] + self.generated[req]
+            rank.kv_reserved -= self.isl[req] + (self.generated[req] if self.incremental else self.osl[req])
+
     def apply(self, plan: StepPlan, now: float, on_token, on_finish, itl: Optional[ItlSamples] = None) -> None:
         """Apply a finished step at time `now`: prompt chunks advance (a finished prompt gives the
         request its first token), decode requests get one token each, finished requests free
         their KV. `on_token(req, now)` is called for every first token, and for every decode token
         only when no `itl` collector is given (else the gaps go to `itl`, module docstring);
-        `on_finish(req, now)` for every finished request."""
-        isl, osl = self.isl, self.osl
+        `on_finish(req, now)` for every finished request. A pure decode step of a caller that
+        collects gaps leaves the instance decoding in lockstep (`Lockstep`) from its next plan on."""
+        if self._lockstep is not None:
+            self._lockstep.apply(plan, now, on_finish, itl)
+            return
+        osl = self.osl
         for rank, chunks, decodes in zip(self.ranks, plan.chunks, plan.decodes):
             done = self._decode_step(rank, decodes, now, on_token, itl, plan.ends) if decodes else []
             for req, n in chunks:
@@ -580,14 +705,19 @@ class Instance:
                         self._start_decoding(rank, req, now)
                     else:
                         done.append(req)
-            self.peak_kv_used = max(self.peak_kv_used, rank.kv_used)
-            if rank.kv_used > self.kv_capacity:  # admission and preemption keep it inside: a guard
-                raise AssertionError(f"KV use {rank.kv_used} exceeds capacity {self.kv_capacity}")
+            self._count_kv(rank)
             for req in done:
-                if not self.hold_finished_kv:
-                    rank.kv_used -= isl[req] + self.generated[req]
-                    rank.kv_reserved -= isl[req] + (self.generated[req] if self.incremental else osl[req])
+                self._free(rank, req)
                 on_finish(req, now)
+        if self.lockstep and itl is not None and not any(plan.chunks) and any(plan.decodes) \
+                and not any(r.waiting or r.prefilling for r in self.ranks):
+            self._lockstep = Lockstep(self, now)
+
+    def _end_lockstep(self) -> None:
+        """Leave lockstep decoding: every rank's own counters up to date, the per-rank path again."""
+        lock, self._lockstep = self._lockstep, None
+        for i in lock.busy:
+            lock.sync(self.ranks[i])
 
     # ------------------------------------------------------------ disaggregation (serve.disagg)
     def release(self, rank_index: int, req: int) -> None:
@@ -616,8 +746,13 @@ class Instance:
         rank.kv_used += self.isl[req] + self.generated[req]
         # not `_start_decoding` now: a step may be running, and its decode tokens are fixed (`plan`)
         rank.joining.append((req, last_token_s))
+        # (in lockstep the rank's KV use may lag its steps here; it is counted again when it catches up)
         self.peak_kv_used = max(self.peak_kv_used, rank.kv_used)
         self.peak_running = max(self.peak_running, rank.running)
+        self._dirty.append(rank_index)
+        if self._lockstep is not None:
+            self._lockstep.running += 1
+            self._lockstep.kv += self.isl[req] + self.generated[req]
 
     def cancel(self, rank_index: int, req: int) -> None:
         """Drop the reservation of request `req`, which needs no decode step (a one-token output)."""
@@ -626,5 +761,267 @@ class Instance:
         rank.kv_reserved -= self.isl[req] + self.osl[req]
 
 
-__all__ = ["ARRIVAL", "FLOW", "Instance", "ItlSamples", "Policy", "STEP_END", "StepPlan", "WAKE", "check_finished_once",
-           "kv_capacity_tokens", "mark_prefill_start"]
+class Lockstep:
+    """Pure decode steps of one instance, kept per instance instead of per rank: the fast path of
+    `Instance.plan`/`stretch`/`apply` (a decode-only instance, a disaggregated decode worker above
+    all, spends most of a run here).
+
+    While no rank has a prompt to run, nothing is preempted and the caller collects gaps in
+    `ItlSamples`, every rank with decoding requests decodes at every step, and a step changes only
+    counters that grow by the same amount on every such (busy) rank. So `tick` counts the steps
+    here, and a busy rank's own clock, KV use and last decode time catch up (`sync`) only when
+    something happens on it - a request joins or finishes - or when the instance leaves lockstep.
+    A step then costs O(1) however many ranks decode; a join or a finish costs O(its ranks) in
+    Python and one numpy pass over the busy ranks for the coming step times.
+
+    Step times come from a look-ahead over the coming steps (`_times`) that reads only grid points
+    the step function has used already; a step that needs another point is evaluated when, and
+    over the steps that, the per-rank path would evaluate it (its plan, or its stretch), which
+    marks the point used. So the run, its events and `StepFunction.to_json` are the per-rank
+    path's, float for float (tests/test_serve_fast_paths.py)."""
+
+    # Step times read ahead at once after a join or a finish (which discard them): this many steps x
+    # busy ranks (numpy's cost per call dominates below it), 16 to 64 steps, doubling each time
+    # they run out (joins and finishes come every few dozen steps).
+    LOOK_AHEAD = 1024
+
+    def __init__(self, inst: Instance, now: float):
+        self.inst = inst
+        self.tick = 0                 # lockstep steps applied
+        self.last_end = now           # when the last one ended: every busy rank's last decode step
+        ranks = inst.ranks
+        for rank in ranks:
+            rank.synced = 0
+        self.chunks = [[] for _ in ranks]
+        self.decodes = [list(rank.decoding) for rank in ranks]
+        self.fresh_ranks: list[int] = []   # ranks whose requests started decoding at this plan
+        # per busy rank, in rank order: batch, CUDA-graph batch, context sum, clock at tick 0
+        # (its clock at tick t is clock0 + t), tick of its next finish, measured requests
+        self.busy: list[int] = []
+        self._batch, self._padded, self._base, self._clock0, self._finish_at, self._measured = [], [], [], [], [], []
+        self._update(range(len(ranks)))
+        # `Instance.totals`: running, waiting, and KV use at `kv_tick` (it grows by `decoding` a step)
+        self.running = sum(rank.running for rank in ranks)
+        self.waiting = sum(len(rank.waiting) for rank in ranks)
+        self.kv, self.kv_tick = sum(rank.kv_used for rank in ranks), 0
+
+    def _update(self, changed) -> None:
+        """After requests joined or finished on the ranks `changed` (in rank order): their entries
+        in the busy ranks' lists, then the tick of the first finish, the measured and decoding
+        requests, and no step times read ahead yet."""
+        ranks, padded, busy = self.inst.ranks, self.inst.policy.padded, self.busy
+        lists = (self._batch, self._padded, self._base, self._clock0, self._finish_at, self._measured)
+        for i in changed:
+            rank = ranks[i]
+            k = bisect.bisect_left(busy, i)
+            present = k < len(busy) and busy[k] == i
+            if not rank.decoding:
+                if present:
+                    del busy[k]
+                    for values in lists:
+                        del values[k]
+                continue
+            b, clock0 = len(rank.decoding), rank.clock - rank.synced
+            entry = (b, padded(b), rank.context_base, clock0, rank.finishing[0][0] - clock0, rank.measured)
+            if present:
+                for values, value in zip(lists, entry):
+                    values[k] = value
+            else:
+                busy.insert(k, i)
+                for values, value in zip(lists, entry):
+                    values.insert(k, value)
+        self.finish_tick = min(self._finish_at, default=self.tick)
+        self.measured = sum(self._measured)
+        self.decoding = sum(self._batch)
+        self._from, self._times, self._arrays = self.tick, [], None
+        self._ahead = max(16, min(64, self.LOOK_AHEAD // max(len(busy), 1)))
+        self._stopped = False   # the look-ahead stopped at a step that needs a grid point not used yet
+
+    def sync(self, rank: Rank) -> None:
+        """Bring a rank's clock, KV use and last decode time up to `tick` (a busy rank decoded at
+        every step since it was last synced, one that is not busy at none)."""
+        steps = self.tick - rank.synced
+        rank.synced = self.tick
+        if steps and rank.decoding:
+            rank.clock += steps
+            rank.kv_used += len(rank.decoding) * steps
+            rank.last_decode_end = self.last_end
+            self.inst._count_kv(rank)
+
+    def totals(self) -> tuple[int, int, int]:
+        return self.running, self.waiting, self.kv + self.decoding * (self.tick - self.kv_tick)
+
+    def _settle_kv(self) -> None:
+        """KV use counted up to `tick` before the number of decoding requests changes."""
+        self.kv += self.decoding * (self.tick - self.kv_tick)
+        self.kv_tick = self.tick
+
+    # ------------------------------------------------------------ the per-rank path's three calls
+    def plan(self, now: float) -> Optional[StepPlan]:
+        """The next step: every busy rank decodes, with the requests that joined since the last
+        plan. None when the instance must leave lockstep: a request is queued for a prompt (the
+        per-rank path admits it), or no rank decodes."""
+        if self.inst._dirty and not self._join(now):
+            return None
+        if not self.busy:
+            return None
+        return StepPlan(self.chunks, self.decodes, self._step_time(self.tick))
+
+    def _join(self, now: float) -> bool:
+        """Requests whose KV arrived join their ranks' batches, as `Instance.plan` takes them; False
+        (nothing done) when a rank also has a request queued for its prompt."""
+        inst, ranks = self.inst, self.inst.ranks
+        dirty = sorted(set(inst._dirty))
+        if any(ranks[i].waiting for i in dirty):
+            return False
+        inst._dirty.clear()
+        self._settle_kv()
+        decodes = list(self.decodes)
+        for i in dirty:
+            rank = ranks[i]
+            self.sync(rank)
+            for req, last in rank.joining:
+                inst._start_decoding(rank, req, now if math.isnan(last) else last)
+            rank.joining.clear()
+            decodes[i] = list(rank.decoding)
+        self.decodes = decodes
+        self.fresh_ranks = dirty
+        self._update(dirty)
+        return True
+
+    def stretch(self, plan: StepPlan, now: float, horizon: float) -> StepPlan:
+        """`Instance.stretch`'s decision and arithmetic, from the step times read ahead."""
+        duration = plan.duration_s
+        if horizon - now < STRETCH_MIN * duration:
+            return plan
+        steps = min(self.finish_tick - self.tick, STRETCH_STEPS)
+        if horizon < math.inf:
+            steps = min(steps, int((horizon - now) / duration) + 2)
+        if steps < STRETCH_MIN:
+            return plan
+        self._cover(self.tick + steps)
+        start = self.tick - self._from
+        ends = np.cumsum(np.concatenate([[now], self._times[start:start + steps]]))[1:]
+        later = np.nonzero(ends >= horizon)[0]
+        k = int(later[0]) + 1 if later.size else steps
+        if k <= 1:
+            return plan
+        return StepPlan(plan.chunks, plan.decodes, duration, ends=ends[:k].tolist())
+
+    def coast(self, plan: StepPlan, now: float) -> StepPlan:
+        """The single step `plan` planned at `now` and the pure decode steps after it up to the next
+        finish, each a single step planned at the end of the one before, as the caller has
+        established the per-rank path would take them (`serve.disagg.Coasting`): their ends, with
+        the arithmetic of single steps (each end the one before plus its step time). Only steps
+        whose times are read ahead from used grid points: a later step would mark a point used
+        that the per-rank path marks only if the run gets there. `plan` itself when no second
+        step is known."""
+        start = self.tick - self._from
+        if len(self._times) - start < 2:
+            self._read_ahead(self.tick + 2)
+        times = self._times[start:start + self.finish_tick - self.tick]
+        if len(times) < 2:
+            return plan
+        ends = list(itertools.accumulate(times, initial=now))[1:]   # each end the one before plus its step
+        return StepPlan(plan.chunks, plan.decodes, plan.duration_s, ends=ends, coast=True)
+
+    def apply(self, plan: StepPlan, now: float, on_finish, itl: ItlSamples) -> None:
+        """`Instance.apply` of a lockstep plan: the gaps of its tokens (one pair per step for all
+        continuing requests, one per request that has just joined), then the requests that have
+        their output now, rank by rank as the per-rank path finishes them."""
+        ends = plan.ends
+        first_end = ends[0] if ends else now
+        continuing = self.measured
+        if self.fresh_ranks:
+            ranks, warmup = self.inst.ranks, self.inst.warmup
+            for i in self.fresh_ranks:
+                rank = ranks[i]
+                for req, last in rank.fresh:
+                    if req >= warmup:
+                        continuing -= 1
+                        itl.add(first_end - last, 1)
+                rank.fresh = []
+            self.fresh_ranks = []
+        if continuing:
+            itl.add(first_end - self.last_end, continuing)
+        if ends:
+            if self.measured:
+                itl.add_gaps(ends, self.measured)
+            self.tick += len(ends)
+        else:
+            self.tick += 1
+        self.last_end = now
+        if self.tick == self.finish_tick:
+            self._finish(now, on_finish)
+
+    def _finish(self, now: float, on_finish) -> None:
+        """The ranks that have a request finish at this step, in rank order: caught up, their
+        finished requests out and their KV freed, `on_finish` for each (it may reserve KV on this
+        instance's later ranks, which then have not given up theirs yet: as the per-rank path)."""
+        inst, ranks = self.inst, self.inst.ranks
+        self._settle_kv()
+        finishing = [i for i, tick in zip(self.busy, self._finish_at) if tick == self.tick]
+        decodes = list(self.decodes)
+        for i in finishing:
+            rank = ranks[i]
+            self.sync(rank)
+            kv = rank.kv_used
+            done = inst._pop_finished(rank)
+            decodes[i] = list(rank.decoding)
+            for req in done:
+                inst._free(rank, req)
+                on_finish(req, now)
+            self.running -= len(done)
+            self.kv += rank.kv_used - kv
+        self.decodes = decodes
+        self._update(finishing)
+        if not self.busy:
+            inst._end_lockstep()
+
+    # ------------------------------------------------------------ step times
+    def _step_time(self, tick: int) -> float:
+        k = tick - self._from
+        if k >= len(self._times):
+            self._cover(tick + 1)
+        return self._times[k]
+
+    def _cover(self, end: int) -> None:
+        """Step times up to tick `end` (exclusive), whose steps from `tick` on the per-rank path
+        evaluates now: read ahead from used grid points only, and where a step needs a point not
+        used yet, the steps up to `end` from it evaluated as the per-rank path does (marking it)."""
+        if end <= self._from + len(self._times):
+            return
+        self._read_ahead(end)
+        known = self._from + len(self._times)
+        if known < end:
+            self._times += self._durations(known, end, used_only=False).tolist()
+            self._stopped = False
+
+    def _read_ahead(self, end: int) -> None:
+        """Step times from the last one known up to tick `end` or further (up to the next finish),
+        from used grid points only: up to the first step that needs another (`_stopped`)."""
+        known = self._from + len(self._times)
+        if self._stopped or known >= self.finish_tick:
+            return
+        ahead = self._durations(known, min(max(end, known + self._ahead), self.finish_tick), used_only=True)
+        self._ahead *= 2
+        unknown = np.flatnonzero(np.isnan(ahead))
+        self._stopped = unknown.size > 0
+        self._times += (ahead[:unknown[0]] if self._stopped else ahead).tolist()
+
+    def _durations(self, start: int, end: int, *, used_only: bool) -> np.ndarray:
+        """Step times (slowest busy rank plus the CPU overhead) of ticks [start, end), with the
+        arithmetic of `Instance.stretch` (a busy rank's context sum at tick s is base + batch x
+        (clock0 + s), the same integer however it is summed); NaN where `used_only` and a needed
+        point is not used yet."""
+        if self._arrays is None:
+            batch, padded, base, clock0 = (np.array(values, dtype=np.int64)
+                                           for values in (self._batch, self._padded, self._base, self._clock0))
+            self._arrays = batch, padded, base + batch * clock0
+        batch, padded, sum0 = self._arrays
+        context = (sum0 + batch * np.arange(start, end, dtype=np.int64)[:, None]) / batch
+        times = self.inst.fn.decode_columns(padded, context, used_only=used_only)
+        return times.max(axis=1) + self.inst.policy.cpu_overhead_s
+
+__all__ = ["ARRIVAL", "FLOW", "Instance", "ItlSamples", "LOCKSTEP", "Lockstep", "Policy", "STEP_END", "StepPlan", "WAKE",
+           "check_finished_once", "kv_capacity_tokens", "mark_prefill_start"]

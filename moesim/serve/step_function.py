@@ -101,6 +101,14 @@ def _bracket(xs: tuple[int, ...], x: float) -> int:
     return min(bisect.bisect_right(xs, x), len(xs) - 1)
 
 
+@lru_cache(maxsize=64)
+def _grid(xs: tuple[int, ...]) -> np.ndarray:
+    """A grid as an array, made once (the `*_many` paths index it at every call)."""
+    grid = np.asarray(xs)
+    grid.flags.writeable = False
+    return grid
+
+
 def _interp(xs: tuple[int, ...], ys, x: float) -> float:
     """Piecewise-linear interpolation on a sorted grid (`ys` indexable, or a function of the index:
     only the one or two values used are asked for)."""
@@ -187,17 +195,26 @@ class StepTimes:
         return value
 
     def decode_s(self, batch: int, context: int) -> float:
-        value = self.decode.get((batch, context))
+        value = self._known(self.decode, (batch, context))
         if value is None:
             value = self.decode[(batch, context)] = self._simulated(simulate_decode, batch, context)
             self._save()
         return value
 
     def prefill_s(self, tokens: int, isl: int) -> float:
-        value = self.prefill.get((tokens, isl))
+        value = self._known(self.prefill, (tokens, isl))
         if value is None:
             value = self.prefill[(tokens, isl)] = self._simulated(simulate_prefill, tokens, isl)
             self._save()
+        return value
+
+    def _known(self, table: dict, key: tuple) -> Optional[float]:
+        """A point's time if this process has it, or another process sharing the cache file has
+        written it since (the planner's workers share one, `planning.sweep.run`); else None."""
+        value = table.get(key)
+        if value is None and self.path is not None:
+            self._merge(self.path)
+            value = table.get(key)
         return value
 
     def _save(self) -> None:
@@ -228,6 +245,7 @@ class StepFunction:
         self._prefill = [None] * len(prefill_tokens)
         self._decode_table = np.full((len(batches), len(contexts)), math.nan)   # the same, for `*_many`
         self._prefill_table = np.full(len(prefill_tokens), math.nan)
+        self._batch_cache: dict = {}   # `_batch_pairs`
 
     def _decode_at(self, i: int, j: int) -> float:
         row = self._decode[i]
@@ -311,37 +329,91 @@ class StepFunction:
         if len(xs) == 1:
             zero = np.zeros(len(x), dtype=np.int64)
             return zero, zero
-        grid = np.asarray(xs)
+        grid = _grid(xs)
         hi = np.minimum(np.searchsorted(grid, x, side="right"), len(xs) - 1)
         lo = hi - 1
         return lo, np.where(grid[lo] == x, lo, hi)
 
     @staticmethod
-    def _lerp(xs, lo, hi, x, y0, y1):
-        """`_interp`'s arithmetic element by element: y0 + (y1 - y0) * (x - x0) / (x1 - x0) with
-        the bracketing grid values, or y0 where x is on a grid point (y1 is then y0 and x - x0 is
-        0, so y0 + 0 = y0): the floats the scalar path gives."""
+    def _weights(xs: tuple[int, ...], lo: np.ndarray, hi: np.ndarray, x: np.ndarray):
+        """(x - x0, x1 - x0) of `_interp`'s arithmetic with the bracketing grid values (x - x0 is 0
+        where x is on a grid point); None on a one-point grid. Computed once per axis and shared
+        by every `_lerp` along it: the same values as computing them in each."""
         if len(xs) == 1:
-            return y0
-        grid = np.asarray(xs)
-        x0, x1 = grid[lo], grid[np.maximum(hi, lo + 1)]
-        return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+            return None
+        grid = _grid(xs)
+        x0 = grid[lo]
+        return x - x0, grid[np.maximum(hi, lo + 1)] - x0
 
-    def decode_many(self, batch: np.ndarray, context: np.ndarray) -> np.ndarray:
-        """`decode` of every (batch, context) pair; grid points not simulated yet are simulated
-        first, only those the scalar path would read."""
-        blo, bhi = self._pairs(self.batches, batch)
-        clo, chi = self._pairs(self.contexts, context)
+    @staticmethod
+    def _lerp(y0, y1, weights):
+        """`_interp`'s arithmetic element by element: y0 + (y1 - y0) * (x - x0) / (x1 - x0), or y0
+        where x is on a grid point (y1 is then y0 and x - x0 is 0, so y0 + 0 = y0): the floats
+        the scalar path gives."""
+        if weights is None:
+            return y0
+        dx, dw = weights
+        return y0 + (y1 - y0) * dx / dw
+
+    def _corners(self, blo, bhi, clo, chi, used_only: bool) -> list:
+        """The four grid values around each (batch, context) pair, simulating the missing points first
+        unless `used_only` (then NaN where a point was never used)."""
         table = self._decode_table
-        rows, cols = np.concatenate([blo, blo, bhi, bhi]), np.concatenate([clo, chi, clo, chi])
-        if np.isnan(table[rows, cols]).any():
+        corners = [table[blo, clo], table[blo, chi], table[bhi, clo], table[bhi, chi]]
+        if not used_only and any(np.isnan(y).any() for y in corners):
+            rows, cols = np.concatenate([blo, blo, bhi, bhi]), np.concatenate([clo, chi, clo, chi])
             for r, c in set(zip(rows.tolist(), cols.tolist())):
                 if self._decode[r][c] is None:
                     self._decode_at(r, c)
+            corners = [table[blo, clo], table[blo, chi], table[bhi, clo], table[bhi, chi]]
+        return corners
 
-        def row(r):
-            return self._lerp(self.contexts, clo, chi, context, table[r, clo], table[r, chi])
-        return self._lerp(self.batches, blo, bhi, batch, row(blo), row(bhi))
+    def decode_many(self, batch: np.ndarray, context: np.ndarray, *, used_only: bool = False) -> np.ndarray:
+        """`decode` of every (batch, context) pair; grid points not simulated yet are simulated
+        first, only those the scalar path would read. `used_only`: read only the points this
+        function has used already, NaN where a pair needs another (nothing is simulated or marked
+        used: a caller may look ahead without changing what `to_json` shows)."""
+        blo, bhi = self._pairs(self.batches, batch)
+        clo, chi = self._pairs(self.contexts, context)
+        corners = self._corners(blo, bhi, clo, chi, used_only)
+        along = self._weights(self.contexts, clo, chi, context)
+        low, high = self._lerp(corners[0], corners[1], along), self._lerp(corners[2], corners[3], along)
+        return self._lerp(low, high, self._weights(self.batches, blo, bhi, batch))
+
+    def decode_columns(self, batch: np.ndarray, context: np.ndarray, *, used_only: bool = False) -> np.ndarray:
+        """`decode_many` of a [steps, columns] matrix of contexts, column j at batch `batch[j]`, its
+        contexts growing down the column (the ranks of a lockstep decode run over its coming steps,
+        `serve.scheduler.Lockstep`). When every column stays inside one interval of the context
+        grid, off its left end, each column reads the same four grid points all the way down: they
+        are read once per column, with the same arithmetic (the same floats) and no gather per
+        element. Otherwise (a column reaches a grid point) `decode_many` element by element."""
+        grid = _grid(self.contexts)
+        first, last = context[0], context[-1]
+        chi = np.searchsorted(grid, first, side="right")
+        clo = chi - 1
+        top = len(grid) - 1
+        if not (0 <= clo.min() and chi.max() <= top and (grid[clo] != first).all()
+                and ((last < grid[chi]) | ((chi == top) & (last <= grid[-1]))).all()):
+            flat = self.decode_many(np.broadcast_to(batch, context.shape).ravel(), context.ravel(), used_only=used_only)
+            return flat.reshape(context.shape)
+        blo, bhi, across = self._batch_pairs(batch)
+        corners = self._corners(blo, bhi, clo, chi, used_only)
+        x0 = grid[clo]
+        along = (context - x0, grid[chi] - x0)   # `_weights` of every element of a column
+        low, high = self._lerp(corners[0], corners[1], along), self._lerp(corners[2], corners[3], along)
+        return self._lerp(low, high, across)
+
+    def _batch_pairs(self, batch: np.ndarray) -> tuple:
+        """(`_pairs`, `_weights`) of decode batches, kept for the batches asked again (a lockstep
+        run's batches change only when a request joins or finishes)."""
+        key = batch.tobytes()
+        found = self._batch_cache.get(key)
+        if found is None:
+            if len(self._batch_cache) > 256:
+                self._batch_cache.clear()
+            lo, hi = self._pairs(self.batches, batch)
+            found = self._batch_cache[key] = (lo, hi, self._weights(self.batches, lo, hi, batch))
+        return found
 
     def prefill_many(self, tokens: np.ndarray) -> np.ndarray:
         lo, hi = self._pairs(self.prefill_tokens, tokens)
@@ -349,7 +421,7 @@ class StepFunction:
         if np.isnan(values[lo]).any() or np.isnan(values[hi]).any():
             for k in set(np.concatenate([lo, hi]).tolist()):
                 self._prefill_at(k)
-        return self._lerp(self.prefill_tokens, lo, hi, tokens, values[lo], values[hi])
+        return self._lerp(values[lo], values[hi], self._weights(self.prefill_tokens, lo, hi, tokens))
 
     def step_many(self, decode_batch: np.ndarray, decode_context: np.ndarray, prefill_tokens: np.ndarray) -> np.ndarray:
         """`step` of every rank's (batch, mean context, prefill tokens) at once: one numpy pass

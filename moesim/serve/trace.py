@@ -8,7 +8,7 @@ Two processes, as `sim.engine.chrome_trace` lays out a step (pid = what, tid = w
 - pid 1 "requests": one thread per request, one complete event per phase of its life. The phases
   are fixed per mode, so a reader (and a test) knows how many to expect: aggregated `queue`,
   `prefill`, `decode`; disaggregated `queue`, `prefill`, `kv_wait` (for a decode rank's KV
-  reservation), `kv_transfer`, `decode`. A phase of zero length is still written: "this request
+  reservation), `kv_transfer`, `handoff` (to the decode worker), `decode`. A phase of zero length is still written: "this request
   did not wait" is information.
 
 Times are microseconds as Chrome's trace format wants; events are written in the order the run

@@ -16,36 +16,46 @@ instance of `attn_dp` ranks of `tp` GPUs each: the benchmark's attention-DP rank
 whose MoE split does not cover its pool is skipped as inconsistent. `max_batch_per_attn_dp` is
 the scheduler's per-rank limit (`Policy.max_running`): AIConfigurator sets it to the clients per
 rank (3,348 of the 3,370 agg records); the 22 whose limit is below the clients (it is the clients
-per GPU there) are skipped as inconsistent rather than left to queue clients for whole requests; backend -> `runtime.framework` (its
-batching defaults, workloads/frameworks.yaml); weights_dtype / moe_dtype -> `dtypes.weights` /
+per GPU there) are skipped as inconsistent rather than left to queue clients for whole requests;
+backend -> `runtime.framework` (its batching defaults, workloads/frameworks.yaml, but SGLang's
+aggregated steps mixed, `AGG_STEP_POLICY`); weights_dtype / moe_dtype -> `dtypes.weights` /
 `dtypes.expert_weights` (an FP4 checkpoint on a GPU without FP4 tensor cores runs weight-only,
 `WEIGHT_ONLY_FP4`). The KV-cache format is not stated: FP8 for FP8/FP4-quantised checkpoints, BF16
 for the others (`kv_cache_format`, which says why). Disaggregated benchmarks run `serve.disagg`
 with `prefill.workers` instances of the prefill pool's split (the scenario) and `decode.workers`
-instances of the decode pool's (`make_disagg(decode_parallel=)` when it differs); the per-rank
-limit is the decode pool's (serve has one policy for both pools; the prefill pools of this file
-all say 1, AIConfigurator's prefill batch, while the framework batches prompts up to its token
-budget).
+instances of the decode pool's (`make_disagg(decode_parallel=)` when it differs); each pool has
+its own per-rank limit (the prefill pools of this file all say 1: AIConfigurator launches prefill
+engines with max batch 1 and a token budget of ISL + 1500, github ai-dynamo/aiconfigurator
+src/aiconfigurator/generator/rule_plugin/*.rule `prefill max_batch_size`, so a prefill rank runs
+one prompt at a time).
 
-The load, as a bench_serving-style client runs it (`load_for`): all clients start at once
-(`closed_loop_start="burst"`), each sends its next request when its last one finishes, and the
-first wave - every client's first request, the cold start that fills the engine at once - is
-warm-up, left out of the means. The measured requests are whole waves of `concurrency` requests:
-`MAX_WAVES` (2), or 1 where two would generate more than `MEASURED_TOKENS` tokens. Why bounded:
-with fixed lengths and a deterministic simulator the waves after the first repeat one another
-closely, while a run's cost grows with its steps. Measured on 38 benchmarks drawn from the file
-(seeded shuffle), against 4 measured waves: 2 waves differ by 1.4 % in mean TTFT (at most 14 %)
-and 0.6 % in TPOT (at most 3.4 %); 1 wave by 3.6 % (at most 40 %) and 1.7 % (at most 10 %).
+The load, as the benchmark client ran it (`load_for`; aiperf as AIConfigurator's benchmark generator
+drives it, `PROFILED_ROUNDS`): warm-up requests run and drain first, so the profiling phase starts on
+an idle engine with every client sending at once (aiperf's concurrency burst,
+`closed_loop_start="burst"`); each client then sends its next request when its last one finishes,
+until `concurrency` x `PROFILED_ROUNDS` requests were sent, and every one of them is in the means.
+The first round therefore queues the whole burst of prompts, and its TTFT is part of the mean with a
+weight of 1 / `PROFILED_ROUNDS`. moesim simulates `SIMULATED_ROUNDS` rounds (request k is in round
+k // concurrency): the burst, the round it shapes, and one steady round that stands for the
+remaining ones (`profiled_mean`); 2 rounds where the two after the burst would generate more than
+`MEASURED_TOKENS` tokens.
+Why 3: with fixed lengths and a deterministic simulator the rounds after the second repeat one
+another closely, while a run's cost grows with its steps. Measured on 30 benchmarks drawn from the
+file (seeded shuffle, concurrency x OSL <= 256k), against 6 simulated rounds: 3 differ by 1.2 % in
+mean TTFT (at most 24 %) and 0.4 % in TPOT (at most 2.8 %).
 
 The fit (`topologies/kernels/serving.yaml`): per backend, the per-step CPU time c on the critical
 path (`Policy.cpu_overhead_s`) and the per-request overhead r (HTTP, tokenisation, first-token
-detokenisation; `Policy.request_overhead_s`, a request joins its rank's queue r after it is sent).
-A run at the profile's (c0, r0) also counts, per measured request, the engine steps it waited
+detokenisation; `Policy.request_overhead_s`, a request joins its rank's queue r after it is sent),
+and in disaggregated runs the hand-over h from prefill to decode worker beyond the KV flow
+(`Policy.kv_handoff_s`, a request joins its decode rank's queue h after its KV arrived).
+A run at the profile's (c0, r0, h0) also counts, per measured request, the engine steps it waited
 through before its first token (n_first) and the steps per output token while it decoded (n_tpot,
 1 in vLLM's mixed steps, more where SGLang runs prefill steps between decode steps). The target is
 the first-order expansion
 
-    TTFT(c, r) = TTFT0 + (c - c0) mean(n_first) + (r - r0),      TPOT(c) = TPOT0 + (c - c0) mean(n_tpot)
+    TTFT(c, r) = TTFT0 + (c - c0) mean(n_first) + (r - r0) [+ (h - h0) disagg],
+    TPOT(c) = TPOT0 + (c - c0) mean(n_tpot)
 
 exact while the schedule (which steps form, in which order) does not change with c and r. In a
 deterministic closed loop it does: a later arrival lands at another point of the step in progress
@@ -63,6 +73,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from typing import Callable, Mapping, Optional
+
+import numpy as np
 
 from moesim.calibration.kernel_fit import Target
 from moesim.validation.cases import Calibrated, Case, Skip
@@ -86,15 +98,52 @@ KV_CACHE_DTYPE = {"fp8": "fp8", "fp8_block": "fp8", "nvfp4": "fp8", "mxfp4": "fp
 DEFAULT_KV_CACHE_DTYPE = "bf16"
 
 
+# The benchmark deployments' step policy where it is not the framework's default (workloads/frameworks.yaml):
+# AIConfigurator's generator launches SGLang's aggregated workers with --enable-mixed-chunk, so decode tokens share
+# a step with prompt chunks as in vLLM (github ai-dynamo/aiconfigurator src/aiconfigurator/generator/rule_plugin/
+# sglang.rule `agg enable_mixed_chunk = true`, since commit 07a377923 of 2026-01-19, and its benchmark/ rule set).
+# The file does not say which records ran so; measured on the agg benchmarks of 60 SGLang deployments drawn from it
+# (seeded), with the best constant request overhead for each: TTFT MAPE 52 % with prefill-first steps, 36 % mixed
+# (TPOT 24 % either way).
+AGG_STEP_POLICY = {"sglang": "mixed"}
+
+
+def step_policy(b: "Benchmark", default: str) -> str:
+    """The step policy a benchmark's engine ran (AGG_STEP_POLICY), else the framework's `default`."""
+    return AGG_STEP_POLICY.get(b.backend, default) if b.mode == "agg" else default
+
+
 def kv_cache_format(weights: str) -> str:
     """The KV-cache format of a benchmark whose checkpoint's GEMM format is `weights` (see KV_CACHE_DTYPE)."""
     return KV_CACHE_DTYPE.get(weights, DEFAULT_KV_CACHE_DTYPE)
 
 
-# Requests per benchmark (`load_for`): one warm-up wave, then whole measured waves of `concurrency` requests.
-WARMUP_WAVES = 1
-MAX_WAVES = 2
-MEASURED_TOKENS = 1_048_576   # generated tokens of the measured waves at most (one wave always)
+# The client's protocol (`load_for`, module docstring). AIConfigurator's benchmark script runs
+# `aiperf profile --concurrency C --num-requests C x MULTI_ROUND --warmup-request-count 2C` with MULTI_ROUND 20
+# (github ai-dynamo/aiconfigurator src/aiconfigurator/generator/config/backend_templates/benchmark/bench_run.sh.j2,
+# from 2026-04-01; 50 in its versions of 2026-02-11 to 2026-03-17); aiperf issues a concurrency-only load as a
+# burst behind a semaphore of C and leaves warm-up records out (github ai-dynamo/aiperf
+# aiperf/common/config/user_config.py, aiperf/records/records_manager.py). The file does not say which client
+# or round count each record used: 20 is the generator's value when the file was published.
+PROFILED_ROUNDS = 20
+SIMULATED_ROUNDS = 3          # the burst, the round after it, one steady round for the rest
+MEASURED_TOKENS = 1_048_576   # 3 rounds while the two after the burst generate at most this many tokens, else 2
+
+
+def simulated_rounds(concurrency: int, osl: int) -> int:
+    """Rounds of `concurrency` requests a benchmark's run simulates (module docstring)."""
+    return SIMULATED_ROUNDS if 2 * concurrency * osl <= MEASURED_TOKENS else SIMULATED_ROUNDS - 1
+
+
+def profiled_mean(values, concurrency: int) -> float:
+    """The client's mean over its `PROFILED_ROUNDS` rounds from the simulated ones: each simulated round's
+    mean (request k in round k // concurrency), the last standing for every round not simulated."""
+    v = np.asarray(values, dtype=float)
+    rounds = -(-len(v) // concurrency)
+    means = np.array([v[r * concurrency:(r + 1) * concurrency].mean() for r in range(rounds)])
+    weights = np.ones(rounds)
+    weights[-1] = max(PROFILED_ROUNDS - (rounds - 1), 1)
+    return float(means @ weights / weights.sum())
 
 
 def step_cpu_param(backend: str) -> str:
@@ -103,6 +152,10 @@ def step_cpu_param(backend: str) -> str:
 
 def request_param(backend: str) -> str:
     return f"serving.request_overhead_ms.{backend}"
+
+
+def handoff_param(backend: str) -> str:
+    return f"serving.disagg_handoff_ms.{backend}"
 
 
 @dataclass(frozen=True)
@@ -263,12 +316,14 @@ def scenario_overrides(b: Benchmark) -> dict:
 
 
 def disagg_for(b: Benchmark):
-    """Agg: None. Disagg: the pools' instances, and the decode pool's split when it is not the prefill's."""
+    """Agg: None. Disagg: the pools' instances, the decode pool's split when it is not the prefill's,
+    and the prefill pool's own batch limit per rank (its max_batch_per_attn_dp)."""
     from moesim.serve.disagg import make_disagg
     if b.decode is None:
         return None
     own = b.decode.parallel() if b.decode.split() != b.pool.split() else None
-    return make_disagg("disagg", b.pool.workers, b.decode.workers, decode_parallel=own)
+    return make_disagg("disagg", b.pool.workers, b.decode.workers, decode_parallel=own,
+                       prefill_max_running=b.pool.max_batch)
 
 
 def batch_limit(b: Benchmark) -> int:
@@ -277,23 +332,28 @@ def batch_limit(b: Benchmark) -> int:
 
 
 def load_for(b: Benchmark):
-    """The benchmark client's load (module docstring): burst start, one warm-up wave, whole measured waves."""
+    """The benchmark client's load (module docstring): a burst on an idle engine, then closed-loop rounds,
+    every request measured."""
     from moesim.serve.load import make_load
-    waves = max(1, min(MAX_WAVES, MEASURED_TOKENS // (b.concurrency * b.osl)))
-    return make_load(concurrency=b.concurrency, isl=b.isl, osl=b.osl, requests=waves * b.concurrency,
-                     warmup=WARMUP_WAVES * b.concurrency, closed_loop_start="burst", seed=0)
+    rounds = simulated_rounds(b.concurrency, b.osl)
+    return make_load(concurrency=b.concurrency, isl=b.isl, osl=b.osl, requests=rounds * b.concurrency, warmup=0,
+                     closed_loop_start="burst", seed=0)
 
 
 def target(case: Case, b: Benchmark, run: dict) -> Target:
     """The case's target from its benchmark's run (`serving_load_run.run_benchmark`): the closure of
     the module docstring in the backend's step CPU time and request overhead."""
-    c_name, r_name = step_cpu_param(b.backend), request_param(b.backend)
-    c0, r0 = run["step_cpu_ms"], run["request_overhead_ms"]
+    c_name, r_name, h_name = step_cpu_param(b.backend), request_param(b.backend), handoff_param(b.backend)
+    c0, r0, h0 = run["step_cpu_ms"], run["request_overhead_ms"], run["disagg_handoff_ms"]
     if case.metric == "ttft_ms":
         base, per_step = run["ttft_ms"], run["steps_before_first_token"]
 
-        def model(v: Mapping[str, float]) -> float:
-            return base + (v[c_name] - c0) * per_step + (v[r_name] - r0)
+        if b.mode == "disagg":
+            def model(v: Mapping[str, float]) -> float:
+                return base + (v[c_name] - c0) * per_step + (v[r_name] - r0) + (v[h_name] - h0)
+        else:
+            def model(v: Mapping[str, float]) -> float:
+                return base + (v[c_name] - c0) * per_step + (v[r_name] - r0)
     else:
         base, per_step = run["tpot_ms"], run["steps_per_output_token"]
 
@@ -336,5 +396,5 @@ def prepare_many(cases: list[Case], calibration_of: Callable[[Case], Optional[Ca
 
 
 __all__ = ["Benchmark", "METRICS", "Pool", "WHAT", "batch_limit", "benchmark_of", "config_key", "disagg_for", "labels",
-           "load_for",
+           "handoff_param", "load_for", "profiled_mean", "simulated_rounds", "step_policy",
            "prepare_many", "request_param", "scenario_overrides", "step_cpu_param", "target"]

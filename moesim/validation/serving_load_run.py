@@ -13,13 +13,14 @@ request), per measured request:
 - agg: n_first = steps of the request's instance that end after it arrives and by its first token;
   n_tpot = steps that end after its first token and by its last, over OSL - 1;
 - disagg: n_first = steps of its prefill instance from arrival to prompt done, plus the decode
-  instance's steps it waited for after its KV arrived (steps from KV arrival to its last token less
+  instance's steps it waited for after it was handed over (steps from its hand-over to its last token less
   its OSL - 1 decode steps); n_tpot = 1 (a decode instance runs only decode steps, each gives it a token).
 A request's instance is the one with a step ending when its phase ends (its last token, its prompt).
 """
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import signal
 import sys
@@ -31,10 +32,11 @@ import numpy as np
 
 from moesim.core.errors import MoesimError
 from moesim.core.pools import kill_pool
-from moesim.validation.serving_load import (Benchmark, batch_limit, disagg_for, load_for, request_param,
-                                            scenario_overrides, step_cpu_param)
+from moesim.validation.serving_load import (Benchmark, batch_limit, disagg_for, handoff_param, load_for, profiled_mean,
+                                            request_param, scenario_overrides, step_cpu_param, step_policy)
 
 US = 1e6              # trace timestamps are microseconds
+MS = 1e3
 MATCH_S = 1e-9        # a phase that ends at a step's end: the same instant up to float rounding
 
 
@@ -79,25 +81,29 @@ def run_benchmark(b: Benchmark, values: dict) -> dict:
     from moesim.serve.run import serve
     from moesim.serve.scheduler import Policy
 
-    c_ms, r_ms = values[step_cpu_param(b.backend)], values[request_param(b.backend)]
+    c_ms, r_ms, h_ms = (values[step_cpu_param(b.backend)], values[request_param(b.backend)],
+                        values[handoff_param(b.backend)])
     try:
         sc = load_scenario(None, scenario_overrides(b))
-        policy = replace(Policy.of(sc), max_running=batch_limit(b), cpu_overhead_s=c_ms / 1e3,
-                         request_overhead_s=r_ms / 1e3)
+        default = Policy.of(sc)
+        policy = replace(default, max_running=batch_limit(b), step_policy=step_policy(b, default.step_policy),
+                         cpu_overhead_s=c_ms / 1e3, request_overhead_s=r_ms / 1e3, kv_handoff_s=h_ms / 1e3)
         result = serve(sc, load_for(b), disagg=disagg_for(b), policy=policy, trace=True)
     except MoesimError as exc:
         if exc.field in ("memory", "--isl/--osl"):
             return {"skip": f"KV cache does not fit per the VRAM ledger: {exc.problem}"}
         return {"skip": f"cannot model: {exc.one_line()}"}
-    m = result["metrics"]
-    first, per_token = step_counts(result["_trace"], warmup=result["load"]["warmup"], osl=b.osl, mode=b.mode,
-                                   queue_delay_s=policy.request_overhead_s)
-    return {"ttft_ms": m["ttft_ms"]["mean"], "tpot_ms": m["tpot_ms"]["mean"], "steps_before_first_token": first,
-            "steps_per_output_token": per_token, "step_cpu_ms": c_ms, "request_overhead_ms": r_ms}
+    req, c = result["_requests"], b.concurrency
+    ttft_s, e2e_s = np.asarray(req["ttft_s"]), np.asarray(req["e2e_s"])
+    first, per_token = step_counts(result["_trace"], osl=b.osl, mode=b.mode, queue_delay_s=policy.request_overhead_s)
+    tpot_s = (e2e_s - ttft_s) / (b.osl - 1) if b.osl > 1 else np.full_like(ttft_s, math.nan)   # no TPOT of 1 token
+    return {"ttft_ms": profiled_mean(ttft_s * MS, c), "tpot_ms": profiled_mean(tpot_s * MS, c),
+            "steps_before_first_token": profiled_mean(first, c), "steps_per_output_token": profiled_mean(per_token, c),
+            "step_cpu_ms": c_ms, "request_overhead_ms": r_ms, "disagg_handoff_ms": h_ms}
 
 
-def step_counts(trace: dict, *, warmup: int, osl: int, mode: str, queue_delay_s: float = 0.0) -> tuple[float, float]:
-    """(mean steps before the first token, mean steps per output token) over the measured requests.
+def step_counts(trace: dict, *, osl: int, mode: str, queue_delay_s: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Per request, in request order: steps before its first token, and steps per output token.
     A request's `queue` phase starts when it is sent; it reaches its rank's queue `queue_delay_s`
     later (the request overhead), and only steps ending after that delay it."""
     steps: dict[int, list[float]] = {}
@@ -108,7 +114,7 @@ def step_counts(trace: dict, *, warmup: int, osl: int, mode: str, queue_delay_s:
         start, end = ev["ts"] / US, (ev["ts"] + ev["dur"]) / US
         if ev["pid"] == 0:
             steps.setdefault(ev["tid"], []).append(end)
-        elif ev["tid"] >= warmup:
+        else:
             phases.setdefault(ev["tid"], {})[ev["name"]] = (start, end)
     ends = {e: np.sort(np.asarray(v)) for e, v in steps.items()}
 
@@ -132,15 +138,14 @@ def step_counts(trace: dict, *, warmup: int, osl: int, mode: str, queue_delay_s:
             first, finish = ph["decode"]
             own = instance(finish) if osl > 1 else instance(first)
             firsts.append(between(own, arrival, first))
-            if osl > 1:
-                per_token.append(between(own, first, finish) / (osl - 1))
+            per_token.append(between(own, first, finish) / (osl - 1) if osl > 1 else math.nan)
         else:
             prompt_done = ph["prefill"][1]
             joined, finish = ph["decode"]
             decode_steps = between(instance(finish), joined, finish)
             firsts.append(between(instance(prompt_done), arrival, prompt_done) + max(decode_steps - (osl - 1), 0))
             per_token.append(1.0)
-    return float(np.mean(firsts)), (float(np.mean(per_token)) if per_token else 0.0)
+    return np.asarray(firsts, dtype=float), np.asarray(per_token, dtype=float)
 
 
 # ----------------------------------------------------------------------------- the pool

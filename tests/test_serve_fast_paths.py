@@ -1,0 +1,239 @@
+"""The fast paths of request-level serving give the reference paths' results, float for float.
+
+- lockstep decoding (`serve.scheduler.Lockstep`, `LOCKSTEP`) against every step through the
+  per-rank path;
+- coasting decode instances (`serve.disagg.Coasting`, `COASTING`) against one event per step, and
+  a run that meets a tie (`_Tie`) made again without coasting;
+- a lockstep run's step times (`StepFunction.decode_columns`) against `decode_many`, marking the
+  same grid points used;
+- the timeline's sums formed at the end (`serve.run.Timeline`), the gaps' array (`ItlSamples`),
+  KV-transfer rates kept per set of routes (`serve.disagg.Transfers`) against what they replace;
+- the planner's workers sharing step times through a folder (`planning.sweep`).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from moesim.cluster.scenario import load_scenario
+from moesim.core.result import to_json
+from moesim.costs.collectives import build_fabric
+from moesim.costs.network import solve_rates
+from moesim.serve import disagg as disagg_module
+from moesim.serve import scheduler, step_function
+from moesim.serve.disagg import Transfers, make_disagg
+from moesim.serve.load import make_load
+from moesim.serve.run import Timeline, serve
+from moesim.serve.scheduler import EventQueue, ItlSamples
+from moesim.serve.step_function import build_step_function
+from moesim.sim.provenance import hardware_for
+
+CHEAP = {"model": "qwen3-30b-a3b", "gpus": 2, "parallel.ep": 2}   # 2-GPU instances of two attention-DP ranks
+
+
+def _public(result: dict) -> str:
+    return to_json({k: v for k, v in result.items() if not k.startswith("_")}, indent=None)
+
+
+def _runs(monkeypatch, sc, load, disagg=None, trace=False) -> dict:
+    """The run with each fast path off and on: {(LOCKSTEP, COASTING): (public JSON, _requests, _trace)}."""
+    out = {}
+    for lockstep, coasting in ((False, False), (True, False), (True, True)):
+        monkeypatch.setattr(scheduler, "LOCKSTEP", lockstep)
+        monkeypatch.setattr(disagg_module, "COASTING", coasting)
+        r = serve(sc, load, disagg=disagg, trace=trace)
+        out[(lockstep, coasting)] = (_public(r), to_json(r["_requests"], indent=None),
+                                     to_json(r.get("_trace"), indent=None))
+    return out
+
+
+CASES = [
+    ("sglang", dict(isl=256, osl=64, requests=120, concurrency=24), None),
+    ("sglang", dict(isl="uniform:64:512", osl="uniform:8:96", requests=150, concurrency=32, warmup=10), None),
+    ("vllm", dict(isl=256, osl=48, requests=100, rate=60.0), None),
+    ("trtllm", dict(isl=200, osl=40, requests=80, concurrency=16), None),
+    ("sglang", dict(isl=256, osl=64, requests=120, concurrency=24), (1, 3, None)),
+    ("sglang", dict(isl="uniform:64:512", osl="uniform:8:96", requests=150, concurrency=32, warmup=10), (2, 2, None)),
+    ("sglang", dict(isl=256, osl=64, requests=120, rate=40.0), (1, 2, None)),
+    ("vllm", dict(isl=256, osl=64, requests=120, concurrency=24), (1, 3, None)),
+    ("sglang", dict(isl=300, osl=48, requests=100, concurrency=40), (1, 4, {"tp": 1, "ep": 2})),
+]
+
+
+@pytest.mark.parametrize("framework, load, pools", CASES)
+def test_fast_paths_give_the_reference_run(monkeypatch, framework, load, pools):
+    """Aggregated and disaggregated runs (closed and open loops, varied lengths, a warm-up, a decode
+    pool of its own split) are the same bytes with lockstep decoding and coasting on or off: the
+    Result (metrics, scheduler counts, timeline, pools' busy time, step function's used points)
+    and every request's times."""
+    over = dict(CHEAP, **{"runtime.framework": framework})
+    if pools and pools[2]:
+        over.update({"gpus": 4, "parallel.ep": 4})
+    disagg = make_disagg("disagg", pools[0], pools[1], decode_parallel=pools[2]) if pools else None
+    runs = _runs(monkeypatch, load_scenario(None, over), make_load(**load), disagg)
+    assert runs[(False, False)] == runs[(True, False)] == runs[(True, True)]
+
+
+def test_trace_is_the_reference_trace(monkeypatch):
+    """A run's Chrome trace (one event per engine step, written as the run makes them) is the same
+    with lockstep decoding (coasting is off in a traced run)."""
+    runs = _runs(monkeypatch, load_scenario(None, CHEAP), make_load(isl=256, osl=32, requests=60, concurrency=16),
+                 make_disagg("disagg", 1, 2), trace=True)
+    assert runs[(False, False)] == runs[(True, True)]
+
+
+def test_decode_instances_coast(monkeypatch):
+    """Busy decode instances side by side do take their single steps without an event each."""
+    coasts = []
+    single = disagg_module.Coasting.single
+
+    def counted(self, *args):
+        plan = single(self, *args)
+        coasts.append(plan.coast)
+        return plan
+    monkeypatch.setattr(disagg_module.Coasting, "single", counted)
+    serve(load_scenario(None, CHEAP), make_load(isl=256, osl=64, requests=120, concurrency=24),
+          disagg=make_disagg("disagg", 1, 3))
+    assert sum(coasts) > 50
+
+
+def test_a_tie_runs_again_without_coasting(monkeypatch):
+    """A coasting step end that ties with another event (forced here at the 40th horizon) makes
+    the run start again without coasting: the reference run."""
+    sc, load, disagg = load_scenario(None, CHEAP), make_load(isl=256, osl=64, requests=80, concurrency=16), \
+        make_disagg("disagg", 1, 2)
+    monkeypatch.setattr(disagg_module, "COASTING", False)
+    reference = _public(serve(sc, load, disagg=disagg))
+    monkeypatch.setattr(disagg_module, "COASTING", True)
+    calls, horizon = [0], disagg_module.Coasting.horizon
+
+    def tie_once(self, now):
+        calls[0] += 1
+        if calls[0] == 40:
+            raise disagg_module._Tie
+        return horizon(self, now)
+    monkeypatch.setattr(disagg_module.Coasting, "horizon", tie_once)
+    assert _public(serve(sc, load, disagg=disagg)) == reference and calls[0] > 40
+
+
+def test_lockstep_columns_are_the_element_path():
+    """`decode_columns` over columns of growing contexts (inside one grid interval, or across grid
+    points, where it takes the element path) gives `decode_many`'s floats, marks the same grid
+    points used, and with `used_only` reads only used points (NaN elsewhere), marking none."""
+    sc = load_scenario(None, CHEAP)
+    rng = np.random.default_rng(3)
+    columns = build_step_function(sc, isl=300, osl=60, max_batch=64, max_prefill_tokens=2048)
+    elements = build_step_function(sc, isl=300, osl=60, max_batch=64, max_prefill_tokens=2048)
+    elements.times = step_function.StepTimes(sc, columns.times.key, None)   # its own points
+    for _ in range(30):
+        width, steps = int(rng.integers(1, 9)), int(rng.integers(1, 40))
+        batch = rng.integers(1, 65, width)
+        on_grid = rng.random(width) < 0.3
+        batch[on_grid] = rng.choice(columns.batches, int(on_grid.sum()))
+        start = rng.uniform(2, 360 - steps, width)
+        start[rng.random(width) < 0.2] = 301.0   # on a grid point
+        context = start + np.arange(steps)[:, None] * rng.uniform(0.05, 1.0, width)
+        ahead = columns.decode_columns(batch, context, used_only=True)
+        assert np.array_equal(np.isnan(ahead), np.isnan(elements.decode_many(
+            np.broadcast_to(batch, context.shape).ravel(), context.ravel(), used_only=True).reshape(context.shape)))
+        got = columns.decode_columns(batch, context)
+        want = elements.decode_many(np.broadcast_to(batch, context.shape).ravel(), context.ravel())
+        assert got.ravel().tolist() == want.tolist()
+        assert np.array_equal(np.isnan(columns.decode_s), np.isnan(elements.decode_s))
+        assert ahead[~np.isnan(ahead)].tolist() == got[~np.isnan(ahead)].tolist()
+
+
+def test_timeline_sums_are_the_running_totals():
+    """The timeline's rows formed at the end are the running totals the per-step sums gave: after
+    each step of any instance, the sum of every instance's latest totals (steps given out of
+    time order, as coasting instances record theirs)."""
+    rng = np.random.default_rng(7)
+
+    class Fake:
+        def __init__(self):
+            self.now = (0, 0, 0)
+
+        def totals(self):
+            return self.now
+    engines = [Fake() for _ in range(3)]
+    timeline = Timeline(engines)
+    events = sorted((float(t), int(e), tuple(int(x) for x in rng.integers(0, 100, 3)))
+                    for t, e in zip(np.cumsum(rng.uniform(0, 1, 300)), rng.integers(0, 3, 300)))
+    expected, totals, last = [], [0, 0, 0], [(0, 0, 0)] * 3
+    for t, e, now in events:
+        totals = [a + b - c for a, b, c in zip(totals, now, last[e])]
+        last[e] = now
+        expected.append(tuple(totals))
+    for e in (2, 0, 1):   # one instance after another: each in its own time order
+        for t, e2, now in events:
+            if e2 == e:
+                engines[e].now = now
+                timeline.step(e, t)
+    times, rows = timeline.rows()
+    assert times.tolist() == [t for t, _, _ in events]
+    assert [tuple(r) for r in rows.tolist()] == expected
+
+
+def test_gaps_array_is_every_gap_sorted():
+    rng = np.random.default_rng(1)
+    itl = ItlSamples()
+    for value, count in zip(rng.choice(rng.uniform(0, 1, 40), 500), rng.integers(1, 9, 500)):
+        itl.add(float(value), int(count))
+    itl.add_gaps([0.5, 0.75, 1.5, 1.625], 3)
+    reference = np.sort(np.repeat(np.asarray(itl.values), np.asarray(itl.counts)))
+    assert itl.array().tolist() == reference.tolist()
+
+
+def test_cancelled_events_never_come():
+    events = EventQueue()
+    keep = events.push(2.0, 0, "b")
+    drop = events.push(1.0, 0, "a")
+    events.push(3.0, 1, "c")
+    events.cancel(drop)
+    assert keep != drop and events.next_time() == 2.0
+    assert [events.pop()[2] for _ in range(2)] == ["b", "c"] and not events
+
+
+def test_transfer_rates_are_solve_rates():
+    """Rates kept per set of routes in flight and the plain divisions give what `solve_rates` and
+    numpy's divisions give, flow set after flow set."""
+    sc = load_scenario(None, dict(CHEAP, gpus=16))
+    fabric = build_fabric(sc.system, 16, hardware_for(sc)[2])
+    net = Transfers(fabric)
+    rng = np.random.default_rng(5)
+    for req in range(40):
+        pairs = [(int(a), int(b)) for a, b in rng.integers(0, 16, (int(rng.integers(1, 4)), 2)) if a != b]
+        if not pairs:
+            continue
+        for _, fid in net.open(req, pairs, [float(x) for x in rng.uniform(1e6, 1e8, len(pairs))]):
+            net.start(float(req), fid)
+            ptr = np.concatenate([[0], np.cumsum([len(net.links[f]) for f in net.active])])
+            want = solve_rates(fabric.capacity_Bps, ptr, np.concatenate([net.links[f] for f in net.active]))
+            assert net.rates == want.tolist()
+            left = np.array([net.remaining[f] for f in net.active]) / want
+            assert net.due == [f for f, x in zip(net.active, left.tolist()) if x <= left.min() * (1 + 1e-12)]
+
+
+def test_workers_share_step_times_through_a_folder(tmp_path, monkeypatch):
+    """A grid point one process simulated into the shared folder is read, not simulated again, by
+    another that has the deployment's step times already (`StepTimes._known`)."""
+    sc = load_scenario(None, CHEAP)
+    step_function._CACHE.clear()
+    first = step_function.step_times(sc, tmp_path)
+    step_function._CACHE.clear()
+    second = step_function.step_times(sc, tmp_path)
+    assert first is not second
+    value = first.decode_s(4, 100)
+    monkeypatch.setattr(step_function, "simulate_decode", lambda *a: pytest.fail("simulated again"))
+    assert second.decode_s(4, 100) == value
+    step_function._CACHE.clear()
+
+
+def test_pieces_start_on_different_deployments():
+    """Of equal pieces, every group's first comes before any group's second (`sweep._balanced`)."""
+    from moesim.planning.sweep import PIECES_PER_WORKER, _balanced
+    groups = [[(g, i) for i in range(12)] for g in range(3)]
+    pieces = _balanced(groups, 2)
+    size = 12 // (2 * PIECES_PER_WORKER)
+    assert [piece[0] for piece in pieces] == [(g, k * size) for k in range(2 * PIECES_PER_WORKER) for g in range(3)]
+    assert sorted(point for piece in pieces for point in piece) == sorted(p for group in groups for p in group)
