@@ -189,17 +189,10 @@ def runner() -> CliRunner:
     return CliRunner()
 
 
-def test_cli_disagg_same_seed_same_bytes(runner, tmp_path):
+def test_cli_disagg_same_seed_same_bytes(runner, same_bytes_twice):
     args = ["serve", *CHEAP_ARGS, "--rate", "40", "--isl", str(ISL), "--osl", str(OSL), "--requests", "40",
             "--mode", "disagg", "--prefill-workers", "1", "--decode-workers", "2", "--seed", "3"]
-    runs = []
-    for name in ("a.json", "b.json"):
-        out = runner.invoke(main, args + ["--json", "--trace", str(tmp_path / name)])
-        assert out.exit_code == 0, out.output
-        runs.append(out.stdout)
-    assert runs[0] == runs[1]
-    assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()
-    result = json.loads(runs[0])
+    result = json.loads(same_bytes_twice(args))
     assert result["mode"] == "disagg" and set(result["pools"]) == {"prefill", "decode"}
     assert set(result["kv_transfer"]["transfer_ms"]) == {"mean", "p50", "p90", "p99"}
     assert not any(k.startswith("_") for k in result)

@@ -113,18 +113,11 @@ def runner() -> CliRunner:
     return CliRunner()
 
 
-def test_cli_decode_split_same_seed_same_bytes(runner, tmp_path):
+def test_cli_decode_split_same_seed_same_bytes(runner, same_bytes_twice):
     args = ["serve", *CHEAP_ARGS, "--rate", "40", "--isl", str(ISL), "--osl", str(OSL), "--requests", "30",
             "--mode", "disagg", "--prefill-workers", "1", "--decode-workers", "2", "--decode-tp", "2",
             "--decode-ep", "2", "--seed", "3"]
-    runs = []
-    for name in ("a.json", "b.json"):
-        out = runner.invoke(main, args + ["--json", "--trace", str(tmp_path / name)])
-        assert out.exit_code == 0, out.output
-        runs.append(out.stdout)
-    assert runs[0] == runs[1]
-    assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()
-    result = json.loads(runs[0])
+    result = json.loads(same_bytes_twice(args))
     assert result["pools"]["decode"]["split"] == {"tp": 2, "ep": 2, "etp": 1} and result["gpus"] == 6
     table = runner.invoke(main, args)
     assert table.exit_code == 0 and "decode pool 2 x 2 GPUs" in table.stdout

@@ -116,6 +116,13 @@ class Policy:
 SERVING_OVERHEADS = ("serving.step_cpu_ms", "serving.request_overhead_ms", "serving.disagg_handoff_ms")
 
 
+def serving_overhead_names(framework: str) -> tuple[str, str, str]:
+    """The kernel-profile parameters of a framework's (CPU per step, per-request, hand-over) overheads:
+    what `serving_overheads_ms` reads and what `moesim calibrate` fits (validation.serving_load)."""
+    step_cpu, request, handoff = (f"{prefix}.{framework}" for prefix in SERVING_OVERHEADS)
+    return step_cpu, request, handoff
+
+
 def serving_overheads_ms(sc: Scenario, framework: str) -> tuple[float, float, float, str]:
     """(CPU ms per engine step, ms per request, ms per disaggregated hand-over) of the framework, and where
     they come from: the kernel profile in force (`runtime.kernel_profile`, default the shipped fit of
@@ -124,7 +131,7 @@ def serving_overheads_ms(sc: Scenario, framework: str) -> tuple[float, float, fl
     from moesim.sim.provenance import kernel_profile
     profile = kernel_profile(sc)
     values = profile.values()
-    names = [f"{prefix}.{framework}" for prefix in SERVING_OVERHEADS]
+    names = serving_overhead_names(framework)
     missing = [n for n in names if n not in values]
     if missing:
         raise MoesimError(f"framework {framework!r} has no serving overheads ({', '.join(missing)})",

@@ -77,6 +77,7 @@ from typing import Callable, Mapping, Optional
 import numpy as np
 
 from moesim.calibration.kernel_fit import Target
+from moesim.serve.scheduler import serving_overhead_names
 from moesim.validation.cases import Calibrated, Case, Skip
 from moesim.validation.targets import group_of
 
@@ -144,18 +145,6 @@ def profiled_mean(values, concurrency: int) -> float:
     weights = np.ones(rounds)
     weights[-1] = max(PROFILED_ROUNDS - (rounds - 1), 1)
     return float(means @ weights / weights.sum())
-
-
-def step_cpu_param(backend: str) -> str:
-    return f"serving.step_cpu_ms.{backend}"
-
-
-def request_param(backend: str) -> str:
-    return f"serving.request_overhead_ms.{backend}"
-
-
-def handoff_param(backend: str) -> str:
-    return f"serving.disagg_handoff_ms.{backend}"
 
 
 @dataclass(frozen=True)
@@ -343,7 +332,7 @@ def load_for(b: Benchmark):
 def target(case: Case, b: Benchmark, run: dict) -> Target:
     """The case's target from its benchmark's run (`serving_load_run.run_benchmark`): the closure of
     the module docstring in the backend's step CPU time and request overhead."""
-    c_name, r_name, h_name = step_cpu_param(b.backend), request_param(b.backend), handoff_param(b.backend)
+    c_name, r_name, h_name = serving_overhead_names(b.backend)
     c0, r0, h0 = run["step_cpu_ms"], run["request_overhead_ms"], run["disagg_handoff_ms"]
     if case.metric == "ttft_ms":
         base, per_step = run["ttft_ms"], run["steps_before_first_token"]
@@ -396,5 +385,5 @@ def prepare_many(cases: list[Case], calibration_of: Callable[[Case], Optional[Ca
 
 
 __all__ = ["Benchmark", "METRICS", "Pool", "WHAT", "batch_limit", "benchmark_of", "config_key", "disagg_for", "labels",
-           "handoff_param", "load_for", "profiled_mean", "simulated_rounds", "step_policy",
-           "prepare_many", "request_param", "scenario_overrides", "step_cpu_param", "target"]
+           "load_for", "profiled_mean", "simulated_rounds", "step_policy",
+           "prepare_many", "scenario_overrides", "target"]

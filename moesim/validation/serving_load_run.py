@@ -32,8 +32,9 @@ import numpy as np
 
 from moesim.core.errors import MoesimError
 from moesim.core.pools import kill_pool
-from moesim.validation.serving_load import (Benchmark, batch_limit, disagg_for, handoff_param, load_for, profiled_mean,
-                                            request_param, scenario_overrides, step_cpu_param, step_policy)
+from moesim.serve.scheduler import serving_overhead_names
+from moesim.validation.serving_load import (Benchmark, batch_limit, disagg_for, load_for, profiled_mean,
+                                            scenario_overrides, step_policy)
 
 US = 1e6              # trace timestamps are microseconds
 MS = 1e3
@@ -81,8 +82,7 @@ def run_benchmark(b: Benchmark, values: dict) -> dict:
     from moesim.serve.run import serve
     from moesim.serve.scheduler import Policy
 
-    c_ms, r_ms, h_ms = (values[step_cpu_param(b.backend)], values[request_param(b.backend)],
-                        values[handoff_param(b.backend)])
+    c_ms, r_ms, h_ms = (values[name] for name in serving_overhead_names(b.backend))
     try:
         sc = load_scenario(None, scenario_overrides(b))
         default = Policy.of(sc)
