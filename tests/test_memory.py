@@ -101,12 +101,24 @@ def test_fp8_kv_halves_kv_bytes():
         ledger(**{"dtypes.kv_cache": "bf16"}).kv_bytes_per_token_per_gpu
 
 
-def test_max_kv_tokens_fill_the_budget_exactly():
-    result = ledger()
+def _room_by_rule(result, framework):
+    """The framework's KV rule written out from the ledger's parts (workloads/frameworks.yaml kv_budget_rule)."""
+    per, f = result.per_gpu, result.memory_fraction
+    fw = load_scenario(None, {"runtime.framework": framework}).framework
+    others = per["total_bytes"] - per["kv_cache_bytes"]
+    return {"vllm": f * per["capacity_bytes"] - per["weights_bytes"] - per["activations_bytes"] - per["buffers_bytes"],
+            "sglang": f * (per["capacity_bytes"] - fw.cuda_context_bytes.value - fw.non_torch_bytes.value)
+            - per["weights_bytes"],
+            "trtllm": f * (per["capacity_bytes"] - others),
+            "megatron": f * per["capacity_bytes"] - others}[framework]
+
+
+@pytest.mark.parametrize("framework", ["vllm", "sglang", "trtllm", "megatron"])
+def test_max_kv_tokens_fill_the_frameworks_kv_room_exactly(framework):
+    result = ledger(**{"runtime.framework": framework})
     per_token = result.kv_bytes_per_token_per_gpu
-    without_kv = result.per_gpu["total_bytes"] - result.per_gpu["kv_cache_bytes"]
-    assert without_kv + result.max_kv_tokens_per_gpu * per_token <= result.budget_bytes
-    assert without_kv + (result.max_kv_tokens_per_gpu + 1) * per_token > result.budget_bytes
+    room = _room_by_rule(result, framework)
+    assert result.max_kv_tokens_per_gpu * per_token <= room < (result.max_kv_tokens_per_gpu + 1) * per_token
 
 
 def test_too_small_cluster_does_not_fit():

@@ -124,11 +124,17 @@ class Batching(Record):
         None, description="the next step is scheduled while the current one runs, on one-step-old state")
 
 
+KV_BUDGET_RULES = ("of_total", "static_of_free_before_load", "of_free_after_load")
+
+
 class Framework(Record):
     memory_fraction: Sourced[float]
     cuda_context_bytes: Sourced[float]
     non_torch_bytes: Sourced[float]
     cuda_graph_bytes: Sourced[float]
+    # How the framework sizes its KV cache from memory_fraction (costs.memory.kv_room_bytes); absent:
+    # the fraction of total memory holds everything the ledger counts (training frameworks)
+    kv_budget_rule: Optional[Sourced[Literal[KV_BUDGET_RULES]]] = None
     batching: Optional[Batching] = Field(None, description="serving frameworks only (moesim serve)")
 
 

@@ -312,6 +312,54 @@ def _stage(sc: Scenario, index: int, layers: range, *, kv_per_seq: float, first:
                        optimizer_bytes=opt, gradients_bytes=grads), params
 
 
+def kv_room_bytes(sc: Scenario, stage: StageLedger, capacity: float) -> float:
+    """Bytes of one GPU of `stage` its serving framework gives the KV cache, by the framework's own
+    rule (`kv_budget_rule` in workloads/frameworks.yaml, with its source), f = memory fraction:
+
+    - of_total (vLLM V1): f x capacity - weights - activation peak - buffers (NCCL/non-torch, EP);
+      CUDA context and graphs live in the 1 - f slack (vllm_kv_budget_bytes);
+    - static_of_free_before_load (SGLang): f x (capacity - CUDA context - non-torch) - weights;
+      activations, graphs and EP buffers live in the rest (sglang_kv_budget_bytes);
+    - of_free_after_load (TensorRT-LLM): f x what weights, activations, buffers and the reserved
+      CUDA context and graphs leave;
+    - none (training frameworks): f x capacity less everything else the ledger counts."""
+    fw, f = sc.framework, sc.memory_fraction
+    parts = {"capacity_bytes": capacity, "weights_bytes": stage.weights_bytes,
+             "activations_bytes": stage.activations_bytes, "buffers_bytes": stage.buffers_bytes}
+    rule = fw.kv_budget_rule.value if fw.kv_budget_rule is not None else None
+    if rule == "of_total":
+        return vllm_kv_budget_bytes(parts, f, 0.0)
+    if rule == "static_of_free_before_load":
+        return sglang_kv_budget_bytes(parts, f, fw.cuda_context_bytes.value, fw.non_torch_bytes.value)
+    others = stage.total_bytes - stage.kv_cache_bytes
+    if rule == "of_free_after_load":
+        return f * (capacity - others)
+    return f * capacity - others
+
+
+def vllm_kv_budget_bytes(per_gpu: dict, fraction: float, cuda_graph_bytes: float) -> float:
+    """vLLM V1 `Worker.determine_available_memory` from ledger parts (bytes per GPU).
+
+    requested (= capacity x gpu_memory_utilization) - weights - profiling activation peak -
+    non-torch (the ledger's buffers: NCCL/non-torch + any EP all-to-all buffers, which vLLM
+    allocates on first use inside the profiling run) - CUDA-graph estimate (0 before v0.21).
+    """
+    return (fraction * per_gpu["capacity_bytes"] - per_gpu["weights_bytes"] - per_gpu["activations_bytes"]
+            - per_gpu["buffers_bytes"] - cuda_graph_bytes)
+
+
+def sglang_kv_budget_bytes(per_gpu: dict, fraction: float, cuda_context_bytes: float,
+                           non_torch_bytes: float) -> float:
+    """SGLang `ModelRunner.profile_max_num_token` from ledger parts (bytes per GPU).
+
+    rest = free_after_load - free_before_load x (1 - mem_fraction_static), with
+    free_before_load = capacity - CUDA context - non-torch (NCCL, custom all-reduce) and
+    free_after_load = free_before_load - weights.
+    """
+    free_before = per_gpu["capacity_bytes"] - cuda_context_bytes - non_torch_bytes
+    return fraction * free_before - per_gpu["weights_bytes"]
+
+
 def memory_ledger(sc: Scenario) -> MemoryLedger:
     """Per-GPU VRAM for the scenario, with fit, headroom and the largest KV / micro-batch that fits."""
     w = sc.input.workload
@@ -343,7 +391,7 @@ def memory_ledger(sc: Scenario) -> MemoryLedger:
         # fixed linear-attention state is counted once per sequence, i.e. spread over its context
         per_token = max(kv_seq[i] / w.context_len for i in range(len(ledgers)))
         per_token_with_state = max((kv_seq[i] + state_seq[i]) / w.context_len for i in range(len(ledgers)))
-        room = min(budget - (lg.total_bytes - lg.kv_cache_bytes) for lg in ledgers)
+        room = min(kv_room_bytes(sc, lg, capacity) for lg in ledgers)
         result["kv_bytes_per_token_per_gpu"] = per_token
         result["state_bytes_per_sequence_per_gpu"] = max(state_seq)
         result["max_kv_tokens_per_gpu"] = max(int(room // per_token_with_state), 0) \

@@ -34,7 +34,7 @@ from typing import Any, Optional
 from moesim.cluster.scenario import framework_table, load_scenario
 from moesim.core.errors import MoesimError
 from moesim.core.units import GiB
-from moesim.costs.memory import memory_ledger
+from moesim.costs.memory import memory_ledger, sglang_kv_budget_bytes, vllm_kv_budget_bytes
 from moesim.specs import precision
 from moesim.validation.cases import Skip
 
@@ -173,17 +173,6 @@ def vllm_profile_workload(capacity_bytes: float, params: dict) -> tuple[dict, li
              "output_len": 1, "prefill_chunk_tokens": tokens}, used)
 
 
-def vllm_kv_budget_bytes(per_gpu: dict, fraction: float, cuda_graph_bytes: float) -> float:
-    """vLLM V1 `Worker.determine_available_memory` from ledger parts (bytes per GPU).
-
-    requested (= capacity x gpu_memory_utilization) - weights - profiling activation peak -
-    non-torch (the ledger's buffers: NCCL/non-torch + any EP all-to-all buffers, which vLLM
-    allocates on first use inside the profiling run) - CUDA-graph estimate (0 before v0.21).
-    """
-    return (fraction * per_gpu["capacity_bytes"] - per_gpu["weights_bytes"] - per_gpu["activations_bytes"]
-            - per_gpu["buffers_bytes"] - cuda_graph_bytes)
-
-
 def _predict_vllm_kv(case: Any, params: dict) -> tuple[float, set[str]]:
     used = {"framework_version"}
     fraction = framework_table().frameworks["vllm"].memory_fraction.value
@@ -201,18 +190,6 @@ def _predict_vllm_kv(case: Any, params: dict) -> tuple[float, set[str]]:
 
 
 # ---------------------------------------------------------------- SGLang
-def sglang_kv_budget_bytes(per_gpu: dict, fraction: float, cuda_context_bytes: float,
-                           non_torch_bytes: float) -> float:
-    """SGLang `ModelRunner.profile_max_num_token` from ledger parts (bytes per GPU).
-
-    rest = free_after_load - free_before_load x (1 - mem_fraction_static), with
-    free_before_load = capacity - CUDA context - non-torch (NCCL, custom all-reduce) and
-    free_after_load = free_before_load - weights.
-    """
-    free_before = per_gpu["capacity_bytes"] - cuda_context_bytes - non_torch_bytes
-    return fraction * free_before - per_gpu["weights_bytes"]
-
-
 def _predict_sglang_kv(case: Any, params: dict) -> tuple[float, set[str]]:
     used = set()
     fraction = framework_table().frameworks["sglang"].memory_fraction.value
