@@ -27,6 +27,27 @@ def test_nccl_ring_latency_is_tuning_cc():
     assert nt.nvls_latency_us(1) == 25.0
 
 
+def test_nccl_tree_latency_is_tuning_cc():
+    # v2.26.2 tuning.cc: baseLat tree LL 6.8 + 2 x ((8 ranks per node - 1) x hwLat NVLink tree LL 0.6
+    #                                              + log2i(8 nodes) x hwLat net tree LL 5.0)
+    assert nt.tree_latency_us(64, 8, "ll") == pytest.approx(6.8 + 2 * (7 * 0.6 + 3 * 5.0))
+    assert nt.tree_latency_us(16, 2, "simple") == pytest.approx(8.4 + 2 * (7 * 4.0 + 1 * 14.0))
+    # and grows with log2 of the nodes where the ring grows with the ranks
+    assert nt.tree_latency_us(512, 64, "ll") < nt.ring_latency_us("all_reduce", 512, 64, "ll") / 5
+
+
+def test_nccl_picks_the_tree_for_small_all_reduces_across_nodes_and_the_ring_for_large():
+    from moesim.costs.collective_kernels import choose
+    from moesim.specs.hardware import load_system
+    system, v = load_system("hgx-b200"), defaults()
+    small, large = choose(system, 64, "all_reduce", 64 << 10, v), choose(system, 64, "all_reduce", 8 << 30, v)
+    assert (small.algo, large.algo) == ("tree", "ring")
+    # one node: no tree (NCCL's tree only pays across nodes; moesim models ring and NVLS there)
+    assert choose(system, 8, "all_reduce", 64 << 10, v).algo in ("ring", "nvls")
+    with pytest.raises(Exception, match="tree"):
+        choose(system, 8, "all_reduce", 64 << 10, v, forced="tree")
+
+
 def test_algorithm_forced_by_id_or_notes():
     assert forced_algorithm(case(1, id="x-allreduce-nvls-1MiB")) == "nvls"
     assert forced_algorithm(case(1, id="x-allreduce-ring-8GiB")) == "ring"

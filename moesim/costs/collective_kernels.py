@@ -57,8 +57,8 @@ def candidates(op: str, single_domain: bool, forced: Optional[str]) -> list[str]
         return [forced]
     if op == "all_to_all":
         return ["direct"]
-    if op == "all_reduce" and single_domain:
-        return ["ring", "nvls"]
+    if op == "all_reduce":   # across NVLink domains NCCL also weighs its trees (small messages: log2 network hops)
+        return ["ring", "nvls"] if single_domain else ["ring", "tree"]
     return ["ring"]
 
 
@@ -85,6 +85,14 @@ def protocol_models(system, op: str, algo: str, n: int, size: float, t_nvl: floa
         lat = nt.ring_latency_us(op, n, nodes, "simple")
         return {"simple": lambda v: v["collective.latency_scale"] * lat + max(
             t_nic / (v["collective.net_eff.ib"] * v["collective.collnet_eff"]), t_up / v[nvl]) / units.us}
+    if algo == "tree":   # all-reduce across nodes (NVLink domains): the network sets the rate
+        if op != "all_reduce" or nodes <= 1:
+            raise MoesimError("the tree is modelled for all_reduce across NVLink domains only", field="algo",
+                              fix="use ring")
+        nic = out.nic_Gbps.value / 8 * out.nics_per_gpu.value * units.GBps
+        return {proto: (lambda v, lat=nt.tree_latency_us(n, nodes, proto), rate=nic * nt.tree_bw_factor(proto):
+                        v["collective.latency_scale"] * lat + size / (rate * v["collective.net_eff.ib"]) / units.us)
+                for proto in nt.PROTOCOLS}
     if algo == "direct":
         remote = n - min(n, domain) if n > domain else 0
         local = n - 1 - remote

@@ -46,6 +46,23 @@ def ring_latency_us(op: str, n: int, nodes: int, proto: str) -> float:
     return lat
 
 
+def tree_latency_us(n: int, nodes: int, proto: str) -> float:
+    """NCCL's modelled latency of a tree all-reduce (ncclTopoTuneModel): up the tree and back down,
+    each way the ranks of a node in a chain over NVLink and log2(nodes) network hops."""
+    t = tables()
+    per_node = n // nodes
+    return t["base_latency_us"]["tree"][proto] + 2 * (
+        (per_node - 1) * t["hop_latency_us"]["nvlink"]["tree"][proto]
+        + (nodes.bit_length() - 1) * t["hop_latency_us"]["net"]["tree"][proto])
+
+
+def tree_bw_factor(proto: str) -> float:
+    """Algorithm bandwidth of a tree all-reduce / the network's rate per GPU (ncclTopoTuneModel's
+    refinements, table `tree_*`)."""
+    t = tables()
+    return t["tree_allreduce_bw_factor"] * t["tree_protocol_bw_factor"][proto] * t["tree_algbw_ratio"]
+
+
 def nvls_latency_us(nodes: int) -> float:
     """NVLS (Simple only): hwLat NVLink NVLS, plus the network hop across nodes."""
     t = tables()
