@@ -156,6 +156,30 @@ def test_cli_bad_decode_split_one_line_exit_2_nothing_written(runner, tmp_path, 
     assert list(tmp_path.iterdir()) == []
 
 
+def test_cli_prefill_max_running_limits_the_prefill_pool_only(runner):
+    base = ["serve", *CHEAP_ARGS, "--concurrency", "8", "--isl", "64", "--osl", "8", "--requests", "16", "--json",
+            "--mode", "disagg", "--prefill-workers", "1", "--decode-workers", "1"]
+    free, one = (runner.invoke(main, base + extra) for extra in ([], ["--prefill-max-running", "1"]))
+    assert free.exit_code == 0 and one.exit_code == 0, free.output + one.output
+    free, one = json.loads(free.output), json.loads(one.output)
+    assert one["pools"]["prefill"]["peak_running_per_rank"] == 1 < free["pools"]["prefill"]["peak_running_per_rank"]
+    assert one["pools"]["decode"]["peak_running_per_rank"] > 1      # the decode pool keeps the framework's limit
+    # one prompt at a time per prefill rank: the burst of 8 queues longer for its first tokens
+    assert one["metrics"]["ttft_ms"]["mean"] > free["metrics"]["ttft_ms"]["mean"]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--prefill-max-running", "0", "--mode", "disagg", "--prefill-workers", "1", "--decode-workers", "1"],
+     "--prefill-max-running"),
+    (["--prefill-max-running", "2"], "--prefill-max-running"),                     # agg: no prefill pool
+])
+def test_cli_bad_prefill_max_running_one_line_exit_2(runner, args, needle):
+    result = runner.invoke(main, ["serve", *CHEAP_ARGS, "--concurrency", "2", "--isl", "8", "--osl", "8"] + args)
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and f"error: {needle}:" in lines[0], result.stderr
+
+
 def test_make_disagg_decode_split_checks():
     d = make_disagg("disagg", 2, 3, decode_parallel={"tp": 2, "ep": 2, "etp": None})
     assert d.decode_parallel == (("tp", 2), ("ep", 2)) and d.gpus(scenario()) == 2 * 2 + 3 * 2

@@ -58,6 +58,9 @@ class ServingFramework(click.ParamType):
 @click.option("--prefill-workers", type=int, help="disagg: prefill engine instances (each one EP group of the split).")
 @click.option("--decode-workers", type=int, help="disagg: decode engine instances (each one EP group of the split, "
                                                  "or of --decode-tp/--decode-ep/--decode-etp).")
+@click.option("--prefill-max-running", type=int,
+              help="disagg: the prefill pool's own limit of prompts in flight per attention-DP rank (e.g. 1, as "
+                   "AIConfigurator launches prefill engines) [default: the framework's, as the decode pool].")
 @click.option("--decode-tp", type=int, help="disagg: the decode pool's own attention TP size. Any --decode-* flag "
                                             "gives the decode pool a split of its own, built from the --decode-* "
                                             "flags alone (unset: tp 1, ep 1, etp as --etp defaults); none: the "
@@ -84,7 +87,7 @@ class ServingFramework(click.ParamType):
 def serve(scenario: Optional[str], concurrency: Optional[int], rate: Optional[float], arrivals_file: Optional[str],
           isl: Optional[str], osl: Optional[str], requests: Optional[int], warmup: int, closed_loop_start: str,
           framework: Optional[str], seed: Optional[int], mode: str, prefill_workers: Optional[int],
-          decode_workers: Optional[int], decode_tp: Optional[int], decode_ep: Optional[int],
+          decode_workers: Optional[int], prefill_max_running: Optional[int], decode_tp: Optional[int], decode_ep: Optional[int],
           decode_etp: Optional[int], cache_dir: Optional[str], trace_file: Optional[str],
           slo_ttft_ms: Optional[float], slo_tpot_ms: Optional[float], slo_e2e_ms: Optional[float],
           report_file: Optional[str], as_json: bool, **flags: Any) -> None:
@@ -108,6 +111,7 @@ def serve(scenario: Optional[str], concurrency: Optional[int], rate: Optional[fl
       moesim serve --concurrency 256 --isl 2000 --osl 100 --requests 512 --json
       moesim serve --concurrency 64 --isl 1000 --osl 200 --trace serve.json --cache .moesim-cache
       moesim serve --concurrency 64 --isl 1000 --osl 200 --mode disagg --prefill-workers 1 --decode-workers 1
+      moesim serve --concurrency 64 --isl 1000 --osl 200 --mode disagg --prefill-workers 2 --decode-workers 1 --prefill-max-running 1
       moesim serve --framework trtllm --concurrency 64 --isl 1000 --osl 200
       moesim serve --concurrency 64 --isl 1000 --osl 200 --slo-ttft-ms 200 --slo-tpot-ms 50 --report serve.html
       moesim serve --model qwen3-30b-a3b --gpus 4 --ep 4 --rate 20 --isl 512 --osl 128 --mode disagg --prefill-workers 1 --decode-workers 2 --decode-tp 2 --decode-ep 2
@@ -126,7 +130,7 @@ def serve(scenario: Optional[str], concurrency: Optional[int], rate: Optional[fl
     load_args = dict(isl=isl, osl=osl, requests=requests, concurrency=concurrency, rate=rate, arrivals=arrivals,
                      warmup=warmup, seed=seed if seed is not None else 0, closed_loop_start=closed_loop_start)
     make_load(**load_args, prefix="--")  # bad load options fail here, before any scenario is read
-    disagg = make_disagg(mode, prefill_workers, decode_workers, prefix="--",
+    disagg = make_disagg(mode, prefill_workers, decode_workers, prefix="--", prefill_max_running=prefill_max_running,
                          decode_parallel={"tp": decode_tp, "ep": decode_ep, "etp": decode_etp})
     overrides = scenario_overrides(flags)
     if framework:
