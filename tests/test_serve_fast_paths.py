@@ -8,7 +8,11 @@
   same grid points used;
 - the timeline's sums formed at the end (`serve.run.Timeline`), the gaps' array (`ItlSamples`),
   KV-transfer rates kept per set of routes (`serve.disagg.Transfers`) against what they replace;
-- the planner's workers sharing step times through a folder (`planning.sweep`).
+- the planner's workers sharing step times through a folder (`planning.sweep`);
+- the plan benchmark's: the lockstep look-ahead's row paths (`StepFunction.decode_rows_used`, plain
+  Python `decode_rows_slowest_used`) against `decode_columns`, and whole runs on each; the step grid's
+  routed-expert parts reused across contexts; the engine's one-addition makespan against SimPy;
+  percentiles read in one call; the KV capacity kept per scenario.
 """
 from __future__ import annotations
 
@@ -237,3 +241,135 @@ def test_pieces_start_on_different_deployments():
     size = 12 // (2 * PIECES_PER_WORKER)
     assert [piece[0] for piece in pieces] == [(g, k * size) for k in range(2 * PIECES_PER_WORKER) for g in range(3)]
     assert sorted(point for piece in pieces for point in piece) == sorted(p for group in groups for p in group)
+
+
+# ----------------------------------------------------------------------------- the plan benchmark's fast paths
+def _rows(rng, fn, width: int, steps: int):
+    """Random lockstep look-ahead rows: (CUDA-graph batches, context sums, request counts, ticks), each
+    row's contexts (sum + count x tick) / count; some rows start on a grid point, some cross one."""
+    counts = [int(c) for c in rng.integers(1, 40, width)]
+    batch = [int(rng.choice(fn.batches)) if rng.random() < 0.4 else int(rng.integers(1, fn.batches[-1] + 1))
+             for _ in range(width)]
+    start = int(rng.integers(0, 50))
+    sums = []
+    for count in counts:
+        first = fn.contexts[1] if rng.random() < 0.2 else float(rng.uniform(2, fn.contexts[-1] - steps - 1))
+        sums.append(int(first * count) - count * start)
+    return batch, sums, counts, range(start, start + steps)
+
+
+def test_look_ahead_rows_are_decode_columns():
+    """The lockstep look-ahead's row paths (`StepFunction.decode_rows_used`, numpy over a span table;
+    `decode_rows_slowest_used`, plain Python) give `decode_columns(..., used_only=True)`'s floats and
+    NaNs wherever they answer, grid points used or not yet, and mark nothing used."""
+    sc = load_scenario(None, CHEAP)
+    rng = np.random.default_rng(11)
+    fn = build_step_function(sc, isl=300, osl=60, max_batch=64, max_prefill_tokens=2048)
+    answered = plain_answered = 0
+    for trial in range(300):
+        if trial % 60 == 30:   # use some more grid points as a run would: the span table is made again
+            fn.decode_many(rng.integers(1, 65, 3), rng.uniform(2, 360, 3))
+        batch, sums, counts, ticks = _rows(rng, fn, int(rng.integers(1, 9)), int(rng.integers(1, 40)))
+        used = np.isnan(fn.decode_s).copy()
+        context = (np.array(sums)[:, None] + np.array(counts)[:, None] * np.arange(ticks.start, ticks.stop)) \
+            / np.array(counts)[:, None]
+        want = fn.decode_columns(np.array(batch), context.T, used_only=True).T
+        rows = fn.decode_rows_used(np.array(batch), context)
+        if rows is not None:
+            answered += 1
+            assert rows.tobytes() == want.tobytes()
+        slowest = fn.decode_rows_slowest_used(batch, sums, counts, ticks)
+        if slowest is not None:
+            plain_answered += 1
+            assert np.array(slowest).tobytes() == want.max(axis=0).tobytes()
+        assert np.array_equal(np.isnan(fn.decode_s), used)   # nothing simulated or marked
+    assert answered > 100 and plain_answered > 100
+
+
+def test_lockstep_runs_are_the_same_on_every_look_ahead_path(monkeypatch):
+    """A run whose look-ahead is read in plain Python, by numpy over the span table, or by
+    `decode_columns` alone is the same bytes."""
+    sc = load_scenario(None, dict(CHEAP, **{"gpus": 4, "parallel.ep": 4}))
+    load = make_load(isl="uniform:64:512", osl="uniform:8:96", requests=150, concurrency=32)
+    disagg = make_disagg("disagg", 1, 3)
+    runs = []
+    for plain, rows in ((128, True), (0, True), (0, False)):
+        monkeypatch.setattr(scheduler.Lockstep, "PLAIN_ELEMENTS", plain)
+        if not rows:
+            monkeypatch.setattr(step_function.StepFunction, "decode_rows_used", lambda self, b, c: None)
+        for mode in (None, disagg):
+            r = serve(sc, load, disagg=mode)
+            runs.append((_public(r), to_json(r["_requests"], indent=None)))
+    assert runs[0::2] == [runs[0]] * 3 and runs[1::2] == [runs[1]] * 3
+
+
+def test_routed_parts_reused_across_contexts_are_the_same_ops():
+    """Steps of one batch at other contexts reuse the routed-expert part (`serving_layers`'
+    `routed_cache`): the same op durations as a step made without the cache."""
+    from moesim.serve.step_function import _variant
+    from moesim.sim.layer_ops import serving_layers
+    sc = load_scenario(None, CHEAP)
+    cache: dict = {}
+    for phase, context in (("decode", 20), ("decode", 500), ("prefill", 300), ("prefill", 700)):
+        w = step_function.Serving(kind="serving", phase=phase, batch=8 if phase == "decode" else 1,
+                                  input_len=context - 1 if phase == "decode" else context, output_len=1,
+                                  prefill_chunk_tokens=None if phase == "decode" else 256)
+        variant = _variant(sc, w)
+        kept, _, _ = serving_layers(variant, microbatches=1, skew="uniform", placement=None, routed_cache=cache)
+        fresh, _, _ = serving_layers(variant, microbatches=1, skew="uniform", placement=None)
+        assert [[op.durations for op in ops] for ops in kept] == [[op.durations for op in ops] for ops in fresh]
+    assert len(cache) == 2   # one per (phase, tokens per rank)
+
+
+def test_makespan_shortcut_is_the_engine():
+    """`_one_microbatch_makespan` (one addition while every GPU's clock and op are the same) and the
+    fused ops' sums (`_summed`) give the SimPy engine's float on random layers of uniform and per-GPU
+    ops."""
+    from moesim.sim.engine import Op, _one_microbatch_makespan, fuse, run_step
+    rng = np.random.default_rng(4)
+    for _ in range(40):
+        gpus = int(rng.integers(1, 9))
+        layers = []
+        for _ in range(int(rng.integers(1, 6))):
+            ops = []
+            for _ in range(int(rng.integers(1, 6))):
+                kind = rng.choice(["uniform", "per_gpu", "comm", "fused"])
+                if kind == "comm":
+                    ops.append(Op("c", "comm", "comm", (float(rng.uniform(0, 1e-3)),)))
+                elif kind == "fused":
+                    parts = [Op("p", "x", "compute", (float(rng.uniform(0, 1e-3)),) * gpus),
+                             Op("q", "x", "compute", tuple(rng.uniform(0, 1e-3, gpus).tolist()))]
+                    ops.append(fuse(parts[:int(rng.integers(1, 3))]))
+                else:
+                    same, each = (float(rng.uniform(0, 1e-3)),) * gpus, tuple(rng.uniform(0, 1e-3, gpus).tolist())
+                    ops.append(Op("o", "x", "compute", same if kind == "uniform" else each))
+            layers.append(ops)
+        want = run_step(layers, gpus, microbatches=1, record=True).makespan_s
+        assert run_step(layers, gpus, microbatches=1, record=False).makespan_s == want
+        fused = [[Op(op.name, op.op_class, op.kind, tuple(sum(p) for p in zip(*(x.durations for x in op.parts))))
+                  if hasattr(op, "parts") else op for op in ops] for ops in layers]
+        assert _one_microbatch_makespan(fused, gpus) == _one_microbatch_makespan(layers, gpus)
+
+
+def test_percentiles_in_one_call_are_each_percentile():
+    """`summary_ms` reads its percentiles in one `np.percentile` call: each the float a call of its own gives."""
+    from moesim.serve.metrics import PERCENTILES, summary_ms
+    rng = np.random.default_rng(2)
+    for n in (1, 2, 3, 10, 101, 5000):
+        for values in (rng.lognormal(size=n), np.repeat(rng.uniform(0, 1, 3), n)[:n]):
+            got = summary_ms(values)
+            assert [got[f"p{q}"] for q in PERCENTILES] == [float(np.percentile(values, q) * 1e3) for q in PERCENTILES]
+
+
+def test_kv_capacity_kept_per_scenario_is_the_ledgers():
+    """The KV capacity kept per resolved scenario and step size is what the ledgers give anew, and
+    the check of the longest request still runs on every call."""
+    from moesim.core.errors import MoesimError
+    sc = load_scenario(None, CHEAP)
+    scheduler._KV_TOKENS.clear()
+    first = scheduler.kv_capacity_tokens(sc, isl=300, osl=60, max_batch=32, prefill_tokens=2048)
+    assert scheduler.kv_capacity_tokens(sc, isl=300, osl=60, max_batch=32, prefill_tokens=2048) == first
+    scheduler._KV_TOKENS.clear()
+    assert scheduler.kv_capacity_tokens(sc, isl=300, osl=60, max_batch=32, prefill_tokens=2048) == first
+    with pytest.raises(MoesimError, match="never fit"):
+        scheduler.kv_capacity_tokens(sc, isl=300, osl=60, max_batch=32, prefill_tokens=2048, longest=(first, 1))

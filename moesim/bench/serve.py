@@ -11,8 +11,9 @@ Measured in one process, in this order:
    in CPU seconds of this process (`*_cpu_s`) are given beside them: on a shared machine they show
    what the wall times would be without other processes competing for the cores;
 3. baseline in the same run: simulating the run's whole grid eagerly, as the first increment did
-   (after step 1, so with imports warm: a floor of what the eager build cost), and reading the
-   run's points back from a disk cache (`build_step_function(cache_dir=...)`, a temporary folder).
+   (after step 1, so with imports warm, but with no routed-expert parts kept from it: a floor of
+   what the eager build cost), and reading the run's points back from a disk cache
+   (`build_step_function(cache_dir=...)`, a temporary folder).
 
 4. the same load disaggregated on a GB200 NVL72 rack (`DISAGG`: 2 prefill instances of EP 8 and
    one decode instance of EP 32, 48 GPUs): cold and warm wall times as in 1-2 (`disagg_nvl72`).
@@ -55,7 +56,7 @@ def plan_benchmark(space_path=None, workers: int = PLAN_WORKERS) -> dict:
     from moesim.serve import step_function
 
     path = Path(space_path or PLAN_SPACE)
-    step_function._CACHE.clear()
+    step_function.forget()
     sweep._SCENARIOS.clear()
     start, cpu = time.perf_counter(), time.process_time()
     result = plan(load_space(path), workers=workers)
@@ -79,7 +80,7 @@ def serve_benchmark(warm_repeats: int = 2, scenario: dict | None = None, load: d
 
     sc = load_scenario(None, scenario or SCENARIO)
     load = make_load(**(load or LOAD))
-    step_function._CACHE.clear()
+    step_function.forget()
     start, cpu = time.perf_counter(), time.process_time()
     result = serve(sc, load)
     cold, cold_cpu = time.perf_counter() - start, time.process_time() - cpu
@@ -96,21 +97,22 @@ def serve_benchmark(warm_repeats: int = 2, scenario: dict | None = None, load: d
     grid = result["step_function"]
     batches, contexts = tuple(grid["decode_batches"]), tuple(grid["decode_contexts"])
     prefill, isl = tuple(grid["prefill_tokens"]), grid.get("prefill_prompt_tokens", load.isl)
+    step_function._ROUTED.clear()   # the eager baseline shares no routed-expert parts with the runs above
     start = time.perf_counter()
     StepFunction(batches, contexts, prefill, isl, StepTimes(sc, times.key, None)).fill()
     eager_s = time.perf_counter() - start
     with tempfile.TemporaryDirectory() as folder:
-        step_function._CACHE.clear()
+        step_function.forget()
         written = step_function.step_times(sc, folder)
         written.decode.update(times.decode)
         written.prefill.update(times.prefill)
         written._save()
-        step_function._CACHE.clear()
+        step_function.forget()
         start = time.perf_counter()
         cached = step_function.step_times(sc, folder)
         cached_s = time.perf_counter() - start
         assert cached.decode == times.decode and cached.prefill == times.prefill
-    step_function._CACHE.clear()
+    step_function.forget()
 
     build_s = max(cold - request_wall, 0.0)
     requests = load.total
@@ -143,14 +145,14 @@ def disagg_benchmark(load, scenario: dict | None = None) -> dict:
     sc = load_scenario(None, dict(scenario or SCENARIO, system=DISAGG["system"]))
     disagg = make_disagg("disagg", DISAGG["prefill_workers"], DISAGG["decode_workers"],
                          decode_parallel=DISAGG["decode_parallel"])
-    step_function._CACHE.clear()
+    step_function.forget()
     start = time.perf_counter()
     result = serve(sc, load, disagg=disagg)
     cold = time.perf_counter() - start
     start = time.perf_counter()
     serve(sc, load, disagg=disagg)
     warm = time.perf_counter() - start
-    step_function._CACHE.clear()
+    step_function.forget()
     m = result["metrics"]
     return {"step_function_build_s": max(cold - warm, 0.0), "request_sim_wall_s": warm,
             "requests_per_wall_s": load.total / warm, "gpus": result["gpus"], "system": sc.system.id,

@@ -92,6 +92,7 @@ def prune(points: list[dict]) -> tuple[list[dict], int, list[dict]]:
     kept, reasons = [], []
     code = code_and_data_digest()  # once per prune, not per point
     resolved: dict = {}   # group -> scenario: the modes of one deployment resolve it once
+    facts: dict = {}   # scenario JSON -> (its fit problem, its dump): the points of a deployment share them
     for point in points:
         try:
             group = point.get("group")
@@ -108,14 +109,23 @@ def prune(points: list[dict]) -> tuple[list[dict], int, list[dict]]:
         except MoesimError as exc:
             reasons.append({"id": point["id"], "label": label(point), "reason": _reason(exc)})
             continue
-        problem = fit_problem(sc)  # the check simulate and whatif make
+        problem, dump = _scenario_facts(sc, facts)
         if not problem and point.get("serve") is not None:
             problem = serve_problem(sc, point["serve"])
         if problem:
             reasons.append({"id": point["id"], "label": label(point), "reason": problem})
             continue
-        kept.append(dict(point, key=cache_key(point, sc.model_dump(mode="json"), code)))
+        kept.append(dict(point, key=cache_key(point, dump, code)))
     return kept, len(reasons), reasons
+
+
+def _scenario_facts(sc, facts: dict) -> tuple[Optional[str], dict]:
+    """(`fit_problem(sc)`, the check simulate and whatif make; `sc.model_dump(mode="json")`, for
+    the cache key), once per resolved scenario in `facts` (a dict the caller keeps)."""
+    key = sc.model_dump_json()
+    if key not in facts:
+        facts[key] = (fit_problem(sc), sc.model_dump(mode="json"))
+    return facts[key]
 
 
 def _serve_args(served: dict):

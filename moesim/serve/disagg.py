@@ -296,15 +296,22 @@ class Transfers:
         self._ids = itertools.count()
         self.links: dict[int, np.ndarray] = {}
         self.route: dict[int, int] = {}
-        self.size: dict[int, float] = {}
-        self.remaining: dict[int, float] = {}
+        self.size: dict[int, float] = {}   # flows opened, not sending yet: their bytes
         self.owner: dict[int, int] = {}
         self.left: dict[int, int] = {}    # request -> its flows not yet done
+        # the flows in flight, in the order they started, and beside them their routes and bytes left
         self.active: list[int] = []
+        self._in_flight: list[int] = []
+        self._bytes_left: list[float] = []
         self.rates: list[float] = []
         self.due: list[int] = []          # the flows that end at the next check
         self.clock = 0.0
         self.version = 0
+
+    @property
+    def remaining(self) -> dict[int, float]:
+        """Bytes left per flow: those in flight as of the last start or check, the others their size."""
+        return {**self.size, **dict(zip(self.active, self._bytes_left))}
 
     def path(self, src: int, dst: int) -> tuple[np.ndarray, float]:
         """(links, latency) of the route from GPU src to GPU dst, routed once per pair."""
@@ -331,18 +338,20 @@ class Transfers:
         """New flows for request `req`, of `nbytes` each (or one size per pair): [(path latency, flow id)]."""
         sizes = nbytes if isinstance(nbytes, (list, tuple)) else [nbytes] * len(pairs)
         out = []
-        for (src, dst), size in zip(pairs, sizes):
-            links, latency = self.path(src, dst)
+        for pair, size in zip(pairs, sizes):
+            links, latency = self.path(*pair)
             fid = next(self._ids)
-            self.links[fid], self.size[fid], self.remaining[fid], self.owner[fid] = links, size, size, req
-            self.route[fid] = self._route_of[(src, dst)]
+            self.links[fid], self.size[fid], self.owner[fid] = links, size, req
+            self.route[fid] = self._route_of[pair]
             out.append((latency, fid))
         self.left[req] = len(pairs)
         return out
 
     def _advance(self, t: float) -> None:
-        for fid, rate in zip(self.active, self.rates):
-            self.remaining[fid] -= rate * (t - self.clock)
+        """Every flow in flight has sent at its rate from the last start or check up to `t`."""
+        if self.active:
+            dt = t - self.clock
+            self._bytes_left = [left - rate * dt for left, rate in zip(self._bytes_left, self.rates)]
         self.clock = t
 
     def _resolve(self) -> Optional[float]:
@@ -351,14 +360,15 @@ class Transfers:
             self.rates, self.due = [], []
             return None
         self.rates = rates = self._rates()
-        remaining = [self.remaining[f] for f in self.active]
+        remaining = self._bytes_left
         if min(rates) > 0.0:   # the few flows in flight: plain divisions (numpy's per-call cost is larger)
             to_finish = [left / rate for left, rate in zip(remaining, rates)]
             first = min(to_finish)
         else:   # a flow held at rate 0 never ends: numpy's division (+inf)
             divided = np.array(remaining) / np.array(rates)
             to_finish, first = divided.tolist(), float(divided.min())
-        self.due = [f for f, left in zip(self.active, to_finish) if left <= first * (1 + COMPLETION_RTOL)]
+        bound = first * (1 + COMPLETION_RTOL)
+        self.due = [f for f, left in zip(self.active, to_finish) if left <= bound]
         return self.clock + first
 
     def _rates(self) -> list[float]:
@@ -367,7 +377,7 @@ class Transfers:
         request's flows, one transfer at a time): solved once per run for each, by the kernel
         `solve_rates` runs, on the arrays it would pass it (the fabric's capacities and the
         routes' links were checked when they were made, `__init__` and `path`)."""
-        key = tuple([self.route[f] for f in self.active])
+        key = tuple(self._in_flight)
         rates = self._solved.get(key)
         if rates is None:
             lengths = [len(self.links[f]) for f in self.active]
@@ -380,6 +390,8 @@ class Transfers:
         """Flow `fid` starts sending at `t`; returns the time of the next flow end."""
         self._advance(t)
         self.active.append(fid)
+        self._in_flight.append(self.route[fid])
+        self._bytes_left.append(self.size.pop(fid))
         return self._resolve()
 
     def check(self, t: float, version: int) -> tuple[list[int], Optional[float]]:
@@ -388,12 +400,14 @@ class Transfers:
             return [], None
         self._advance(t)
         ended = set(self.due)
-        self.active = [f for f in self.active if f not in ended]
+        going = [k for k, f in enumerate(self.active) if f not in ended]
+        self.active = [self.active[k] for k in going]
+        self._in_flight = [self._in_flight[k] for k in going]
+        self._bytes_left = [self._bytes_left[k] for k in going]
         done = []
         for fid in sorted(ended):
             req = self.owner.pop(fid)
-            for table in (self.links, self.size, self.remaining, self.route):
-                del table[fid]
+            del self.links[fid], self.route[fid]
             self.left[req] -= 1
             if self.left[req] == 0:
                 del self.left[req]
@@ -697,8 +711,9 @@ def _run_disagg(sc: Scenario, load: Load, policy: Policy, fn: StepFunction, disa
         if plan.coast:
             coasting.event[e] = order
 
-    while events:
-        t, kind, payload = events.pop()
+    next_event = events.pop_next
+    while (event := next_event()) is not None:
+        t, kind, _, payload = event
         if kind == ARRIVAL:
             req = payload
             arrival[req] = clients.sent[req]   # latencies count from the send (request overhead before the queue)

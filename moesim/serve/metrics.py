@@ -34,8 +34,9 @@ def summary_ms(values_s) -> Optional[dict]:
     if v.size == 0:
         return None
     out = {"mean": float(v.mean() * MS)}
-    for q in PERCENTILES:
-        out[f"p{q}"] = float(np.percentile(v, q) * MS)
+    # all percentiles in one call: one partition of the values, each percentile the same float
+    for q, value in zip(PERCENTILES, np.percentile(v, PERCENTILES).tolist()):
+        out[f"p{q}"] = float(value * MS)
     return out
 
 

@@ -188,8 +188,9 @@ def _run_agg(sc: Scenario, load: Load, policy: Policy, fn: StepFunction, *, inst
             push(plan.end_s(t), STEP_END, e)
 
     total_ranks = instances_n * ranks_n
-    while events:
-        t, kind, payload = events.pop()
+    next_event = events.pop_next
+    while (event := next_event()) is not None:
+        t, kind, _, payload = event
         if kind == ARRIVAL:
             req = payload
             queued[req] = t

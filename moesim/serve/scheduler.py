@@ -146,14 +146,19 @@ def _variant(sc: Scenario, workload: Serving) -> Scenario:
     return sc.model_copy(update={"input": sc.input.model_copy(update={"workload": workload})})
 
 
-def kv_capacity_tokens(sc: Scenario, *, isl: int, osl: int, max_batch: int, prefill_tokens: int,
-                       where: str = "one rank", longest: Optional[tuple[int, int]] = None) -> int:
-    """KV tokens one attention-DP rank can hold, from the VRAM ledger (`costs.memory`): the
-    framework's memory budget less weights, buffers, reserved memory and the activations of the
-    largest step the run makes - a decode step of `max_batch` sequences or a prefill step of
-    `prefill_tokens` tokens, whichever leaves less - in tokens of requests of ISL + OSL tokens
-    (`max_kv_tokens_per_gpu`; a rank's TP GPUs each hold their share of every token). `longest`
-    is the (ISL, OSL) of the run's longest request (default: `isl`, `osl`): it must fit alone."""
+# (resolved scenario as JSON, ISL, OSL, largest decode batch, prefill step) -> KV tokens per rank: a
+# planner asks it of every point, and the points of one deployment share a few step sizes.
+_KV_TOKENS: dict = {}
+_KV_TOKENS_KEPT = 1024
+
+
+def _ledger_kv_tokens(sc: Scenario, *, isl: int, osl: int, max_batch: int, prefill_tokens: int) -> int:
+    """`kv_capacity_tokens` before its check of the longest request: the two ledgers' capacity, once
+    per resolved scenario and step size in this process (a ledger depends on nothing else)."""
+    key = (sc.model_dump_json(), isl, osl, max_batch, prefill_tokens)
+    capacity = _KV_TOKENS.get(key)
+    if capacity is not None:
+        return capacity
     decode = _variant(sc, Serving(kind="serving", phase="decode", batch=max_batch, input_len=isl, output_len=osl))
     prefill = _variant(sc, Serving(kind="serving", phase="prefill", batch=1, input_len=isl, output_len=osl,
                                    prefill_chunk_tokens=prefill_tokens))
@@ -163,6 +168,21 @@ def kv_capacity_tokens(sc: Scenario, *, isl: int, osl: int, max_batch: int, pref
         worst = min(ledgers, key=lambda lg: lg.headroom_bytes + lg.per_gpu["kv_cache_bytes"])
         raise MoesimError(f"no room for any KV cache: {shortfall_text(worst)}", field="memory",
                           fix="use more GPUs, a larger EP group or a smaller weights format")
+    if len(_KV_TOKENS) >= _KV_TOKENS_KEPT:
+        _KV_TOKENS.clear()
+    _KV_TOKENS[key] = capacity
+    return capacity
+
+
+def kv_capacity_tokens(sc: Scenario, *, isl: int, osl: int, max_batch: int, prefill_tokens: int,
+                       where: str = "one rank", longest: Optional[tuple[int, int]] = None) -> int:
+    """KV tokens one attention-DP rank can hold, from the VRAM ledger (`costs.memory`): the
+    framework's memory budget less weights, buffers, reserved memory and the activations of the
+    largest step the run makes - a decode step of `max_batch` sequences or a prefill step of
+    `prefill_tokens` tokens, whichever leaves less - in tokens of requests of ISL + OSL tokens
+    (`max_kv_tokens_per_gpu`; a rank's TP GPUs each hold their share of every token). `longest`
+    is the (ISL, OSL) of the run's longest request (default: `isl`, `osl`): it must fit alone."""
+    capacity = _ledger_kv_tokens(sc, isl=isl, osl=osl, max_batch=max_batch, prefill_tokens=prefill_tokens)
     long_in, long_out = longest or (isl, osl)
     if capacity < long_in + long_out:
         raise MoesimError(f"a request of {long_in:,} + {long_out:,} tokens can never fit in the KV cache of {where} "
@@ -230,6 +250,13 @@ class EventQueue:
             self._drop_cancelled()
         t, kind, _, payload = heapq.heappop(self._heap)
         return t, kind, payload
+
+    def pop_next(self) -> Optional[tuple]:
+        """The next event as (time, kind, number, payload), taken off the queue; None when none is
+        left (`__bool__` and `pop` in one call: the event loops' per-event cost)."""
+        if self._cancelled:
+            self._drop_cancelled()
+        return heapq.heappop(self._heap) if self._heap else None
 
     def __bool__(self) -> bool:
         if self._cancelled:
@@ -488,6 +515,10 @@ class Instance:
         all_chunks, all_decodes = [], []
         batches, contexts, tokens_of = [], [], []
         for rank in self.ranks:
+            if not (rank.joining or rank.waiting or rank.prefilling or rank.decoding):   # idle: nothing to run
+                all_chunks.append([])
+                all_decodes.append([])
+                continue
             if rank.joining:   # arrived while a step ran: they join the batch now
                 for req, last in rank.joining:
                     self._start_decoding(rank, req, now if math.isnan(last) else last)
@@ -693,6 +724,10 @@ class Instance:
             return
         osl = self.osl
         for rank, chunks, decodes in zip(self.ranks, plan.chunks, plan.decodes):
+            if not chunks and not decodes:   # an idle rank: only `_count_kv`'s check, when it could act
+                if rank.kv_used > self.peak_kv_used or rank.kv_used > self.kv_capacity:
+                    self._count_kv(rank)
+                continue
             done = self._decode_step(rank, decodes, now, on_token, itl, plan.ends) if decodes else []
             for req, n in chunks:
                 self.prefilled[req] += n
@@ -840,7 +875,7 @@ class Lockstep:
         self.finish_tick = min(self._finish_at, default=self.tick)
         self.measured = sum(self._measured)
         self.decoding = sum(self._batch)
-        self._from, self._times, self._arrays = self.tick, [], None
+        self._from, self._times, self._arrays, self._sums = self.tick, [], None, None
         self._ahead = max(16, min(64, self.LOOK_AHEAD // max(len(busy), 1)))
         self._stopped = False   # the look-ahead stopped at a step that needs a grid point not used yet
 
@@ -1001,7 +1036,7 @@ class Lockstep:
         self._read_ahead(end)
         known = self._from + len(self._times)
         if known < end:
-            self._times += self._durations(known, end, used_only=False).tolist()
+            self._times += self._durations(known, end, used_only=False)
             self._stopped = False
 
     def _read_ahead(self, end: int) -> None:
@@ -1012,23 +1047,49 @@ class Lockstep:
             return
         ahead = self._durations(known, min(max(end, known + self._ahead), self.finish_tick), used_only=True)
         self._ahead *= 2
-        unknown = np.flatnonzero(np.isnan(ahead))
-        self._stopped = unknown.size > 0
-        self._times += (ahead[:unknown[0]] if self._stopped else ahead).tolist()
+        self._stopped = math.isnan(sum(ahead))   # (step times are finite: only a missing point gives NaN)
+        if self._stopped:
+            ahead = ahead[:next(i for i, value in enumerate(ahead) if math.isnan(value))]
+        self._times += ahead
 
-    def _durations(self, start: int, end: int, *, used_only: bool) -> np.ndarray:
+    # Up to this many (busy ranks x steps) a look-ahead is read in plain Python (`_slowest_plain`):
+    # measured, numpy's cost per call is larger below it.
+    PLAIN_ELEMENTS = 128
+
+    def _durations(self, start: int, end: int, *, used_only: bool) -> list[float]:
         """Step times (slowest busy rank plus the CPU overhead) of ticks [start, end), with the
         arithmetic of `Instance.stretch` (a busy rank's context sum at tick s is base + batch x
         (clock0 + s), the same integer however it is summed); NaN where `used_only` and a needed
-        point is not used yet."""
+        point is not used yet. The contexts are laid out a row per busy rank, so the slowest rank
+        of each step is one pass over contiguous rows (`StepFunction.decode_rows_used`: the same
+        floats as `decode_columns`, with fewer numpy calls; a maximum does not depend on order);
+        a small look-ahead is read without numpy (`_slowest_plain`), the same floats."""
+        overhead = self.inst.policy.cpu_overhead_s
+        if used_only and len(self._batch) * (end - start) <= self.PLAIN_ELEMENTS:
+            slowest = self._slowest_plain(start, end)
+            if slowest is not None:
+                return [time + overhead for time in slowest]
         if self._arrays is None:
-            batch, padded, base, clock0 = (np.array(values, dtype=np.int64)
-                                           for values in (self._batch, self._padded, self._base, self._clock0))
-            self._arrays = batch, padded, base + batch * clock0
+            self._arrays = (np.array(self._batch, dtype=np.int64)[:, None], np.array(self._padded, dtype=np.int64),
+                            np.array(self._context_sums(), dtype=np.int64)[:, None])
         batch, padded, sum0 = self._arrays
-        context = (sum0 + batch * np.arange(start, end, dtype=np.int64)[:, None]) / batch
-        times = self.inst.fn.decode_columns(padded, context, used_only=used_only)
-        return times.max(axis=1) + self.inst.policy.cpu_overhead_s
+        context = (sum0 + batch * np.arange(start, end, dtype=np.int64)) / batch   # [busy ranks, steps]
+        fn = self.inst.fn
+        times = fn.decode_rows_used(padded, context) if used_only else None
+        if times is None:
+            times = fn.decode_columns(padded, context.T, used_only=used_only).T
+        return (times.max(axis=0) + overhead).tolist()
+
+    def _context_sums(self) -> list[int]:
+        """Each busy rank's context sum at tick 0 (base + batch x clock0), kept until the next change."""
+        if self._sums is None:
+            self._sums = [base + b * clock0 for b, base, clock0 in zip(self._batch, self._base, self._clock0)]
+        return self._sums
+
+    def _slowest_plain(self, start: int, end: int) -> Optional[list[float]]:
+        """`_durations`' slowest rank per step without the overhead, in plain Python floats
+        (`StepFunction.decode_rows_slowest_used`: the same floats); None where it gives None."""
+        return self.inst.fn.decode_rows_slowest_used(self._padded, self._context_sums(), self._batch, range(start, end))
 
 __all__ = ["ARRIVAL", "FLOW", "Instance", "ItlSamples", "LOCKSTEP", "Lockstep", "Policy", "STEP_END", "StepPlan", "WAKE",
            "check_finished_once", "kv_capacity_tokens", "mark_prefill_start"]

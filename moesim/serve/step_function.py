@@ -121,6 +121,20 @@ def _interp(xs: tuple[int, ...], ys, x: float) -> float:
     return float(y0 + (y1 - y0) * (x - x0) / (x1 - x0))
 
 
+def _span_lerp(total: int, count: int, ticks: range, span: list) -> list:
+    """`StepFunction.decode_rows_used`'s arithmetic for one row of contexts (total + count x tick) /
+    count, element by element, from its `_span_table` row."""
+    x0, _, low0, low_rise, high0, high_rise, width, batch_dx, batch_dw = span
+    if batch_dx == 0.0:   # a batch on a grid point: high is low, and low + 0.0 is low
+        return [low0 + low_rise * ((total + count * tick) / count - x0) / width for tick in ticks]
+    out = []
+    for tick in ticks:
+        dx = (total + count * tick) / count - x0
+        low = low0 + low_rise * dx / width
+        out.append(low + (high0 + high_rise * dx / width - low) * batch_dx / batch_dw)
+    return out
+
+
 def _variant(sc: Scenario, workload: Serving) -> Scenario:
     """The scenario with another serving workload: only the workload changes, so nothing needs
     resolving again (model, system, split and framework stay the resolved ones)."""
@@ -134,11 +148,16 @@ def step_time_s(sc: Scenario) -> float:
     `simulate` adds around it (breakdown, VRAM ledger, error bands, timeline), which a grid point
     does not use and which doubles its cost. tests/test_serve_step_function.py checks the two are
     the same float. The step's time does not depend on whether the grid corner fits in VRAM (the
-    run's KV admission keeps every real step inside it), so no memory check is made."""
+    run's KV admission keeps every real step inside it), so no memory check is made. The routed-expert
+    part of a step (routing, dispatch/combine, expert GEMMs) does not depend on the context, so the
+    grid's decode points of one batch at other contexts reuse it (`_ROUTED`: the same floats)."""
     from moesim.sim.engine import run_step
     from moesim.sim.layer_ops import serving_layers
-    layers, group, _ = serving_layers(sc, microbatches=1, skew="uniform", placement=None)
+    layers, group, _ = serving_layers(sc, microbatches=1, skew="uniform", placement=None, routed_cache=_ROUTED)
     return run_step(layers, group, microbatches=1, record=False).makespan_s
+
+
+_ROUTED: dict = {}   # `sim.layer_ops.serving_layers`' routed-expert parts of the grid points, for this process
 
 
 def simulate_decode(sc: Scenario, batch: int, context: int) -> float:
@@ -246,12 +265,15 @@ class StepFunction:
         self._decode_table = np.full((len(batches), len(contexts)), math.nan)   # the same, for `*_many`
         self._prefill_table = np.full(len(prefill_tokens), math.nan)
         self._batch_cache: dict = {}   # `_batch_pairs`
+        self._spans: Optional[np.ndarray] = None   # `_span_table`, made again when a decode point is used
+        self._span_rows: dict = {}   # its rows as plain floats, (batch, interval) -> list (`decode_rows_slowest_used`)
 
     def _decode_at(self, i: int, j: int) -> float:
         row = self._decode[i]
         value = row[j]
         if value is None:
             value = row[j] = self._decode_table[i, j] = self.times.decode_s(self.batches[i], self.contexts[j])
+            self._spans, self._span_rows = None, {}
         return value
 
     def _prefill_at(self, k: int) -> float:
@@ -403,6 +425,108 @@ class StepFunction:
         low, high = self._lerp(corners[0], corners[1], along), self._lerp(corners[2], corners[3], along)
         return self._lerp(low, high, across)
 
+    # Columns of `_span_table`: the context interval's left end and the bound the last context must
+    # stay below, the grid values and differences `_lerp` uses along contexts, the interval's width,
+    # and the batch weights (x - x0, x1 - x0) across the two bracketing batch rows.
+    SPAN_FIELDS = ("x0", "below", "low0", "low_rise", "high0", "high_rise", "width", "batch_dx", "batch_dw")
+    SPAN_MAX_BATCH = 1 << 16   # larger decode grids are not tabulated (the table has a row per batch)
+
+    def _span_table(self) -> Optional[np.ndarray]:
+        """Per (CUDA-graph batch b, context interval k, as `np.searchsorted(contexts, c, "right")`
+        numbers it) the numbers `decode_columns` computes for a column at batch b whose contexts stay
+        inside interval k, from the grid points used so far (NaN where one is not): one gather per
+        call instead of the bracketing and reads of every call. Rows of batches or intervals outside
+        the grid have a NaN left end, so no context passes them. None for a one-batch grid or one
+        too large to tabulate. Made when first asked, and again after a decode point is used."""
+        if self._spans is None and 1 < len(self.batches) and self.batches[-1] <= self.SPAN_MAX_BATCH:
+            self._spans = self._make_span_table()
+        return self._spans
+
+    def _make_span_table(self) -> np.ndarray:
+        grid, n = _grid(self.contexts), len(self.contexts)
+        values = np.arange(1, self.batches[-1] + 1)
+        blo, bhi = self._pairs(self.batches, values)
+        batch_dx, batch_dw = self._weights(self.batches, blo, bhi, values)
+        out = np.full((len(values) + 1, n + 1, len(self.SPAN_FIELDS)), math.nan)
+        table = self._decode_table
+        for chi in range(1, n):
+            clo = chi - 1
+            x0, x1 = float(grid[clo]), float(grid[chi])
+            low0, high0 = table[blo, clo], table[bhi, clo]
+            span = out[1:, chi]
+            span[:, 0] = x0
+            span[:, 1] = x1 if chi < n - 1 else np.nextafter(x1, math.inf)   # the last interval holds its right end
+            span[:, 2], span[:, 3] = low0, table[blo, chi] - low0
+            span[:, 4], span[:, 5] = high0, table[bhi, chi] - high0
+            span[:, 6] = grid[chi] - grid[clo]
+            span[:, 7], span[:, 8] = batch_dx, batch_dw
+        return out
+
+    def decode_rows_used(self, batch: np.ndarray, context: np.ndarray) -> Optional[np.ndarray]:
+        """`decode_columns(batch, context.T, used_only=True).T`, the same floats, for a [columns,
+        steps] matrix of contexts (each row one column of `decode_columns`, contexts growing along
+        it): when every row stays inside one context interval (`decode_columns`' fast path), its
+        numbers come from `_span_table` in one gather and the interpolation is the same arithmetic,
+        element by element (the rises y1 - y0 are the same differences of the same grid values;
+        integer grid values and weights are exact as floats; where every batch is on a grid point
+        the value is the lower row's, which is what adding (y1 - y0) x 0 gives). None otherwise
+        (then ask `decode_columns`). Rows, not columns: a reduction over the columns of each step
+        is then one pass over contiguous rows."""
+        table = self._span_table()
+        if table is None:
+            return None
+        first, last = context[:, 0], context[:, -1]
+        try:
+            spans = table[batch, np.searchsorted(_grid(self.contexts), first, side="right")].T
+        except IndexError:   # a batch beyond the grid: `decode_columns` says so
+            return None
+        if not ((first > spans[0]) & (last < spans[1])).all() and not self._starts_on_grid_used(spans, first, last):
+            return None   # a row leaves its interval, or starts on a grid point next to one not used yet
+        x0, _, low0, low_rise, high0, high_rise, width, batch_dx, batch_dw = spans[:, :, None]
+        dx = context - x0
+        low = low0 + low_rise * dx / width
+        if not batch_dx.any():
+            return low
+        high = high0 + high_rise * dx / width
+        return low + (high - low) * batch_dx / batch_dw
+
+    @staticmethod
+    def _starts_on_grid_used(spans: np.ndarray, first: np.ndarray, last: np.ndarray) -> bool:
+        """Every row inside its interval, some starting on its left grid point, and every grid point
+        of the intervals used: `decode_columns` reads a context on a grid point as that point's
+        value (`decode_many`), which the interpolation gives too (y0 + rise x 0 / width = y0), so
+        the same floats; only with a point not used yet do the two differ (NaN or not)."""
+        return bool(((first >= spans[0]) & (last < spans[1])).all() and not np.isnan(spans[2:6]).any())
+
+    def decode_rows_slowest_used(self, batch: list, totals: list, counts: list, ticks: range) -> Optional[list]:
+        """Per tick, the largest over the rows of `decode_rows_used(batch, contexts)`, where row r's
+        contexts are (totals[r] + counts[r] x tick) / counts[r]: the same arithmetic in plain
+        Python (the same doubles: an integer quotient is rounded once either way, and a maximum
+        does not depend on order), for the few rows and ticks where numpy's cost per call is
+        larger than the work. Every tick NaN when a row's grid points are not all used yet (as
+        numpy's maximum over such a row gives); None where `decode_rows_used` is."""
+        table = self._span_table()
+        if table is None:
+            return None
+        grid, rows_of = self.contexts, self._span_rows
+        spans = []
+        for b, total, count in zip(batch, totals, counts):
+            first, last = (total + count * ticks[0]) / count, (total + count * ticks[-1]) / count
+            key = (b, bisect.bisect_right(grid, first))   # `np.searchsorted(..., side="right")`
+            span = rows_of.get(key)
+            if span is None:
+                if b >= len(table):
+                    return None
+                span = rows_of[key] = table[key].tolist()
+            if not (first > span[0] and last < span[1]) and not (  # as `_starts_on_grid_used`
+                    first == span[0] and last < span[1] and not math.isnan(span[2] + span[3] + span[4] + span[5])):
+                return None
+            spans.append(span)
+        if any(math.isnan(span[2] + span[3] + span[4] + span[5]) for span in spans):
+            return [math.nan] * len(ticks)
+        rows = [_span_lerp(total, count, ticks, span) for total, count, span in zip(totals, counts, spans)]
+        return rows[0] if len(rows) == 1 else list(map(max, *rows))
+
     def _batch_pairs(self, batch: np.ndarray) -> tuple:
         """(`_pairs`, `_weights`) of decode batches, kept for the batches asked again (a lockstep
         run's batches change only when a request joins or finishes)."""
@@ -472,6 +596,12 @@ class StepFunction:
 
 
 _CACHE: dict = {}   # (scenario, digest, cache file) -> StepTimes, for this process
+
+
+def forget() -> None:
+    """Drop every step time and routed-expert part this process keeps: a benchmark's cold start."""
+    _CACHE.clear()
+    _ROUTED.clear()
 
 
 def step_times(sc: Scenario, cache_dir: Optional[str | Path]) -> StepTimes:

@@ -120,24 +120,22 @@ def slot_token_counts(place, choice: np.ndarray, expert_load: np.ndarray) -> np.
     return np.bincount(slots[ptr[experts] + rows % reps], minlength=len(place.slot_expert)).astype(float)
 
 
-def serving_layers(sc: Scenario, *, microbatches: int, skew: str, placement: Optional[str]) -> tuple[list, int, dict]:
-    """Per-layer op lists for one micro-batch of a serving step of one EP group."""
+def serving_layers(sc: Scenario, *, microbatches: int, skew: str, placement: Optional[str],
+                   routed_cache: Optional[dict] = None) -> tuple[list, int, dict]:
+    """Per-layer op lists for one micro-batch of a serving step of one EP group. `routed_cache`: a
+    dict the caller keeps, in which the routed-expert part of a step (`_routed_parts`: routing
+    sample, dispatch/combine and expert times, which do not depend on the context length) is kept
+    by what it depends on, so steps of other context lengths reuse it (the step-time grid,
+    `serve.step_function`); the `details` of a reused part are the ones it was made with. Only
+    for a skew that names no file (whose bytes could change between calls)."""
     m, p, w = sc.model, sc.plan, sc.input.workload
     gpu, prof, links = hardware_for(sc)
     dt = sc.input.dtypes
     w_dtype = dt.weights
     att_dtype = dt.attention_weights or dt.weights
-    exp_dtype = dt.expert_weights or dt.weights
     check_simulatable(sc)
     group = p.ep * p.etp
-    ranks = group // p.tp
     tokens = max(serving_tokens_per_rank(w) // microbatches, 1)
-    group_tokens = tokens * ranks
-    d = m.hidden_size
-    fabric = build_fabric(sc.system, group, links)
-    domain = min(sc.system.domain_gpus, group)
-    redundant = sc.input.experts.redundant
-    name = placement or ("eplb" if redundant else "contiguous")
     parsed = parse_skew(skew, field="skew")
     decode = w.phase == "decode"
     ctx = w.context_len if decode else w.input_len
@@ -162,17 +160,18 @@ def serving_layers(sc: Scenario, *, microbatches: int, skew: str, placement: Opt
         return max(memory_bound_time(gpu, prof, kv), flops / (peak * prof.matmul_efficiency("bf16")))
 
     moe_index = {layer: i for i, layer in enumerate(m.moe_layer_indices)}
-    sample_layers = sorted(moe_index.values())
-    sample = sample_routing(m, parsed, group_tokens, seed=sc.input.seed, layers=sample_layers,
-                            nodes=max(group // domain, 1), field="skew")
-    history = sample_routing(m, parsed, group_tokens, seed=sc.input.seed, layers=sample_layers, batch=1,
-                             nodes=max(group // domain, 1), field="skew") if name == "eplb" else sample
-    token_gpu = token_source_gpus(group_tokens, p.ep)
-    inter = m.moe.moe_intermediate_size // p.etp
-    dispatch_dtype = "fp8" if precision.get(exp_dtype).family in ("fp8", "fp4") else "bf16"
+    if routed_cache is None or parsed.kind in ("file", "trace"):
+        routed, details, fabric, name, dispatch_dtype = _routed_parts(sc, tokens, parsed, placement)
+    else:
+        key = (_without_lengths(sc).model_dump_json(), tokens, skew, placement)
+        if key not in routed_cache:
+            if len(routed_cache) >= ROUTED_KEPT:
+                routed_cache.clear()
+            routed_cache[key] = _routed_parts(sc, tokens, parsed, placement)
+        routed, details, fabric, name, dispatch_dtype = routed_cache[key]
+        details = dict(details, **{k: list(details[k]) for k in ("moe_layers", "expert_load", "gpu_load")})
+    routed = iter(routed)
     layers = []
-    details: dict = {"moe_layers": [], "expert_load": [], "gpu_load": [], "traffic_layer": None,
-                     "dispatch_bytes": None, "gpus_per_node": domain}
     for layer in range(m.num_hidden_layers):
         attention = [Op("attention", "attention", "compute",
                         (t_proj[layer] + attention_core(layer),) * group),
@@ -186,6 +185,65 @@ def serving_layers(sc: Scenario, *, microbatches: int, skew: str, placement: Opt
             else:
                 layers.append([fuse(attention + dense)])
             continue
+        t_dispatch, t_combine, per_gpu = next(routed)
+        router = Op("router", "router", "compute", (t_router,) * group)
+        if p.tp > 1:
+            ops = [fuse(attention), Op("tp all-reduce", "tp_allreduce", "comm", (t_allreduce,)), router]
+        else:
+            ops = [fuse(attention + [router])]
+        ops += [Op("dispatch", "dispatch", "comm", (t_dispatch,)),
+                fuse([Op("experts", "routed_experts", "compute", per_gpu),
+                      Op("shared experts", "shared_experts", "compute", (t_shared,) * group)]),
+                Op("combine", "combine", "comm", (t_combine,))]
+        layers.append(ops)
+    head_rows = tokens if decode else max(w.batch // microbatches, 1)
+    head = gemm_time(gpu, prof, head_rows, m.vocab_size // p.tp, m.hidden_size, "bf16")
+    layers[-1] = layers[-1] + [Op("lm head", "lm_head", "compute", (head,) * group)]
+    info = {"group_gpus": group, "dp_ranks_per_group": group // p.tp, "tokens_per_rank_per_microbatch": tokens,
+            "placement": name, "skew": parsed.label(), "dispatch_dtype": dispatch_dtype,
+            "efficiency_notes": fabric.efficiency_notes, "details": details}
+    return layers, group, info
+
+
+# Routed-expert parts a `routed_cache` keeps (`serving_layers`): enough for a deployment's step grid.
+ROUTED_KEPT = 32
+
+
+def _without_lengths(sc: Scenario) -> Scenario:
+    """The scenario with its serving workload's batch and lengths set to fixed values (the phase
+    kept): what the routed-expert part of a step depends on besides its tokens per rank."""
+    workload = Serving(kind="serving", phase=sc.input.workload.phase, batch=1, input_len=1, output_len=1)
+    return sc.model_copy(update={"input": sc.input.model_copy(update={"workload": workload})})
+
+
+def _routed_parts(sc: Scenario, tokens: int, parsed, placement: Optional[str]) -> tuple:
+    """The routed-expert part of a serving step of `tokens` tokens per rank: per MoE layer in
+    layer order (dispatch seconds, combine seconds, routed experts' seconds per GPU), the
+    `details` of the step's routing, the group's fabric, the placement's name and the dispatch
+    dtype. It depends on the scenario and the phase, not on the context length."""
+    m, p, w = sc.model, sc.plan, sc.input.workload
+    gpu, prof, links = hardware_for(sc)
+    exp_dtype = sc.input.dtypes.expert_weights or sc.input.dtypes.weights
+    group = p.ep * p.etp
+    group_tokens = tokens * (group // p.tp)
+    d = m.hidden_size
+    fabric = build_fabric(sc.system, group, links)
+    domain = min(sc.system.domain_gpus, group)
+    redundant = sc.input.experts.redundant
+    name = placement or ("eplb" if redundant else "contiguous")
+    moe_index = {layer: i for i, layer in enumerate(m.moe_layer_indices)}
+    sample_layers = sorted(moe_index.values())
+    sample = sample_routing(m, parsed, group_tokens, seed=sc.input.seed, layers=sample_layers,
+                            nodes=max(group // domain, 1), field="skew")
+    history = sample_routing(m, parsed, group_tokens, seed=sc.input.seed, layers=sample_layers, batch=1,
+                             nodes=max(group // domain, 1), field="skew") if name == "eplb" else sample
+    token_gpu = token_source_gpus(group_tokens, p.ep)
+    inter = m.moe.moe_intermediate_size // p.etp
+    dispatch_dtype = "fp8" if precision.get(exp_dtype).family in ("fp8", "fp4") else "bf16"
+    routed = []
+    details: dict = {"moe_layers": [], "expert_load": [], "gpu_load": [], "traffic_layer": None,
+                     "dispatch_bytes": None, "gpus_per_node": domain}
+    for layer in sorted(moe_index):
         i = sample_layers.index(moe_index[layer])
         place = PLACEMENTS[name](history.expert_load[i].astype(float), p.ep, redundant, domain)
         traffic = ep_traffic(sample.choices[i], token_gpu, place, gpus_per_node=domain, hidden=d,
@@ -195,26 +253,10 @@ def serving_layers(sc: Scenario, *, microbatches: int, skew: str, placement: Opt
         slot_tokens = slot_token_counts(place, sample.choices[i], sample.expert_load[i])
         per_rank = grouped_gemm_times_per_owner(gpu, prof, slot_tokens, place.slot_gpu, p.ep, 2 * inter, d, exp_dtype) \
             + grouped_gemm_times_per_owner(gpu, prof, slot_tokens, place.slot_gpu, p.ep, d, inter, exp_dtype)
-        per_gpu = np.repeat(per_rank, p.etp).tolist()
+        routed.append((t_dispatch, t_combine, tuple(np.repeat(per_rank, p.etp).tolist())))
         details["moe_layers"].append(layer)
         details["expert_load"].append(sample.expert_load[i].astype(np.int64).tolist())
         details["gpu_load"].append(np.bincount(place.slot_gpu, weights=slot_tokens, minlength=p.ep).tolist())
         if details["dispatch_bytes"] is None:
             details["traffic_layer"], details["dispatch_bytes"] = layer, traffic.dispatch_bytes.tolist()
-        router = Op("router", "router", "compute", (t_router,) * group)
-        if p.tp > 1:
-            ops = [fuse(attention), Op("tp all-reduce", "tp_allreduce", "comm", (t_allreduce,)), router]
-        else:
-            ops = [fuse(attention + [router])]
-        ops += [Op("dispatch", "dispatch", "comm", (t_dispatch,)),
-                fuse([Op("experts", "routed_experts", "compute", tuple(per_gpu)),
-                      Op("shared experts", "shared_experts", "compute", (t_shared,) * group)]),
-                Op("combine", "combine", "comm", (t_combine,))]
-        layers.append(ops)
-    head_rows = tokens if decode else max(w.batch // microbatches, 1)
-    layers[-1] = layers[-1] + [Op("lm head", "lm_head", "compute",
-                                  (gemm_time(gpu, prof, head_rows, m.vocab_size // p.tp, d, "bf16"),) * group)]
-    info = {"group_gpus": group, "dp_ranks_per_group": ranks, "tokens_per_rank_per_microbatch": tokens,
-            "placement": name, "skew": parsed.label(), "dispatch_dtype": dispatch_dtype,
-            "efficiency_notes": fabric.efficiency_notes, "details": details}
-    return layers, group, info
+    return routed, details, fabric, name, dispatch_dtype
