@@ -20,6 +20,13 @@ def kill_pool(pool: ProcessPoolExecutor) -> None:
             proc.join(timeout=2)
             if proc.is_alive():
                 proc.kill()
+    # Let the pool's manager thread see its workers gone and close its wake-up pipe before we return:
+    # at interpreter exit concurrent.futures writes to that pipe unless it is already marked closed, and
+    # on Python 3.11 the two race ("OSError: Bad file descriptor" printed at exit, seen under load in CI).
+    manager = getattr(pool, "_executor_manager_thread", None)
+    if manager is not None:
+        with contextlib.suppress(Exception):
+            manager.join(timeout=2)
 
 
 __all__ = ["kill_pool"]
