@@ -195,7 +195,7 @@ def test_cancelled_events_never_come():
     events.push(3.0, 1, "c")
     events.cancel(drop)
     assert keep != drop and events.next_time() == 2.0
-    assert [events.pop()[2] for _ in range(2)] == ["b", "c"] and not events
+    assert [events.pop_next()[3] for _ in range(2)] == ["b", "c"] and events.pop_next() is None
 
 
 def test_transfer_rates_are_solve_rates():

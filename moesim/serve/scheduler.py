@@ -245,23 +245,12 @@ class EventQueue:
             self._drop_cancelled()
         return self._heap[0][0] if self._heap else math.inf
 
-    def pop(self) -> tuple:
-        if self._cancelled:
-            self._drop_cancelled()
-        t, kind, _, payload = heapq.heappop(self._heap)
-        return t, kind, payload
-
     def pop_next(self) -> Optional[tuple]:
         """The next event as (time, kind, number, payload), taken off the queue; None when none is
-        left (`__bool__` and `pop` in one call: the event loops' per-event cost)."""
+        left (one call per event: the event loops' per-event cost)."""
         if self._cancelled:
             self._drop_cancelled()
         return heapq.heappop(self._heap) if self._heap else None
-
-    def __bool__(self) -> bool:
-        if self._cancelled:
-            self._drop_cancelled()
-        return bool(self._heap)
 
 
 class Clients:

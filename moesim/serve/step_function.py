@@ -121,6 +121,11 @@ def _interp(xs: tuple[int, ...], ys, x: float) -> float:
     return float(y0 + (y1 - y0) * (x - x0) / (x1 - x0))
 
 
+def _span_unused(span: list) -> bool:
+    """A `_span_table` row (as plain floats) with a grid point not used yet: its values are NaN."""
+    return math.isnan(span[2] + span[3] + span[4] + span[5])
+
+
 def _span_lerp(total: int, count: int, ticks: range, span: list) -> list:
     """`StepFunction.decode_rows_used`'s arithmetic for one row of contexts (total + count x tick) /
     count, element by element, from its `_span_table` row."""
@@ -519,10 +524,10 @@ class StepFunction:
                     return None
                 span = rows_of[key] = table[key].tolist()
             if not (first > span[0] and last < span[1]) and not (  # as `_starts_on_grid_used`
-                    first == span[0] and last < span[1] and not math.isnan(span[2] + span[3] + span[4] + span[5])):
+                    first == span[0] and last < span[1] and not _span_unused(span)):
                 return None
             spans.append(span)
-        if any(math.isnan(span[2] + span[3] + span[4] + span[5]) for span in spans):
+        if any(map(_span_unused, spans)):
             return [math.nan] * len(ticks)
         rows = [_span_lerp(total, count, ticks, span) for total, count, span in zip(totals, counts, spans)]
         return rows[0] if len(rows) == 1 else list(map(max, *rows))
