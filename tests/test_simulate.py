@@ -78,6 +78,38 @@ def test_more_gpus_same_split_never_increase_expert_compute():
     assert large["breakdown"]["routed_experts"]["compute_s"] <= small["breakdown"]["routed_experts"]["compute_s"]
 
 
+def test_moe_layers_without_attention_dp_all_reduce_instead_of_dispatching():
+    # TP 8 attention with EP 8 experts: every GPU holds every token, so no dispatch or combine runs;
+    # the MoE output is summed by an all-reduce like the attention output (two per MoE layer)
+    tp = {"model": "qwen3-30b-a3b", "gpus": 8, "parallel.tp": 8, "parallel.dp": 1, "parallel.ep": 8,
+          "workload.batch": 16}
+    r = simulate(load_scenario(None, tp))
+    b = r["breakdown"]
+    assert "dispatch" not in b and "combine" not in b
+    attention_only = simulate(load_scenario(None, dict(tp, **{"parallel.ep": 1, "parallel.etp": 8})))
+    assert b["tp_allreduce"]["comm_s"] == pytest.approx(attention_only["breakdown"]["tp_allreduce"]["comm_s"])
+    from moesim.sim.layer_ops import tp_allreduce_time
+    sc = load_scenario(None, tp)
+    one = tp_allreduce_time(sc, 16 * sc.model.hidden_size * 2, ())
+    assert b["tp_allreduce"]["comm_s"] == pytest.approx((sc.model.num_hidden_layers + len(sc.model.moe_layer_indices))
+                                                        * one)
+    # with attention DP the ranks hold different tokens: the all-to-all moves them
+    dp = simulate(load_scenario(None, {"model": "qwen3-30b-a3b", "gpus": 8, "parallel.tp": 1, "parallel.ep": 8,
+                                       "workload.batch": 16}))
+    assert dp["breakdown"]["dispatch"]["comm_s"] > 0 and dp["breakdown"]["combine"]["comm_s"] > 0
+
+
+def test_the_gather_exchange_moves_every_token_whatever_the_routing():
+    base = {"gpus": 16, "parallel.ep": 16, "workload.batch": 64}
+    gather = dict(base, **{"runtime.ep_exchange": "allgather_reducescatter"})
+    a2a = simulate(load_scenario(None, base))["breakdown"]
+    ag = simulate(load_scenario(None, gather))["breakdown"]
+    hot = simulate(load_scenario(None, gather), skew="zipf:1.2")["breakdown"]
+    assert ag["dispatch"]["comm_s"] == hot["dispatch"]["comm_s"] > a2a["dispatch"]["comm_s"]   # all tokens, any skew
+    assert ag["combine"]["comm_s"] > 0                                                          # same expert work:
+    assert ag["routed_experts"]["compute_s"] == pytest.approx(a2a["routed_experts"]["compute_s"], rel=1e-12)
+
+
 def test_hot_experts_slow_the_step_and_eplb_recovers():
     base = {"gpus": 32, "parallel.ep": 32, "workload.batch": 128}
     uniform = simulate(load_scenario(None, base))["metrics"]["step_time_s"]

@@ -96,6 +96,31 @@ def test_sglang_aggregated_benchmarks_mix_decode_into_prefill_steps():
     assert S.step_policy(vllm, "mixed") == "mixed"
 
 
+def test_engines_run_the_benchmark_launchs_step_budget_and_a_graph_for_every_batch():
+    def of(**kw):
+        return S.benchmark_of(load_cases_from(bench("l", concurrency=8, **dict({"isl": 1000}, **kw)))[0], None)
+    # max_batch_size + isl + 1500 (the pool's max_batch_per_attn_dp: 8 clients over 2 attention-DP ranks)
+    assert S.step_token_budget(of(), 8192) == 4 + 1000 + 1500
+    assert S.step_token_budget(of(backend="trtllm"), 8192) == 2528            # 2504 up to a 32-token block
+    assert S.step_token_budget(of(backend="sglang"), 8192) == 4 + 2500        # isl + 1500 below the chunk
+    assert S.step_token_budget(of(backend="sglang", isl=9000), 8192) == 4 + 8192   # the chunk below isl + 1500
+    assert S.step_token_budget(of(mode="disagg"), 8192) == 8192               # pools keep the framework's
+    assert S.graph_sizes(of()) == (1, 2, 3, 4)
+    run = run_benchmark(of(), SPEC_PROFILE.values())
+    assert run["tpot_ms"] > 0
+
+
+def test_attention_dp_benchmarks_gather_tokens_unless_trtllm_has_mnnvl():
+    def exchange(**kw):
+        b = S.benchmark_of(load_cases_from(bench("x", **kw))[0], None)
+        return S.scenario_overrides(b)["runtime.ep_exchange"]
+    assert exchange() == "allgather_reducescatter"                            # vLLM's default backend
+    assert exchange(backend="sglang") == exchange(backend="trtllm") == "allgather_reducescatter"
+    assert exchange(backend="trtllm", system="gb200-nvl72", model="deepseek-v3", weights_dtype="nvfp4",
+                    moe_dtype="nvfp4") == "all_to_all"                        # MNNVL all-to-all in one NVL72 rack
+    assert exchange(backend="vllm", system="gb200-nvl72", model="deepseek-v3") == "allgather_reducescatter"
+
+
 def load_cases_from(cases, tmp=None):
     import tempfile
     from pathlib import Path

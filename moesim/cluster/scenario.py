@@ -69,6 +69,12 @@ class Runtime(Record):
     kernel_profile: Optional[str] = Field(None, description="kernel-model parameters: a profile from `moesim calibrate "
                                                              "--cases`, `spec` for sourced defaults; default: the "
                                                              "shipped topologies/calibration/kernels.yaml")
+    ep_exchange: Literal["all_to_all", "allgather_reducescatter"] = Field(
+        "all_to_all", description="how MoE layers with attention DP move tokens between the EP group's ranks: an "
+                                  "all-to-all EP library (DeepEP and its kin: each token to the ranks of its experts), "
+                                  "or the frameworks' out-of-the-box exchange (every rank all-gathers every token, "
+                                  "then reduce-scatters the outputs: vLLM --all2all-backend allgather_reducescatter, "
+                                  "SGLang without --moe-a2a-backend, TensorRT-LLM without MNNVL)")
 
 
 class ScenarioInput(Record):

@@ -28,6 +28,7 @@ from typing import Optional
 
 from moesim.cluster.scenario import Scenario, Serving, Training, framework_table
 from moesim.core.loader import Record
+from moesim.costs.exchange import moe_exchange
 from moesim.specs import precision
 from moesim.specs.model import ModelSpec
 from moesim.specs.parallelism import ParallelPlan, stage_layers
@@ -262,12 +263,13 @@ def microbatches_in_flight(plan: ParallelPlan, w: Training, stage: int) -> int:
 
 # ---------------------------------------------------------------- buffers
 def ep_buffer_bytes(sc: Scenario) -> float:
-    """DeepEP buffers: low-latency layout for decode, NVLink (+RDMA across domains) otherwise."""
+    """DeepEP buffers: low-latency layout for decode, NVLink (+RDMA across domains) otherwise; none
+    where a serving step runs no EP library (`costs.exchange.moe_exchange`)."""
     p, m = sc.plan, sc.model
-    if p.ep == 1:
+    w = sc.input.workload
+    if p.ep == 1 or (isinstance(w, Serving) and moe_exchange(sc) != "all_to_all"):
         return 0.0
     eb = framework_table().ep_buffers
-    w = sc.input.workload
     if isinstance(w, Serving) and w.phase == "decode":
         tokens = eb.deepep_low_latency.max_dispatch_tokens_per_rank.value
         h, experts = m.hidden_size, m.moe.num_experts + sc.input.experts.redundant

@@ -15,6 +15,7 @@ from moesim.cluster.scenario import Scenario, Serving
 from moesim.core.errors import MoesimError
 from moesim.costs.collectives import build_fabric, collective_time
 from moesim.costs.compute import gemm_time, grouped_gemm_times_per_owner, memory_bound_time
+from moesim.costs.exchange import moe_exchange
 from moesim.costs.memory import kv_share_per_gpu
 from moesim.costs.placement import PLACEMENTS
 from moesim.costs.routing import parse_skew, sample_routing
@@ -90,6 +91,24 @@ def tp_allreduce_time(sc: Scenario, size: float, links: tuple) -> float:
     from moesim.costs.collective_kernels import kernel_seconds
     from moesim.sim.provenance import kernel_profile
     return kernel_seconds(sc.system, p.tp, "all_reduce", size, kernel_profile(sc).values())[0]
+
+
+ACTIVATION_BYTES = 2   # BF16 hidden states: what the all-gather moves and the reduce-scatter sums
+
+
+def gather_exchange_times(sc: Scenario, gathered_bytes: float) -> tuple[float, float]:
+    """Seconds of the all-gather / reduce-scatter exchange (`Runtime.ep_exchange`): every GPU of the
+    EP group gathers all of the group's tokens (`gathered_bytes`, the whole gathered buffer, as
+    nccl-tests sizes it), runs its local experts on the tokens routed to them, and the partial
+    outputs are reduce-scattered back to their ranks - NCCL collectives on the collective kernel
+    model, whatever the routing."""
+    from moesim.costs.collective_kernels import kernel_seconds
+    from moesim.sim.provenance import kernel_profile
+    group = sc.plan.ep * sc.plan.etp
+    values = kernel_profile(sc).values()
+    gather = kernel_seconds(sc.system, group, "all_gather", gathered_bytes, values)[0]
+    scatter = kernel_seconds(sc.system, group, "reduce_scatter", gathered_bytes, values)[0]
+    return gather, scatter
 
 
 def serving_tokens_per_rank(w: Serving) -> int:
@@ -171,6 +190,7 @@ def serving_layers(sc: Scenario, *, microbatches: int, skew: str, placement: Opt
         routed, details, fabric, name, dispatch_dtype = routed_cache[key]
         details = dict(details, **{k: list(details[k]) for k in ("moe_layers", "expert_load", "gpu_load")})
     routed = iter(routed)
+    exchange = moe_exchange(sc)
     layers = []
     for layer in range(m.num_hidden_layers):
         attention = [Op("attention", "attention", "compute",
@@ -191,10 +211,16 @@ def serving_layers(sc: Scenario, *, microbatches: int, skew: str, placement: Opt
             ops = [fuse(attention), Op("tp all-reduce", "tp_allreduce", "comm", (t_allreduce,)), router]
         else:
             ops = [fuse(attention + [router])]
-        ops += [Op("dispatch", "dispatch", "comm", (t_dispatch,)),
-                fuse([Op("experts", "routed_experts", "compute", per_gpu),
-                      Op("shared experts", "shared_experts", "compute", (t_shared,) * group)]),
-                Op("combine", "combine", "comm", (t_combine,))]
+        experts = fuse([Op("experts", "routed_experts", "compute", per_gpu),
+                        Op("shared experts", "shared_experts", "compute", (t_shared,) * group)])
+        if exchange == "replicated":
+            if p.tp > 1:
+                ops += [experts, Op("moe all-reduce", "tp_allreduce", "comm", (t_allreduce,))]
+            else:
+                ops[-1] = fuse([ops[-1], experts])
+        else:
+            ops += [Op("dispatch", "dispatch", "comm", (t_dispatch,)), experts,
+                    Op("combine", "combine", "comm", (t_combine,))]
         layers.append(ops)
     head_rows = tokens if decode else max(w.batch // microbatches, 1)
     head = gemm_time(gpu, prof, head_rows, m.vocab_size // p.tp, m.hidden_size, "bf16")
@@ -240,6 +266,9 @@ def _routed_parts(sc: Scenario, tokens: int, parsed, placement: Optional[str]) -
     token_gpu = token_source_gpus(group_tokens, p.ep)
     inter = m.moe.moe_intermediate_size // p.etp
     dispatch_dtype = "fp8" if precision.get(exp_dtype).family in ("fp8", "fp4") else "bf16"
+    exchange = moe_exchange(sc)
+    gathered = gather_exchange_times(sc, group_tokens * d * ACTIVATION_BYTES) \
+        if exchange == "allgather_reducescatter" else None
     routed = []
     details: dict = {"moe_layers": [], "expert_load": [], "gpu_load": [], "traffic_layer": None,
                      "dispatch_bytes": None, "gpus_per_node": domain}
@@ -248,7 +277,12 @@ def _routed_parts(sc: Scenario, tokens: int, parsed, placement: Optional[str]) -
         place = PLACEMENTS[name](history.expert_load[i].astype(float), p.ep, redundant, domain)
         traffic = ep_traffic(sample.choices[i], token_gpu, place, gpus_per_node=domain, hidden=d,
                              dispatch_dtype=dispatch_dtype)
-        t_dispatch, t_combine = ep_comm_times(sc, fabric, traffic, domain, host_sync=w.phase == "prefill")
+        if exchange == "replicated":
+            t_dispatch, t_combine = 0.0, 0.0
+        elif gathered is not None:
+            t_dispatch, t_combine = gathered
+        else:
+            t_dispatch, t_combine = ep_comm_times(sc, fabric, traffic, domain, host_sync=w.phase == "prefill")
         # per-slot token counts: each (token, expert) pair goes to replica token % replicas
         slot_tokens = slot_token_counts(place, sample.choices[i], sample.expert_load[i])
         per_rank = grouped_gemm_times_per_owner(gpu, prof, slot_tokens, place.slot_gpu, p.ep, 2 * inter, d, exp_dtype) \

@@ -18,9 +18,10 @@ the scheduler's per-rank limit (`Policy.max_running`): AIConfigurator sets it to
 rank (3,348 of the 3,370 agg records); the 22 whose limit is below the clients (it is the clients
 per GPU there) are skipped as inconsistent rather than left to queue clients for whole requests;
 backend -> `runtime.framework` (its batching defaults, workloads/frameworks.yaml, but SGLang's
-aggregated steps mixed, `AGG_STEP_POLICY`); weights_dtype / moe_dtype -> `dtypes.weights` /
-`dtypes.expert_weights` (an FP4 checkpoint on a GPU without FP4 tensor cores runs weight-only,
-`WEIGHT_ONLY_FP4`). The KV-cache format is not stated: FP8 for FP8/FP4-quantised checkpoints, BF16
+aggregated steps mixed, `AGG_STEP_POLICY`, and the step token budget, CUDA graphs and attention-DP
+EP exchange AIConfigurator's benchmark launch gives them: `step_token_budget`, `graph_sizes`,
+`ep_exchange`); weights_dtype / moe_dtype -> `dtypes.weights` / `dtypes.expert_weights` (an FP4
+checkpoint on a GPU without FP4 tensor cores runs weight-only, `WEIGHT_ONLY_FP4`). The KV-cache format is not stated: FP8 for FP8/FP4-quantised checkpoints, BF16
 for the others (`kv_cache_format`, which says why). Disaggregated benchmarks run `serve.disagg`
 with `prefill.workers` instances of the prefill pool's split (the scenario) and `decode.workers`
 instances of the decode pool's (`make_disagg(decode_parallel=)` when it differs); each pool has
@@ -112,6 +113,39 @@ AGG_STEP_POLICY = {"sglang": "mixed"}
 def step_policy(b: "Benchmark", default: str) -> str:
     """The step policy a benchmark's engine ran (AGG_STEP_POLICY), else the framework's `default`."""
     return AGG_STEP_POLICY.get(b.backend, default) if b.mode == "agg" else default
+
+
+# The benchmark engines' step token budget and CUDA graphs, as AIConfigurator's generator launches them in
+# benchmark mode (github ai-dynamo/aiconfigurator src/aiconfigurator/generator/rule_plugin/benchmark/
+# {vllm,sglang,trtllm}.rule, the same in these terms from commit 71bb3d00e of 2026-01-30, before the file's first
+# record, to 095f58a51, the file's commit):
+# - vLLM `agg max_num_tokens = max_batch_size + isl + 1500`; TensorRT-LLM the same rounded up to its KV block of
+#   32 tokens (`tokens_per_block` 32); SGLang `max_prefill_tokens = isl + 1500`, a cap on a step's prompt tokens
+#   beside its default chunk (chunked_prefill_size, the framework's step_token_budget), with decode tokens
+#   joining the step (--enable-mixed-chunk): moesim's shared budget is then the batch limit plus the smaller
+#   of the two. Disaggregated pools keep the framework's budget: their prefill ranks take one prompt at a
+#   time (max batch 1, below every default budget) and their decode ranks only decode.
+# - every engine: `cuda_graph_batch_sizes = range(1, max_batch_size + 1)`, a graph for every batch up to the
+#   limit, so a decode step runs its own batch, never a padded one.
+LAUNCH_PROMPT_SLACK = 1500
+TRTLLM_TOKENS_PER_BLOCK = 32
+
+
+def step_token_budget(b: "Benchmark", default: int) -> int:
+    """The step token budget of the benchmark's engines (see LAUNCH_PROMPT_SLACK), `default` the framework's."""
+    if b.mode != "agg":
+        return default
+    limit, prompt = b.pool.max_batch, b.isl + LAUNCH_PROMPT_SLACK
+    if b.backend == "sglang":
+        return limit + min(default, prompt)
+    if b.backend == "trtllm":
+        return -(-(limit + prompt) // TRTLLM_TOKENS_PER_BLOCK) * TRTLLM_TOKENS_PER_BLOCK
+    return limit + prompt
+
+
+def graph_sizes(b: "Benchmark") -> tuple[int, ...]:
+    """The decode batch sizes the benchmark's engines captured CUDA graphs for (see LAUNCH_PROMPT_SLACK)."""
+    return tuple(range(1, batch_limit(b) + 1))
 
 
 def kv_cache_format(weights: str) -> str:
@@ -299,9 +333,29 @@ def scenario_overrides(b: Benchmark) -> dict:
                  "dtypes.kv_cache": kv_cache_format(b.weights), "runtime.framework": b.backend, "seed": 0,
                  "workload": {"kind": "serving", "phase": "decode", "batch": 1, "input_len": b.isl,
                               "output_len": b.osl}}
+    overrides["runtime.ep_exchange"] = ep_exchange(b)
     if b.profile:
         overrides["runtime.profile"] = b.profile
     return overrides
+
+
+# How the benchmarks' attention-DP engines move tokens to their experts (`Runtime.ep_exchange`). AIConfigurator's
+# launch templates pass no EP communication backend (github ai-dynamo/aiconfigurator src/aiconfigurator/generator/
+# config/backend_templates: vLLM's have no --all2all-backend, SGLang's emit --moe-a2a-backend only where a rule sets
+# it and none does), so each engine runs its default: vLLM --all2all-backend allgather_reducescatter (docs.vllm.ai
+# 'Expert Parallel Deployment', the default backend), SGLang --moe-a2a-backend none (its DP-attention MoE gathers
+# every rank's tokens and scatters the outputs back), TensorRT-LLM all-gather + reduce-scatter unless MNNVL memory is
+# available, where it runs its NVLink all-to-all (tensorrt_llm/_torch/modules/fused_moe/fused_moe_cutlass.py
+# enable_alltoall: attention DP and MnnvlMemory.supported(), i.e. a multi-node NVLink domain: GB200 / GB300 NVL72).
+MNNVL_ALL_TO_ALL = {"trtllm"}
+
+
+def ep_exchange(b: "Benchmark") -> str:
+    """The EP exchange the benchmark's engines ran (see MNNVL_ALL_TO_ALL)."""
+    from moesim.specs.hardware import load_system
+    system = load_system(b.system)
+    mnnvl = system.domain_gpus > system.gpus_per_node
+    return "all_to_all" if b.backend in MNNVL_ALL_TO_ALL and mnnvl else "allgather_reducescatter"
 
 
 def disagg_for(b: Benchmark):
@@ -385,5 +439,5 @@ def prepare_many(cases: list[Case], calibration_of: Callable[[Case], Optional[Ca
 
 
 __all__ = ["Benchmark", "METRICS", "Pool", "WHAT", "batch_limit", "benchmark_of", "config_key", "disagg_for", "labels",
-           "load_for", "profiled_mean", "simulated_rounds", "step_policy",
+           "load_for", "profiled_mean", "simulated_rounds", "step_policy", "step_token_budget", "graph_sizes",
            "prepare_many", "scenario_overrides", "target"]

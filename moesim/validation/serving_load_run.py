@@ -33,8 +33,8 @@ import numpy as np
 from moesim.core.errors import MoesimError
 from moesim.core.pools import kill_pool
 from moesim.serve.scheduler import serving_overhead_names
-from moesim.validation.serving_load import (Benchmark, batch_limit, disagg_for, load_for, profiled_mean,
-                                            scenario_overrides, step_policy)
+from moesim.validation.serving_load import (Benchmark, batch_limit, disagg_for, graph_sizes, load_for, profiled_mean,
+                                            scenario_overrides, step_policy, step_token_budget)
 
 US = 1e6              # trace timestamps are microseconds
 MS = 1e3
@@ -87,6 +87,7 @@ def run_benchmark(b: Benchmark, values: dict) -> dict:
         sc = load_scenario(None, scenario_overrides(b))
         default = Policy.of(sc)
         policy = replace(default, max_running=batch_limit(b), step_policy=step_policy(b, default.step_policy),
+                         token_budget=step_token_budget(b, default.token_budget), graph_sizes=graph_sizes(b),
                          cpu_overhead_s=c_ms / 1e3, request_overhead_s=r_ms / 1e3, kv_handoff_s=h_ms / 1e3)
         result = serve(sc, load_for(b), disagg=disagg_for(b), policy=policy, trace=True)
     except MoesimError as exc:
