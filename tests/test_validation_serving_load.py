@@ -217,6 +217,20 @@ def test_closure_against_a_resimulation(good):
     assert targets["a-c4-tpot_ms"].predict(moved) == pytest.approx(rerun["tpot_ms"], rel=0.05)
 
 
+def test_a_run_simulates_at_its_values_even_after_a_run_at_others_in_the_same_process():
+    # step times and routed-expert parts are kept per process; their keys hold the kernel values in
+    # force, so slower collectives (the attention-DP ranks' all-gather and reduce-scatter in every
+    # MoE layer) must show in the second run
+    case = load_cases_from(bench("hbm", concurrency=8, isl=256, osl=32))[1]
+    b = S.benchmark_of(case, None)
+    v = SPEC_PROFILE.values()
+    first = run_benchmark(b, v)
+    slower = run_benchmark(b, dict(v, **{"collective.latency_scale": v["collective.latency_scale"] * 20}))
+    again = run_benchmark(b, v)
+    assert slower["tpot_ms"] > first["tpot_ms"] * 1.2
+    assert again["tpot_ms"] == first["tpot_ms"]
+
+
 def test_workers_give_the_same_floats(good):
     _, cases, targets = good
     benches = {}

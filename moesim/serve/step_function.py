@@ -611,8 +611,10 @@ def forget() -> None:
 
 def step_times(sc: Scenario, cache_dir: Optional[str | Path]) -> StepTimes:
     """The shared step times of the deployment; with `cache_dir`, backed by a file in it named by
-    the hash of the resolved scenario and `core.digest.code_and_data_digest()`."""
-    key = hashlib.sha256(f"{sc.model_dump_json()}\n{code_and_data_digest()}".encode()).hexdigest()
+    the hash of the resolved scenario, the kernel-parameter values in force and
+    `core.digest.code_and_data_digest()`."""
+    from moesim.sim.provenance import kernel_values_key
+    key = hashlib.sha256(f"{sc.model_dump_json()}\n{kernel_values_key(sc)}\n{code_and_data_digest()}".encode()).hexdigest()
     path = None
     if cache_dir is not None:
         folder = Path(cache_dir)

@@ -21,7 +21,7 @@ from moesim.costs.placement import PLACEMENTS
 from moesim.costs.routing import parse_skew, sample_routing
 from moesim.costs.traffic import ep_traffic, token_source_gpus
 from moesim.sim.engine import Op, fuse
-from moesim.sim.provenance import hardware_for
+from moesim.sim.provenance import hardware_for, kernel_values_key
 from moesim.specs import precision
 from moesim.specs.opcosts import attention_core_flops, attention_kv_elements_read
 
@@ -182,7 +182,7 @@ def serving_layers(sc: Scenario, *, microbatches: int, skew: str, placement: Opt
     if routed_cache is None or parsed.kind in ("file", "trace"):
         routed, details, fabric, name, dispatch_dtype = _routed_parts(sc, tokens, parsed, placement)
     else:
-        key = (_without_lengths(sc).model_dump_json(), tokens, skew, placement)
+        key = (_without_lengths(sc).model_dump_json(), kernel_values_key(sc), tokens, skew, placement)
         if key not in routed_cache:
             if len(routed_cache) >= ROUTED_KEPT:
                 routed_cache.clear()

@@ -17,13 +17,23 @@ def kernel_profile(sc: Scenario):
     return resolve_kernel_profile(sc.input.runtime.kernel_profile)
 
 
+def kernel_values_key(sc: Scenario) -> str:
+    """The kernel-parameter values in force, as text: part of the key of anything simulated with
+    them and kept across runs of one process (step times, routed-expert parts), so a process that
+    simulates under two profiles (a calibration's passes, a test) never reuses the other's."""
+    values = kernel_profile(sc).values()
+    return ",".join(f"{k}={values[k]!r}" for k in sorted(values))
+
+
 def gemm_fit(sc: Scenario, prof):
     """The compute profile with the kernel profile's gemm.* parameters, for the library that runs
-    the scenario's expert weights (`topologies/kernels/libraries/gemm.yaml`, simulate)."""
+    the scenario's expert weights (`topologies/kernels/libraries/gemm.yaml`, simulate); the GPU's
+    own compute profile where the kernel profile fits no gemm.* parameter (`spec`, or a profile
+    that moves only other parameters)."""
     from moesim.core.loader import data_root, read_yaml
     from moesim.costs.gemm_kernels import fitted_compute_profile
     kp = kernel_profile(sc)
-    if not kp.fitted:
+    if not any(name.startswith("gemm.") for name in kp.fitted):
         return prof
     rules, _ = read_yaml(data_root() / "topologies" / "kernels" / "libraries" / "gemm.yaml")
     block = "block" in (sc.input.dtypes.weights or "")

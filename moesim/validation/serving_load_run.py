@@ -77,7 +77,9 @@ def run_group(group: list[Benchmark], profile) -> dict[str, dict]:
 
 
 def run_benchmark(b: Benchmark, values: dict) -> dict:
-    """One benchmark simulated at the parameter values `values`; `{"skip": reason}` when it cannot run."""
+    """One benchmark simulated at the parameter values `values` (the serving overheads through its policy,
+    every other kernel parameter as the profile it runs under); `{"skip": reason}` when it cannot run."""
+    from moesim.calibration.kernel_params import standing_in_for_default
     from moesim.cluster.scenario import load_scenario
     from moesim.serve.run import serve
     from moesim.serve.scheduler import Policy
@@ -89,7 +91,8 @@ def run_benchmark(b: Benchmark, values: dict) -> dict:
         policy = replace(default, max_running=batch_limit(b), step_policy=step_policy(b, default.step_policy),
                          token_budget=step_token_budget(b, default.token_budget), graph_sizes=graph_sizes(b),
                          cpu_overhead_s=c_ms / 1e3, request_overhead_s=r_ms / 1e3, kv_handoff_s=h_ms / 1e3)
-        result = serve(sc, load_for(b), disagg=disagg_for(b), policy=policy, trace=True)
+        with standing_in_for_default(profile_of(values)):
+            result = serve(sc, load_for(b), disagg=disagg_for(b), policy=policy, trace=True)
     except MoesimError as exc:
         if exc.field in ("memory", "--isl/--osl"):
             return {"skip": f"KV cache does not fit per the VRAM ledger: {exc.problem}"}
@@ -101,6 +104,15 @@ def run_benchmark(b: Benchmark, values: dict) -> dict:
     return {"ttft_ms": profiled_mean(ttft_s * MS, c), "tpot_ms": profiled_mean(tpot_s * MS, c),
             "steps_before_first_token": profiled_mean(first, c), "steps_per_output_token": profiled_mean(per_token, c),
             "step_cpu_ms": c_ms, "request_overhead_ms": r_ms, "disagg_handoff_ms": h_ms}
+
+
+def profile_of(values: dict):
+    """A kernel profile that predicts with `values`: the parameters that differ from their sourced
+    defaults as its fitted ones (so the defaults alone are the `spec` profile, as in `run_group`)."""
+    from moesim.calibration.kernel_params import KernelProfile, definitions
+    defaults = definitions()
+    return KernelProfile(name="serving_load run", fitted={k: v for k, v in values.items()
+                                                          if k not in defaults or v != defaults[k].value})
 
 
 def step_counts(trace: dict, *, osl: int, mode: str, queue_delay_s: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
