@@ -18,4 +18,3 @@ def moe_exchange(sc) -> str:
     if sc.plan.ep * sc.plan.etp == sc.plan.tp:
         return "replicated"
     return sc.input.runtime.ep_exchange
-

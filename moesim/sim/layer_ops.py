@@ -275,14 +275,15 @@ def _routed_parts(sc: Scenario, tokens: int, parsed, placement: Optional[str]) -
     for layer in sorted(moe_index):
         i = sample_layers.index(moe_index[layer])
         place = PLACEMENTS[name](history.expert_load[i].astype(float), p.ep, redundant, domain)
-        traffic = ep_traffic(sample.choices[i], token_gpu, place, gpus_per_node=domain, hidden=d,
-                             dispatch_dtype=dispatch_dtype)
-        if exchange == "replicated":
-            t_dispatch, t_combine = 0.0, 0.0
-        elif gathered is not None:
+        traffic = None
+        if exchange == "all_to_all":   # only an all-to-all moves tokens by where their experts are
+            traffic = ep_traffic(sample.choices[i], token_gpu, place, gpus_per_node=domain, hidden=d,
+                                 dispatch_dtype=dispatch_dtype)
+            t_dispatch, t_combine = ep_comm_times(sc, fabric, traffic, domain, host_sync=w.phase == "prefill")
+        elif exchange == "allgather_reducescatter":
             t_dispatch, t_combine = gathered
         else:
-            t_dispatch, t_combine = ep_comm_times(sc, fabric, traffic, domain, host_sync=w.phase == "prefill")
+            t_dispatch, t_combine = 0.0, 0.0
         # per-slot token counts: each (token, expert) pair goes to replica token % replicas
         slot_tokens = slot_token_counts(place, sample.choices[i], sample.expert_load[i])
         per_rank = grouped_gemm_times_per_owner(gpu, prof, slot_tokens, place.slot_gpu, p.ep, 2 * inter, d, exp_dtype) \
@@ -291,6 +292,6 @@ def _routed_parts(sc: Scenario, tokens: int, parsed, placement: Optional[str]) -
         details["moe_layers"].append(layer)
         details["expert_load"].append(sample.expert_load[i].astype(np.int64).tolist())
         details["gpu_load"].append(np.bincount(place.slot_gpu, weights=slot_tokens, minlength=p.ep).tolist())
-        if details["dispatch_bytes"] is None:
+        if traffic is not None and details["dispatch_bytes"] is None:
             details["traffic_layer"], details["dispatch_bytes"] = layer, traffic.dispatch_bytes.tolist()
     return routed, details, fabric, name, dispatch_dtype

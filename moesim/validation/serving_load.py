@@ -21,8 +21,8 @@ backend -> `runtime.framework` (its batching defaults, workloads/frameworks.yaml
 aggregated steps mixed, `AGG_STEP_POLICY`, and the step token budget, CUDA graphs and attention-DP
 EP exchange AIConfigurator's benchmark launch gives them: `step_token_budget`, `graph_sizes`,
 `ep_exchange`); weights_dtype / moe_dtype -> `dtypes.weights` / `dtypes.expert_weights` (an FP4
-checkpoint on a GPU without FP4 tensor cores runs weight-only, `WEIGHT_ONLY_FP4`). The KV-cache format is not stated: FP8 for FP8/FP4-quantised checkpoints, BF16
-for the others (`kv_cache_format`, which says why). Disaggregated benchmarks run `serve.disagg`
+checkpoint on a GPU without FP4 tensor cores runs weight-only, `WEIGHT_ONLY_FP4`). The KV-cache
+format is not stated: FP8 for FP8/FP4-quantised checkpoints, BF16 for the others (`kv_cache_format`, which says why). Disaggregated benchmarks run `serve.disagg`
 with `prefill.workers` instances of the prefill pool's split (the scenario) and `decode.workers`
 instances of the decode pool's (`make_disagg(decode_parallel=)` when it differs); each pool has
 its own per-rank limit (the prefill pools of this file all say 1: AIConfigurator launches prefill
@@ -438,6 +438,6 @@ def prepare_many(cases: list[Case], calibration_of: Callable[[Case], Optional[Ca
     return out
 
 
-__all__ = ["Benchmark", "METRICS", "Pool", "WHAT", "batch_limit", "benchmark_of", "config_key", "disagg_for", "labels",
-           "load_for", "profiled_mean", "simulated_rounds", "step_policy", "step_token_budget", "graph_sizes",
+__all__ = ["Benchmark", "METRICS", "Pool", "WHAT", "batch_limit", "benchmark_of", "config_key", "disagg_for", "ep_exchange",
+           "labels", "load_for", "profiled_mean", "simulated_rounds", "step_policy", "step_token_budget", "graph_sizes",
            "prepare_many", "scenario_overrides", "target"]

@@ -68,12 +68,10 @@ def _cost(group: list[Benchmark]) -> float:
 
 
 def run_group(group: list[Benchmark], profile) -> dict[str, dict]:
-    """One deployment's benchmarks in this process, with the kernel profile `profile` standing in for
-    the default (a pool worker does not inherit the caller's context)."""
-    from moesim.calibration.kernel_params import standing_in_for_default
-    with standing_in_for_default(profile):
-        values = profile.values()
-        return {b.key: run_benchmark(b, values) for b in group}
+    """One deployment's benchmarks in this process at the kernel profile's values (each run stands
+    them in for the default itself: a pool worker does not inherit the caller's context)."""
+    values = profile.values()
+    return {b.key: run_benchmark(b, values) for b in group}
 
 
 def run_benchmark(b: Benchmark, values: dict) -> dict:
