@@ -69,9 +69,9 @@ def test_low_load_limits_and_kv_transfer_inside_a_node():
     for key in ("mean", "p50", "p90", "p99"):
         assert kv["transfer_ms"][key] == pytest.approx(expected * 1e3, rel=1e-9)
     assert kv["wait_for_decode_slot_ms"]["p99"] == 0.0
-    prefill = p.request_overhead_s + simulate_prefill(sc, ISL, ISL) + p.cpu_overhead_s
+    prefill = p.request_overhead_s + simulate_prefill(sc, ISL, ISL) + p.step_overhead_s
     assert m["ttft_ms"]["mean"] == pytest.approx((prefill + expected + p.kv_handoff_s) * 1e3, rel=0.02)
-    assert m["tpot_ms"]["mean"] == pytest.approx((simulate_decode(sc, 1, ISL + OSL // 2) + p.cpu_overhead_s) * 1e3,
+    assert m["tpot_ms"]["mean"] == pytest.approx((simulate_decode(sc, 1, ISL + OSL // 2) + p.step_overhead_s) * 1e3,
                                                  rel=0.02)
     agg = serve(sc, load)["metrics"]
     assert m["e2e_ms"]["mean"] - agg["e2e_ms"]["mean"] == pytest.approx((expected + p.kv_handoff_s) * 1e3, rel=1e-6)

@@ -72,7 +72,7 @@ def test_decode_pool_runs_its_own_step_function():
     r = serve(sc, make_load(isl=ISL, osl=OSL, requests=4, concurrency=1), disagg=disagg)
     own, other = simulate_decode(dsc, 1, ISL + OSL // 2), simulate_decode(sc, 1, ISL + OSL // 2)
     assert own != pytest.approx(other, rel=1e-3)
-    cpu = Policy.of(sc).cpu_overhead_s   # every step adds the framework's CPU time
+    cpu = Policy.of(sc).step_overhead_s   # every step adds the framework's CPU and per-layer time
     assert r["metrics"]["tpot_ms"]["mean"] == pytest.approx((own + cpu) * 1e3, rel=0.02)
     kv = r["kv_transfer"]
     # GQA (4 KV heads) from TP 1 to TP 2: two flows, each half of the prefill GPU's KV, together all of it

@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from moesim.calibration.kernel_fit import bind, cross_validate, fit_all
 from moesim.calibration.kernel_params import SPEC, KernelProfile, definitions
 from moesim.cli import main
+from moesim.cluster.scenario import load_scenario
 from moesim.serve.scheduler import serving_overhead_names
 from moesim.validation import serving_load as S
 from moesim.validation.cases import Skip, load_cases
@@ -195,8 +196,12 @@ def test_the_closure_is_first_order_in_the_serving_parameters(good):
     _, cases, targets = good
     v = SPEC_PROFILE.values()
     t_ttft, t_tpot = targets["a-c4-ttft_ms"], targets["a-c4-tpot_ms"]
-    c, r, h = serving_overhead_names("vllm")
+    c, r, h, per_layer = serving_overhead_names("vllm")
     base_ttft, base_tpot = t_ttft.predict(v), t_tpot.predict(v)
+    case = next(x for x in cases if x.id == "a-c4-tpot_ms")
+    layers = load_scenario(None, S.scenario_overrides(S.benchmark_of(case, None))).model.num_hidden_layers
+    moved = t_tpot.predict(dict(v, **{per_layer: v[per_layer] + 10.0}))   # 10 us more per layer and step
+    assert moved - base_tpot == pytest.approx(10.0 * layers / 1e3, rel=1e-6)
     assert t_ttft.predict(dict(v, **{h: v[h] + 7.0})) == base_ttft       # an aggregated run has no hand-over
     assert t_ttft.predict(dict(v, **{r: v[r] + 7.0})) == pytest.approx(base_ttft + 7.0)
     assert t_tpot.predict(dict(v, **{r: v[r] + 7.0})) == base_tpot       # TPOT does not read the request overhead
@@ -209,7 +214,7 @@ def test_closure_against_a_resimulation(good):
     """The first-order model from a run at the defaults, evaluated at other values, against a run at them."""
     _, cases, targets = good
     v = SPEC_PROFILE.values()
-    c, r, _ = serving_overhead_names("vllm")
+    c, r, _, _ = serving_overhead_names("vllm")
     moved = dict(v, **{c: 2.0, r: 30.0})
     case = next(x for x in cases if x.id == "a-c4-ttft_ms")
     rerun = run_benchmark(S.benchmark_of(case, None), moved)

@@ -307,7 +307,8 @@ def assumptions(policy: Policy) -> list[str]:
            "a request's own prompt and output lengths set its chunks, decode context, KV and finish",
            "ranks of an instance step in lockstep; a step takes as long as its slowest rank",
            "requests go to attention-DP ranks round robin"]
-    out.append(f"{policy.framework}: {policy.cpu_overhead_s * 1e3:.3g} ms of CPU time per engine step, "
+    out.append(f"{policy.framework}: {policy.cpu_overhead_s * 1e3:.3g} ms of CPU time and "
+               f"{policy.layer_overhead_s * 1e3:.3g} ms of per-layer GPU time beyond the step model per engine step, "
                f"{policy.request_overhead_s * 1e3:.3g} ms per request from send to queue (HTTP, tokenisation) and, "
                f"disaggregated, {policy.kv_handoff_s * 1e3:.3g} ms of prefill-to-decode hand-over per request; from "
                f"{policy.overheads_from}")

@@ -52,7 +52,7 @@ import itertools
 import math
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
 
@@ -78,6 +78,13 @@ class Policy:
     request_overhead_s: float = 0.0   # from send to the engine's queue (HTTP, tokenisation): on TTFT
     kv_admission: str = "whole_request"   # or "incremental" (module docstring)
     kv_handoff_s: float = 0.0   # disagg: from a request's KV arriving to its decode rank's queue: on TTFT
+    layer_overhead_s: float = 0.0   # GPU time per step beyond the step model: per layer x the layers a rank runs
+
+    @property
+    def step_overhead_s(self) -> float:
+        """What every engine step adds to its slowest rank's step-model time: the CPU time on the critical
+        path and the framework's per-layer time over the layers a rank runs."""
+        return self.cpu_overhead_s + self.layer_overhead_s
 
     def __post_init__(self):
         if self.step_policy == "mixed" and self.max_running > self.token_budget:
@@ -94,11 +101,12 @@ class Policy:
             raise MoesimError(f"framework {name!r} has no continuous-batching policy in workloads/frameworks.yaml",
                               field="runtime.framework", fix="serve with a serving framework: vllm, sglang or trtllm")
         admission = b.kv_admission.value if b.kv_admission is not None else "whole_request"
-        step_cpu_ms, request_ms, handoff_ms, source = serving_overheads_ms(sc, name)
+        o = serving_overheads_ms(sc, name)
         return cls(framework=name, kv_admission=admission, max_running=b.max_running_requests_per_rank.value,
                    token_budget=b.step_token_budget.value, step_policy=b.step_policy.value,
-                   graph_sizes=b.cuda_graph_batch_sizes.value.sizes(), cpu_overhead_s=step_cpu_ms / 1e3,
-                   request_overhead_s=request_ms / 1e3, kv_handoff_s=handoff_ms / 1e3, overheads_from=source)
+                   graph_sizes=b.cuda_graph_batch_sizes.value.sizes(), cpu_overhead_s=o.step_cpu_ms / 1e3,
+                   request_overhead_s=o.request_ms / 1e3, kv_handoff_s=o.handoff_ms / 1e3,
+                   layer_overhead_s=o.layer_us * rank_layers(sc) / 1e6, overheads_from=o.source)
 
     def padded(self, batch: int) -> int:
         """The decode batch a CUDA graph runs: the next captured size, or `batch` beyond them."""
@@ -110,24 +118,41 @@ class Policy:
                 "step_token_budget": self.token_budget, "step_policy": self.step_policy,
                 "cuda_graph_batch_sizes": list(self.graph_sizes), "step_cpu_overhead_s": self.cpu_overhead_s,
                 "request_overhead_s": self.request_overhead_s, "kv_handoff_s": self.kv_handoff_s,
-                "overheads_from": self.overheads_from, "kv_admission": self.kv_admission}
+                "layer_overhead_s": self.layer_overhead_s, "overheads_from": self.overheads_from,
+                "kv_admission": self.kv_admission}
 
 
-SERVING_OVERHEADS = ("serving.step_cpu_ms", "serving.request_overhead_ms", "serving.disagg_handoff_ms")
+SERVING_OVERHEADS = ("serving.step_cpu_ms", "serving.request_overhead_ms", "serving.disagg_handoff_ms",
+                     "serving.layer_overhead_us")
 
 
-def serving_overhead_names(framework: str) -> tuple[str, str, str]:
-    """The kernel-profile parameters of a framework's (CPU per step, per-request, hand-over) overheads:
-    what `serving_overheads_ms` reads and what `moesim calibrate` fits (validation.serving_load)."""
-    step_cpu, request, handoff = (f"{prefix}.{framework}" for prefix in SERVING_OVERHEADS)
-    return step_cpu, request, handoff
+class ServingOverheads(NamedTuple):
+    """A framework's serving overheads (`serving_overheads_ms`) and where they come from."""
+
+    step_cpu_ms: float     # per engine step, CPU on the critical path
+    request_ms: float      # per request, send to queue
+    handoff_ms: float      # per request, disaggregated prefill-to-decode hand-over
+    layer_us: float        # per engine step and decoder layer a rank runs, GPU beyond the step model
+    source: str
 
 
-def serving_overheads_ms(sc: Scenario, framework: str) -> tuple[float, float, float, str]:
-    """(CPU ms per engine step, ms per request, ms per disaggregated hand-over) of the framework, and where
-    they come from: the kernel profile in force (`runtime.kernel_profile`, default the shipped fit of
-    topologies/calibration/kernels.yaml; `topologies/kernels/serving.yaml` has their sourced defaults), so
-    that serve and plan run with what `moesim validate` checks against the measured serving benchmarks."""
+def serving_overhead_names(framework: str) -> tuple[str, str, str, str]:
+    """The kernel-profile parameters of a framework's (CPU per step, per-request, hand-over, per-layer)
+    overheads: what `serving_overheads_ms` reads and what `moesim calibrate` fits (validation.serving_load)."""
+    step_cpu, request, handoff, layer = (f"{prefix}.{framework}" for prefix in SERVING_OVERHEADS)
+    return step_cpu, request, handoff, layer
+
+
+def rank_layers(sc: Scenario) -> int:
+    """Decoder layers one rank runs in a step: the model's over its pipeline stages (rounded up)."""
+    return -(-sc.model.num_hidden_layers // sc.plan.pp)
+
+
+def serving_overheads_ms(sc: Scenario, framework: str) -> ServingOverheads:
+    """The framework's serving overheads and where they come from: the kernel profile in force
+    (`runtime.kernel_profile`, default the shipped fit of topologies/calibration/kernels.yaml;
+    `topologies/kernels/serving.yaml` has their sourced defaults), so that serve and plan run with what
+    `moesim validate` checks against the measured serving benchmarks."""
     from moesim.sim.provenance import kernel_profile
     profile = kernel_profile(sc)
     values = profile.values()
@@ -139,7 +164,7 @@ def serving_overheads_ms(sc: Scenario, framework: str) -> tuple[float, float, fl
     fitted = [n for n in names if n in profile.fitted]
     source = (f"kernel profile {profile.name} ({'fitted' if len(fitted) == len(names) else 'partly fitted'})"
               if fitted else "sourced defaults (topologies/kernels/serving.yaml)")
-    return values[names[0]], values[names[1]], values[names[2]], source
+    return ServingOverheads(*(values[n] for n in names), source)
 
 
 def _variant(sc: Scenario, workload: Serving) -> Scenario:
@@ -541,7 +566,7 @@ class Instance:
             longest = float(self.fn.step_many(np.asarray(batches), np.asarray(contexts), np.asarray(tokens_of)).max())
         if longest <= 0.0:
             return None
-        return StepPlan(all_chunks, all_decodes, longest + p.cpu_overhead_s)
+        return StepPlan(all_chunks, all_decodes, longest + p.step_overhead_s)
 
     def coast(self, plan: StepPlan, now: float) -> StepPlan:
         """`plan` (a single pure decode step planned at `now`) and the ones after it as single steps
@@ -582,7 +607,7 @@ class Instance:
         padded = np.array([p.padded(b) for _, b in busy], dtype=np.int64)
         times = self.fn.step_many(np.broadcast_to(padded, context.shape).ravel(), context.ravel(),
                                   np.zeros(context.size, dtype=np.int64)).reshape(context.shape)
-        durations = times.max(axis=1) + p.cpu_overhead_s
+        durations = times.max(axis=1) + p.step_overhead_s
         ends = np.cumsum(np.concatenate([[now], durations]))[1:]
         later = np.nonzero(ends >= horizon)[0]
         k = int(later[0]) + 1 if later.size else steps
@@ -1053,7 +1078,7 @@ class Lockstep:
         of each step is one pass over contiguous rows (`StepFunction.decode_rows_used`: the same
         floats as `decode_columns`, with fewer numpy calls; a maximum does not depend on order);
         a small look-ahead is read without numpy (`_slowest_plain`), the same floats."""
-        overhead = self.inst.policy.cpu_overhead_s
+        overhead = self.inst.policy.step_overhead_s
         if used_only and len(self._batch) * (end - start) <= self.PLAIN_ELEMENTS:
             slowest = self._slowest_plain(start, end)
             if slowest is not None:

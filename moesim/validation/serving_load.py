@@ -49,14 +49,17 @@ The fit (`topologies/kernels/serving.yaml`): per backend, the per-step CPU time 
 path (`Policy.cpu_overhead_s`) and the per-request overhead r (HTTP, tokenisation, first-token
 detokenisation; `Policy.request_overhead_s`, a request joins its rank's queue r after it is sent),
 and in disaggregated runs the hand-over h from prefill to decode worker beyond the KV flow
-(`Policy.kv_handoff_s`, a request joins its decode rank's queue h after its KV arrived).
+(`Policy.kv_handoff_s`, a request joins its decode rank's queue h after its KV arrived), and the GPU
+time l per decoder layer and step beyond the step model's kernels (`Policy.layer_overhead_s`, L l
+for the L layers a rank runs: kernel boundaries and the small kernels around the priced ones, so a
+36-layer model does not pay a 94-layer model's fixed step time).
 A run at the profile's (c0, r0, h0) also counts, per measured request, the engine steps it waited
 through before its first token (n_first) and the steps per output token while it decoded (n_tpot,
 1 in vLLM's mixed steps, more where SGLang runs prefill steps between decode steps). The target is
 the first-order expansion
 
-    TTFT(c, r) = TTFT0 + (c - c0) mean(n_first) + (r - r0) [+ (h - h0) disagg],
-    TPOT(c) = TPOT0 + (c - c0) mean(n_tpot)
+    TTFT(c, l, r) = TTFT0 + (c - c0 + L (l - l0)) mean(n_first) + (r - r0) [+ (h - h0) disagg],
+    TPOT(c, l) = TPOT0 + (c - c0 + L (l - l0)) mean(n_tpot)
 
 exact while the schedule (which steps form, in which order) does not change with c and r. In a
 deterministic closed loop it does: a later arrival lands at another point of the step in progress
@@ -386,22 +389,28 @@ def load_for(b: Benchmark):
 def target(case: Case, b: Benchmark, run: dict) -> Target:
     """The case's target from its benchmark's run (`serving_load_run.run_benchmark`): the closure of
     the module docstring in the backend's step CPU time and request overhead."""
-    c_name, r_name, h_name = serving_overhead_names(b.backend)
+    c_name, r_name, h_name, l_name = serving_overhead_names(b.backend)
     c0, r0, h0 = run["step_cpu_ms"], run["request_overhead_ms"], run["disagg_handoff_ms"]
+    l0, layers = run["layer_overhead_us"], run["layers"]
+
+    def step_ms(v: Mapping[str, float]) -> float:
+        """How much longer every engine step is at `v` than in the run (CPU plus per-layer time)."""
+        return (v[c_name] - c0) + (v[l_name] - l0) * layers / 1e3
+
     if case.metric == "ttft_ms":
         base, per_step = run["ttft_ms"], run["steps_before_first_token"]
 
         if b.mode == "disagg":
             def model(v: Mapping[str, float]) -> float:
-                return base + (v[c_name] - c0) * per_step + (v[r_name] - r0) + (v[h_name] - h0)
+                return base + step_ms(v) * per_step + (v[r_name] - r0) + (v[h_name] - h0)
         else:
             def model(v: Mapping[str, float]) -> float:
-                return base + (v[c_name] - c0) * per_step + (v[r_name] - r0)
+                return base + step_ms(v) * per_step + (v[r_name] - r0)
     else:
         base, per_step = run["tpot_ms"], run["steps_per_output_token"]
 
         def model(v: Mapping[str, float]) -> float:
-            return base + (v[c_name] - c0) * per_step
+            return base + step_ms(v) * per_step
     ignored = [k for k in case.params if k not in USED]
     return Target(id=case.id, what=case.what, metric=case.metric, measured=case.measured, group=group_of(case),
                   model=model, ignored=ignored)

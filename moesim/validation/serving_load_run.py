@@ -32,7 +32,7 @@ import numpy as np
 
 from moesim.core.errors import MoesimError
 from moesim.core.pools import kill_pool
-from moesim.serve.scheduler import serving_overhead_names
+from moesim.serve.scheduler import rank_layers, serving_overhead_names
 from moesim.validation.serving_load import (Benchmark, batch_limit, disagg_for, graph_sizes, load_for, profiled_mean,
                                             scenario_overrides, step_policy, step_token_budget)
 
@@ -82,13 +82,15 @@ def run_benchmark(b: Benchmark, values: dict) -> dict:
     from moesim.serve.run import serve
     from moesim.serve.scheduler import Policy
 
-    c_ms, r_ms, h_ms = (values[name] for name in serving_overhead_names(b.backend))
+    c_ms, r_ms, h_ms, l_us = (values[name] for name in serving_overhead_names(b.backend))
     try:
         sc = load_scenario(None, scenario_overrides(b))
         default = Policy.of(sc)
+        layers = rank_layers(sc)
         policy = replace(default, max_running=batch_limit(b), step_policy=step_policy(b, default.step_policy),
                          token_budget=step_token_budget(b, default.token_budget), graph_sizes=graph_sizes(b),
-                         cpu_overhead_s=c_ms / 1e3, request_overhead_s=r_ms / 1e3, kv_handoff_s=h_ms / 1e3)
+                         cpu_overhead_s=c_ms / 1e3, request_overhead_s=r_ms / 1e3, kv_handoff_s=h_ms / 1e3,
+                         layer_overhead_s=l_us * layers / 1e6)
         with standing_in_for_default(profile_of(values)):
             result = serve(sc, load_for(b), disagg=disagg_for(b), policy=policy, trace=True)
     except MoesimError as exc:
@@ -101,7 +103,8 @@ def run_benchmark(b: Benchmark, values: dict) -> dict:
     tpot_s = (e2e_s - ttft_s) / (b.osl - 1) if b.osl > 1 else np.full_like(ttft_s, math.nan)   # no TPOT of 1 token
     return {"ttft_ms": profiled_mean(ttft_s * MS, c), "tpot_ms": profiled_mean(tpot_s * MS, c),
             "steps_before_first_token": profiled_mean(first, c), "steps_per_output_token": profiled_mean(per_token, c),
-            "step_cpu_ms": c_ms, "request_overhead_ms": r_ms, "disagg_handoff_ms": h_ms}
+            "step_cpu_ms": c_ms, "request_overhead_ms": r_ms, "disagg_handoff_ms": h_ms,
+            "layer_overhead_us": l_us, "layers": layers}
 
 
 def profile_of(values: dict):
