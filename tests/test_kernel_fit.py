@@ -31,6 +31,18 @@ def test_fit_recovers_known_parameters():
     assert fit.residual_rms["x"] < 0.01  # only the weak prior pulls
 
 
+def test_serving_benchmarks_are_fitted_robustly_and_kernel_cases_by_least_squares():
+    """Four cases at 1 and one 100x off: least squares in log lands at their geometric mean (~2.5),
+    the soft-L1 loss of serving benchmarks (ROBUST_LOG_SCALE) stays near the four."""
+    def cases(what):
+        return [bind(Target(id=f"{what}-{i}", what=what, metric="tpot_ms", measured=m, group=f"g{i}",
+                            model=lambda v: v["a"]), {"a": 1.0}) for i, m in enumerate([1.0, 1.0, 1.0, 1.0, 100.0])]
+    plain = fit_all(cases("gemm"), {"a": 1.0}, BOUNDS, prior_weight=0.0).values["a"]
+    robust = fit_all(cases("serving_load"), {"a": 1.0}, BOUNDS, prior_weight=0.0).values["a"]
+    assert plain == pytest.approx(100 ** 0.2, rel=1e-3)
+    assert 1.0 < robust < 1.2
+
+
 def test_bind_records_only_the_parameters_read():
     t = latency_bandwidth(1.0, "s")
     assert t.params == ("a", "b")

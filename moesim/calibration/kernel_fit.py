@@ -11,6 +11,14 @@ prior towards each sourced default (w = PRIOR_WEIGHT), which only decides the di
 cases leave unconstrained. Parameters are fitted in blocks: targets that read a common
 parameter share a block, and a block is refitted alone - which is what makes leave-one-source-
 out cross-validation cheap (leaving a source out refits only the blocks it touches).
+
+Blocks of end-to-end serving benchmarks (`ROBUST_LOG_SCALE`) are fitted with a robust loss
+instead: scipy's soft-L1, rho(r) = 2 (sqrt(1 + (r/s)^2) - 1) s^2, quadratic below the scale s and
+linear above it. Their residuals are heavy-tailed - a few deployments are off by 10-40x where the
+framework's KV rule and the measured engine disagree, or a record's labels do not match what ran -
+and squared log errors let those few set the per-backend overheads that every other deployment
+pays (the request overhead and the disaggregated hand-over most). Kernel microbenchmarks keep
+plain least squares: their residuals are a few percent.
 """
 from __future__ import annotations
 
@@ -21,6 +29,9 @@ import numpy as np
 from scipy.optimize import least_squares
 
 PRIOR_WEIGHT = 0.05
+# Residual scale (in log(predicted / measured)) below which a block of these cases is fitted by least
+# squares and above which by absolute value (module docstring): 0.1, the serving targets' 10 % TPOT accuracy.
+ROBUST_LOG_SCALE = {"serving_load": 0.1}
 
 
 @dataclass
@@ -111,8 +122,10 @@ def fit_block(targets: list[Target], names: list[str], values: Mapping[str, floa
         r = np.log(np.maximum(pred, 1e-30)) - measured
         return np.concatenate([r, prior_weight * (x - prior)])
 
+    scales = {ROBUST_LOG_SCALE.get(t.what) for t in targets}
+    robust = dict(loss="soft_l1", f_scale=scales.pop()) if len(scales) == 1 and None not in scales else {}
     sol = least_squares(residuals, x0, bounds=(lo, hi), method="trf", x_scale=1.0, diff_step=1e-4,
-                        xtol=1e-10, ftol=1e-10, max_nfev=400)
+                        xtol=1e-10, ftol=1e-10, max_nfev=400, **robust)
     fitted = dict(zip(names, np.exp(sol.x).tolist()))
     n = len(targets)
     jac = sol.jac[:n]

@@ -203,8 +203,9 @@ def profile_text(fit: Any, *, cases_files: list[str], command: str) -> str:
     files = [{"file": f, "sha256": hashlib.sha256(Path(f).read_bytes()).hexdigest()} for f in cases_files]
     data = {"format": PROFILE_FORMAT,
             "provenance": {"cases_files": files, "command": command, "moesim": code_version(),
-                           "method": "least squares on log(predicted/measured) per case, log-parameters, "
-                                     "weak prior (weight %.2f) towards each sourced default" % fit.prior_weight},
+                           "method": "least squares on log(predicted/measured) per case (soft-L1 at the scales of "
+                                     "kernel_fit.ROBUST_LOG_SCALE for its case kinds), log-parameters, weak prior "
+                                     "(weight %.2f) towards each sourced default" % fit.prior_weight},
             "residual_rms": {k: _round(v) for k, v in sorted(fit.residual_rms.items())},
             "parameters": params}
     header = ("# Kernel-model parameters fitted by moesim calibrate --cases (see docs/kernel-parameters.md).\n"

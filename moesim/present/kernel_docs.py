@@ -17,7 +17,8 @@ H100/H800/H200, `blackwell` = B200/GB200), a kernel library (`deepep-v1`, `hybri
 `deepgemm`, `cublas`, NCCL), a link class or a framework, never of one case. Each has a unit, a
 sourced default (`moesim validate --profile spec` runs on the defaults alone) and bounds; `moesim
 calibrate --cases validation/cases.yaml -o topologies/calibration/kernels.yaml` fits them by least
-squares on log(predicted/measured) with a weak prior towards the default, and that shipped fit is
+squares on log(predicted/measured) with a weak prior towards the default (end-to-end serving
+benchmarks with a robust soft-L1 loss instead, `kernel_fit.ROBUST_LOG_SCALE`), and that shipped fit is
 what `simulate`, `plan` and `validate` use. Formulas: the header of each
 `topologies/kernels/<family>.yaml` and the module it names. Honest accuracy: `moesim validate
 --cases validation/cases.yaml --cv source` (each source left out in turn; README, Validation).
