@@ -45,15 +45,16 @@ another closely, while a run's cost grows with its steps. Measured on 30 benchma
 file (seeded shuffle, concurrency x OSL <= 256k), against 6 simulated rounds: 3 differ by 1.2 % in
 mean TTFT (at most 24 %) and 0.4 % in TPOT (at most 2.8 %).
 
-The fit (`topologies/kernels/serving.yaml`): per backend, the per-step CPU time c on the critical
-path (`Policy.cpu_overhead_s`) and the per-request overhead r (HTTP, tokenisation, first-token
+The fit (`topologies/kernels/serving.yaml`; robust, `calibration.kernel_fit.ROBUST_LOG_SCALE`): per
+backend, the per-step CPU time c on the critical path (`Policy.cpu_overhead_s`) and the per-request
+overhead r (HTTP, tokenisation, first-token
 detokenisation; `Policy.request_overhead_s`, a request joins its rank's queue r after it is sent),
 and in disaggregated runs the hand-over h from prefill to decode worker beyond the KV flow
 (`Policy.kv_handoff_s`, a request joins its decode rank's queue h after its KV arrived), and the GPU
 time l per decoder layer and step beyond the step model's kernels (`Policy.layer_overhead_s`, L l
 for the L layers a rank runs: kernel boundaries and the small kernels around the priced ones, so a
 36-layer model does not pay a 94-layer model's fixed step time).
-A run at the profile's (c0, r0, h0) also counts, per measured request, the engine steps it waited
+A run at the profile's (c0, l0, r0, h0) also counts, per measured request, the engine steps it waited
 through before its first token (n_first) and the steps per output token while it decoded (n_tpot,
 1 in vLLM's mixed steps, more where SGLang runs prefill steps between decode steps). The target is
 the first-order expansion
@@ -61,7 +62,7 @@ the first-order expansion
     TTFT(c, l, r) = TTFT0 + (c - c0 + L (l - l0)) mean(n_first) + (r - r0) [+ (h - h0) disagg],
     TPOT(c, l) = TPOT0 + (c - c0 + L (l - l0)) mean(n_tpot)
 
-exact while the schedule (which steps form, in which order) does not change with c and r. In a
+exact while the schedule (which steps form, in which order) does not change with c, l and r. In a
 deterministic closed loop it does: a later arrival lands at another point of the step in progress
 (TTFT moves in steps of a step time as r grows), and slower steps shift arrivals against step
 boundaries. Measured on 38 benchmarks drawn from the file, moving from the sourced defaults to a
@@ -388,7 +389,7 @@ def load_for(b: Benchmark):
 
 def target(case: Case, b: Benchmark, run: dict) -> Target:
     """The case's target from its benchmark's run (`serving_load_run.run_benchmark`): the closure of
-    the module docstring in the backend's step CPU time and request overhead."""
+    the module docstring in the backend's step CPU time, per-layer time, request overhead and hand-over."""
     c_name, r_name, h_name, l_name = serving_overhead_names(b.backend)
     c0, r0, h0 = run["step_cpu_ms"], run["request_overhead_ms"], run["disagg_handoff_ms"]
     l0, layers = run["layer_overhead_us"], run["layers"]
