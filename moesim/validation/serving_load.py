@@ -47,8 +47,8 @@ mean TTFT (at most 24 %) and 0.4 % in TPOT (at most 2.8 %).
 
 The fit (`topologies/kernels/serving.yaml`; robust, `calibration.kernel_fit.ROBUST_LOG_SCALE`): per
 backend, the per-step CPU time c on the critical path (`Policy.cpu_overhead_s`) and the per-request
-overhead r (HTTP, tokenisation, first-token
-detokenisation; `Policy.request_overhead_s`, a request joins its rank's queue r after it is sent),
+overhead r (HTTP, tokenisation, first-token detokenisation; `Policy.request_overhead_s`, a request
+joins its rank's queue r after it is sent),
 and in disaggregated runs the hand-over h from prefill to decode worker beyond the KV flow
 (`Policy.kv_handoff_s`, a request joins its decode rank's queue h after its KV arrived), and the GPU
 time l per decoder layer and step beyond the step model's kernels (`Policy.layer_overhead_s`, L l
