@@ -13,6 +13,7 @@ import numpy as np
 
 from moesim.cluster.scenario import Scenario, Serving
 from moesim.core.errors import MoesimError
+from moesim.costs.collective_kernels import kernel_seconds
 from moesim.costs.collectives import build_fabric, collective_time
 from moesim.costs.compute import gemm_time, grouped_gemm_times_per_owner, memory_bound_time
 from moesim.costs.exchange import moe_exchange
@@ -21,7 +22,7 @@ from moesim.costs.placement import PLACEMENTS
 from moesim.costs.routing import parse_skew, sample_routing
 from moesim.costs.traffic import ep_traffic, token_source_gpus
 from moesim.sim.engine import Op, fuse
-from moesim.sim.provenance import hardware_for, kernel_values_key
+from moesim.sim.provenance import hardware_for, kernel_profile, kernel_values_key
 from moesim.specs import precision
 from moesim.specs.opcosts import attention_core_flops, attention_kv_elements_read
 
@@ -30,7 +31,6 @@ def ep_comm_times(sc: Scenario, fabric, traffic, domain: int, *, host_sync: bool
     """Seconds of dispatch and combine: the EP kernel model (`costs.ep_kernels`) with the
     scenario's kernel profile."""
     from moesim.costs.ep_kernels import step_exchange_times
-    from moesim.sim.provenance import kernel_profile
     return step_exchange_times(fabric, traffic, domain, sc.system.gpu.arch.value, kernel_profile(sc).values(),
                                host_sync=host_sync)
 
@@ -88,8 +88,6 @@ def tp_allreduce_time(sc: Scenario, size: float, links: tuple) -> float:
     if links:
         return collective_time(sc.system, max(p.tp, 2), "all_reduce", size, participants=list(range(p.tp)),
                                link_overrides=links).time_s
-    from moesim.costs.collective_kernels import kernel_seconds
-    from moesim.sim.provenance import kernel_profile
     return kernel_seconds(sc.system, p.tp, "all_reduce", size, kernel_profile(sc).values())[0]
 
 
@@ -102,8 +100,6 @@ def gather_exchange_times(sc: Scenario, gathered_bytes: float) -> tuple[float, f
     nccl-tests sizes it), runs its local experts on the tokens routed to them, and the partial
     outputs are reduce-scattered back to their ranks - NCCL collectives on the collective kernel
     model, whatever the routing."""
-    from moesim.costs.collective_kernels import kernel_seconds
-    from moesim.sim.provenance import kernel_profile
     group = sc.plan.ep * sc.plan.etp
     values = kernel_profile(sc).values()
     gather = kernel_seconds(sc.system, group, "all_gather", gathered_bytes, values)[0]

@@ -85,13 +85,10 @@ def run_benchmark(b: Benchmark, values: dict) -> dict:
     c_ms, r_ms, h_ms, l_us = (values[name] for name in serving_overhead_names(b.backend))
     try:
         sc = load_scenario(None, scenario_overrides(b))
-        default = Policy.of(sc)
-        layers = rank_layers(sc)
-        policy = replace(default, max_running=batch_limit(b), step_policy=step_policy(b, default.step_policy),
-                         token_budget=step_token_budget(b, default.token_budget), graph_sizes=graph_sizes(b),
-                         cpu_overhead_s=c_ms / 1e3, request_overhead_s=r_ms / 1e3, kv_handoff_s=h_ms / 1e3,
-                         layer_overhead_s=l_us * layers / 1e6)
         with standing_in_for_default(profile_of(values)):
+            default = Policy.of(sc)   # the serving overheads at `values`, as every other kernel parameter
+            policy = replace(default, max_running=batch_limit(b), step_policy=step_policy(b, default.step_policy),
+                             token_budget=step_token_budget(b, default.token_budget), graph_sizes=graph_sizes(b))
             result = serve(sc, load_for(b), disagg=disagg_for(b), policy=policy, trace=True)
     except MoesimError as exc:
         if exc.field in ("memory", "--isl/--osl"):
@@ -104,7 +101,7 @@ def run_benchmark(b: Benchmark, values: dict) -> dict:
     return {"ttft_ms": profiled_mean(ttft_s * MS, c), "tpot_ms": profiled_mean(tpot_s * MS, c),
             "steps_before_first_token": profiled_mean(first, c), "steps_per_output_token": profiled_mean(per_token, c),
             "step_cpu_ms": c_ms, "request_overhead_ms": r_ms, "disagg_handoff_ms": h_ms,
-            "layer_overhead_us": l_us, "layers": layers}
+            "layer_overhead_us": l_us, "layers": rank_layers(sc)}
 
 
 def profile_of(values: dict):
