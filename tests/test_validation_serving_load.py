@@ -79,13 +79,23 @@ def test_a_case_maps_to_one_instance_with_the_benchmarks_attention_dp_ranks():
     assert load.requests == S.SIMULATED_ROUNDS * 8
 
 
-def test_profiled_mean_weights_the_last_simulated_round_for_the_rounds_not_simulated():
+def test_the_client_mean_weights_the_last_simulated_round_for_the_rounds_not_simulated():
     burst, second, steady = [10.0, 30.0], [4.0, 6.0], [2.0, 2.0]
-    assert S.profiled_mean(burst + second + steady, 2) == pytest.approx((20 + 5 + 2 * (S.PROFILED_ROUNDS - 2))
-                                                                        / S.PROFILED_ROUNDS)
-    assert S.profiled_mean(burst + steady, 2) == pytest.approx((20 + 2 * (S.PROFILED_ROUNDS - 1)) / S.PROFILED_ROUNDS)
-    assert S.profiled_mean([7.0, 9.0], 2) == 8.0                      # one round: its own mean
+
+    def mean(values, rounds):
+        return S.weighted_mean(S.round_means(values, 2), rounds)
+    assert S.round_means(burst + second + steady, 2) == [20.0, 5.0, 2.0]
+    assert mean(burst + second + steady, 20) == pytest.approx((20 + 5 + 2 * 18) / 20)
+    assert mean(burst + second + steady, 5) == pytest.approx((20 + 5 + 2 * 3) / 5)
+    assert mean(burst + steady, 20) == pytest.approx((20 + 2 * 19) / 20)
+    assert mean(burst + second + steady, 2) == pytest.approx((20 + 5) / 2)   # no round left to stand for
+    assert mean([7.0, 9.0], 20) == 8.0                                     # one round: its own mean
     assert S.simulated_rounds(8, 1024) == 3 and S.simulated_rounds(4096, 1024) == 2   # 2 x 4096 x 1024 > 1M tokens
+
+
+def test_the_measured_rounds_are_one_fitted_parameter_with_the_generators_default():
+    d = definitions()[S.ROUNDS]
+    assert d.value == 20.0 and d.bounds == (2.0, 50.0)
 
 
 def test_sglang_aggregated_benchmarks_mix_decode_into_prefill_steps():
@@ -208,6 +218,32 @@ def test_the_closure_is_first_order_in_the_serving_parameters(good):
     bumped = t_tpot.predict(dict(v, **{c: v[c] + 1.0}))
     assert bumped - base_tpot == pytest.approx(1.0, rel=1e-6)            # vLLM: one step per output token
     assert t_ttft.predict(dict(v, **{c: v[c] + 1.0})) > base_ttft
+
+
+def test_the_closure_is_exact_in_the_measured_rounds(good):
+    """The rounds only weight the simulated rounds' means: the closure at other rounds is a run at them."""
+    _, cases, targets = good
+    v = SPEC_PROFILE.values()
+    rounds = S.ROUNDS
+    case = next(x for x in cases if x.id == "a-c4-ttft_ms")
+    few = dict(v, **{rounds: 5.0})
+    rerun = run_benchmark(S.benchmark_of(case, None), few)
+    assert rerun["profiled_rounds"] == 5.0
+    assert targets["a-c4-ttft_ms"].predict(few) == pytest.approx(rerun["ttft_ms"], rel=1e-12)
+    assert targets["a-c4-tpot_ms"].predict(few) == pytest.approx(rerun["tpot_ms"], rel=1e-12)
+
+
+def test_fewer_measured_rounds_weigh_the_burst_more():
+    cases = load_cases_from(bench("burst", concurrency=16, isl=2048, osl=16))
+    targets = S.prepare_many(cases, lambda c: None, SPEC_PROFILE, workers=1)
+    v = SPEC_PROFILE.values()
+    run = run_benchmark(S.benchmark_of(cases[0], None), v)
+    burst, second, steady = run["rounds"]["ttft_ms"]
+    assert burst > 1.2 * steady                    # the burst round queues every client's 2k-token prompt
+    ttft = targets["burst-ttft_ms"]
+    for rounds in (5.0, 20.0, 50.0):
+        assert ttft.predict(dict(v, **{S.ROUNDS: rounds})) == pytest.approx(
+            (burst + second + (rounds - 2) * steady) / rounds, rel=1e-12)
 
 
 def test_closure_against_a_resimulation(good):

@@ -28,7 +28,8 @@ SPEC = "spec"  # --profile spec: sourced defaults only, nothing fitted
 
 
 class ParamDef(Record):
-    """One parameter: a property of a GPU architecture, a kernel library or a serving stack."""
+    """One parameter: a property of a GPU architecture, a kernel library, a serving stack, or the benchmark
+    client whose measurements a fit compares with (topologies/kernels/benchmark.yaml)."""
 
     unit: str
     meaning: str

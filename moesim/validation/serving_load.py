@@ -31,24 +31,26 @@ src/aiconfigurator/generator/rule_plugin/*.rule `prefill max_batch_size`, so a p
 one prompt at a time).
 
 The load, as the benchmark client ran it (`load_for`; aiperf as AIConfigurator's benchmark generator
-drives it, `PROFILED_ROUNDS`): warm-up requests run and drain first, so the profiling phase starts on
-an idle engine with every client sending at once (aiperf's concurrency burst,
-`closed_loop_start="burst"`); each client then sends its next request when its last one finishes,
-until `concurrency` x `PROFILED_ROUNDS` requests were sent, and every one of them is in the means.
-The first round therefore queues the whole burst of prompts, and its TTFT is part of the mean with a
-weight of 1 / `PROFILED_ROUNDS`. moesim simulates `SIMULATED_ROUNDS` rounds (request k is in round
-k // concurrency): the burst, the round it shapes, and one steady round that stands for the
-remaining ones (`profiled_mean`); 2 rounds where the two after the burst would generate more than
-`MEASURED_TOKENS` tokens.
+drives it): warm-up requests run and drain first, so the profiling phase starts on an idle engine
+with every client sending at once (aiperf's concurrency burst, `closed_loop_start="burst"`); each
+client then sends its next request when its last one finishes, until `concurrency` x R requests
+were sent, and every one of them is in the means. The first round therefore queues the whole burst
+of prompts, and its TTFT is part of the mean with a weight of 1 / R. The file does not state R: it
+is fitted (`ROUNDS`, topologies/kernels/benchmark.yaml; prior 20, the generator's default), one for
+the whole file, so the three backends' serving parameters are fitted together. moesim simulates
+`SIMULATED_ROUNDS` rounds (request k is in round k // concurrency): the burst, the round it shapes,
+and one steady round that stands for the remaining R - 2 (`weighted_mean`); 2 rounds where the two
+after the burst would generate more than `MEASURED_TOKENS` tokens. R only weights the simulated
+rounds' means, so one run serves every R.
 Why 3: with fixed lengths and a deterministic simulator the rounds after the second repeat one
 another closely, while a run's cost grows with its steps. Measured on 30 benchmarks drawn from the
 file (seeded shuffle, concurrency x OSL <= 256k), against 6 simulated rounds: 3 differ by 1.2 % in
 mean TTFT (at most 24 %) and 0.4 % in TPOT (at most 2.8 %).
 
-The fit (`topologies/kernels/serving.yaml`; robust, `calibration.kernel_fit.ROBUST_LOG_SCALE`): per
-backend, the per-step CPU time c on the critical path (`Policy.cpu_overhead_s`) and the per-request
-overhead r (HTTP, tokenisation, first-token detokenisation; `Policy.request_overhead_s`, a request
-joins its rank's queue r after it is sent),
+The fit (`topologies/kernels/serving.yaml` and the rounds R; robust,
+`calibration.kernel_fit.ROBUST_LOG_SCALE`): per backend, the per-step CPU time c on the critical
+path (`Policy.cpu_overhead_s`) and the per-request overhead r (HTTP, tokenisation, first-token
+detokenisation; `Policy.request_overhead_s`, a request joins its rank's queue r after it is sent),
 and in disaggregated runs the hand-over h from prefill to decode worker beyond the KV flow
 (`Policy.kv_handoff_s`, a request joins its decode rank's queue h after its KV arrived), and the GPU
 time l per decoder layer and step beyond the step model's kernels (`Policy.layer_overhead_s`, L l
@@ -59,10 +61,11 @@ through before its first token (n_first) and the steps per output token while it
 1 in vLLM's mixed steps, more where SGLang runs prefill steps between decode steps). The target is
 the first-order expansion
 
-    TTFT(c, l, r) = TTFT0 + (c - c0 + L (l - l0)) mean(n_first) + (r - r0) [+ (h - h0) disagg],
-    TPOT(c, l) = TPOT0 + (c - c0 + L (l - l0)) mean(n_tpot)
+    TTFT(c, l, r, R) = sum_k w_k(R) [TTFT0_k + (c - c0 + L (l - l0)) n_first_k] + (r - r0) [+ (h - h0) disagg],
+    TPOT(c, l, R) = sum_k w_k(R) [TPOT0_k + (c - c0 + L (l - l0)) n_tpot_k]
 
-exact while the schedule (which steps form, in which order) does not change with c, l and r. In a
+over the simulated rounds k (their means, `weighted_mean`'s weights w_k): exact in R, and in c, l
+and r while the schedule (which steps form, in which order) does not change with them. In a
 deterministic closed loop it does: a later arrival lands at another point of the step in progress
 (TTFT moves in steps of a step time as r grows), and slower steps shift arrivals against step
 boundaries. Measured on 38 benchmarks drawn from the file, moving from the sourced defaults to a
@@ -158,13 +161,13 @@ def kv_cache_format(weights: str) -> str:
 
 
 # The client's protocol (`load_for`, module docstring). AIConfigurator's benchmark script runs
-# `aiperf profile --concurrency C --num-requests C x MULTI_ROUND --warmup-request-count 2C` with MULTI_ROUND 20
-# (github ai-dynamo/aiconfigurator src/aiconfigurator/generator/config/backend_templates/benchmark/bench_run.sh.j2,
-# from 2026-04-01; 50 in its versions of 2026-02-11 to 2026-03-17); aiperf issues a concurrency-only load as a
-# burst behind a semaphore of C and leaves warm-up records out (github ai-dynamo/aiperf
-# aiperf/common/config/user_config.py, aiperf/records/records_manager.py). The file does not say which client
-# or round count each record used: 20 is the generator's value when the file was published.
-PROFILED_ROUNDS = 20
+# `aiperf profile --concurrency C --num-requests C x MULTI_ROUND --warmup-request-count 2C` (github ai-dynamo/
+# aiconfigurator src/aiconfigurator/generator/config/backend_templates/benchmark/bench_run.sh.j2); aiperf issues a
+# concurrency-only load as a burst behind a semaphore of C and leaves warm-up records out (github ai-dynamo/aiperf
+# aiperf/common/config/user_config.py, aiperf/records/records_manager.py). The file does not say how many rounds
+# its records measured: that is a fitted parameter (`ROUNDS`, topologies/kernels/benchmark.yaml, the generator's 20
+# as its prior), and the rounds enter only the weights of the simulated rounds' means.
+ROUNDS = "benchmark.profiled_rounds"   # the kernel-profile parameter of the rounds the file's records measured
 SIMULATED_ROUNDS = 3          # the burst, the round after it, one steady round for the rest
 MEASURED_TOKENS = 1_048_576   # 3 rounds while the two after the burst generate at most this many tokens, else 2
 
@@ -174,15 +177,19 @@ def simulated_rounds(concurrency: int, osl: int) -> int:
     return SIMULATED_ROUNDS if 2 * concurrency * osl <= MEASURED_TOKENS else SIMULATED_ROUNDS - 1
 
 
-def profiled_mean(values, concurrency: int) -> float:
-    """The client's mean over its `PROFILED_ROUNDS` rounds from the simulated ones: each simulated round's
-    mean (request k in round k // concurrency), the last standing for every round not simulated."""
+def round_means(values, concurrency: int) -> list[float]:
+    """Each simulated round's mean (request k in round k // concurrency)."""
     v = np.asarray(values, dtype=float)
-    rounds = -(-len(v) // concurrency)
-    means = np.array([v[r * concurrency:(r + 1) * concurrency].mean() for r in range(rounds)])
-    weights = np.ones(rounds)
-    weights[-1] = max(PROFILED_ROUNDS - (rounds - 1), 1)
-    return float(means @ weights / weights.sum())
+    return [float(v[r * concurrency:(r + 1) * concurrency].mean()) for r in range(-(-len(v) // concurrency))]
+
+
+def weighted_mean(means: list[float], rounds: float) -> float:
+    """The client's mean over its `rounds` measured rounds from the simulated rounds' `means`: one weight
+    each, the last standing for every round not simulated (none where `rounds` is no more than the
+    simulated ones). Plain floats: the fit evaluates it for every case at every step."""
+    n = len(means)
+    last = max(rounds - (n - 1), 0.0) if n > 1 else 1.0
+    return (sum(means[:-1]) + last * means[-1]) / ((n - 1) + last)
 
 
 @dataclass(frozen=True)
@@ -389,7 +396,8 @@ def load_for(b: Benchmark):
 
 def target(case: Case, b: Benchmark, run: dict) -> Target:
     """The case's target from its benchmark's run (`serving_load_run.run_benchmark`): the closure of
-    the module docstring in the backend's step CPU time, per-layer time, request overhead and hand-over."""
+    the module docstring in the backend's step CPU time, per-layer time, request overhead, hand-over
+    and measured rounds."""
     c_name, r_name, h_name, l_name = serving_overhead_names(b.backend)
     c0, r0, h0 = run["step_cpu_ms"], run["request_overhead_ms"], run["disagg_handoff_ms"]
     l0, layers = run["layer_overhead_us"], run["layers"]
@@ -398,20 +406,23 @@ def target(case: Case, b: Benchmark, run: dict) -> Target:
         """How much longer every engine step is at `v` than in the run (CPU plus per-layer time)."""
         return (v[c_name] - c0) + (v[l_name] - l0) * layers / 1e3
 
+    rounds = run["rounds"]
     if case.metric == "ttft_ms":
-        base, per_step = run["ttft_ms"], run["steps_before_first_token"]
+        values, steps = rounds["ttft_ms"], rounds["steps_before_first_token"]
 
         if b.mode == "disagg":
             def model(v: Mapping[str, float]) -> float:
+                base, per_step = weighted_mean(values, v[ROUNDS]), weighted_mean(steps, v[ROUNDS])
                 return base + step_ms(v) * per_step + (v[r_name] - r0) + (v[h_name] - h0)
         else:
             def model(v: Mapping[str, float]) -> float:
+                base, per_step = weighted_mean(values, v[ROUNDS]), weighted_mean(steps, v[ROUNDS])
                 return base + step_ms(v) * per_step + (v[r_name] - r0)
     else:
-        base, per_step = run["tpot_ms"], run["steps_per_output_token"]
+        values, steps = rounds["tpot_ms"], rounds["steps_per_output_token"]
 
         def model(v: Mapping[str, float]) -> float:
-            return base + step_ms(v) * per_step
+            return weighted_mean(values, v[ROUNDS]) + step_ms(v) * weighted_mean(steps, v[ROUNDS])
     ignored = [k for k in case.params if k not in USED]
     return Target(id=case.id, what=case.what, metric=case.metric, measured=case.measured, group=group_of(case),
                   model=model, ignored=ignored)
@@ -448,6 +459,6 @@ def prepare_many(cases: list[Case], calibration_of: Callable[[Case], Optional[Ca
     return out
 
 
-__all__ = ["Benchmark", "METRICS", "Pool", "WHAT", "batch_limit", "benchmark_of", "config_key", "disagg_for", "ep_exchange",
-           "labels", "load_for", "profiled_mean", "simulated_rounds", "step_policy", "step_token_budget", "graph_sizes",
-           "prepare_many", "scenario_overrides", "target"]
+__all__ = ["Benchmark", "METRICS", "Pool", "ROUNDS", "WHAT", "batch_limit", "benchmark_of", "config_key", "disagg_for",
+           "ep_exchange", "graph_sizes", "labels", "load_for", "prepare_many", "round_means", "scenario_overrides",
+           "simulated_rounds", "step_policy", "step_token_budget", "target", "weighted_mean"]

@@ -1,6 +1,7 @@
 """Run serving_load benchmarks: one `serve` run per benchmark, grouped by deployment, in a process pool.
 
-`run_groups(groups, profile, workers)` returns, per benchmark key, the run's TTFT and TPOT means,
+`run_groups(groups, profile, workers)` returns, per benchmark key, the run's TTFT and TPOT means (and
+each simulated round's, which the measured rounds weight),
 the step counts the fit's first-order model needs (`validation.serving_load`) and the parameter
 values it ran at - or `{"skip": reason}`. A group (one deployment's benchmarks) runs in one process
 so its benchmarks share the deployment's step-time function (`serve.step_function`, shared per
@@ -33,8 +34,9 @@ import numpy as np
 from moesim.core.errors import MoesimError
 from moesim.core.pools import kill_pool
 from moesim.serve.scheduler import rank_layers, serving_overhead_names
-from moesim.validation.serving_load import (Benchmark, batch_limit, disagg_for, graph_sizes, load_for, profiled_mean,
-                                            scenario_overrides, step_policy, step_token_budget)
+from moesim.validation.serving_load import (ROUNDS, Benchmark, batch_limit, disagg_for, graph_sizes, load_for,
+                                            round_means, scenario_overrides, step_policy, step_token_budget,
+                                            weighted_mean)
 
 US = 1e6              # trace timestamps are microseconds
 MS = 1e3
@@ -98,8 +100,10 @@ def run_benchmark(b: Benchmark, values: dict) -> dict:
     ttft_s, e2e_s = np.asarray(req["ttft_s"]), np.asarray(req["e2e_s"])
     first, per_token = step_counts(result["_trace"], osl=b.osl, mode=b.mode, queue_delay_s=policy.request_overhead_s)
     tpot_s = (e2e_s - ttft_s) / (b.osl - 1) if b.osl > 1 else np.full_like(ttft_s, math.nan)   # no TPOT of 1 token
-    return {"ttft_ms": profiled_mean(ttft_s * MS, c), "tpot_ms": profiled_mean(tpot_s * MS, c),
-            "steps_before_first_token": profiled_mean(first, c), "steps_per_output_token": profiled_mean(per_token, c),
+    rounds = {"ttft_ms": round_means(ttft_s * MS, c), "tpot_ms": round_means(tpot_s * MS, c),
+              "steps_before_first_token": round_means(first, c), "steps_per_output_token": round_means(per_token, c)}
+    measured = values[ROUNDS]
+    return {**{k: weighted_mean(v, measured) for k, v in rounds.items()}, "rounds": rounds, "profiled_rounds": measured,
             "step_cpu_ms": c_ms, "request_overhead_ms": r_ms, "disagg_handoff_ms": h_ms,
             "layer_overhead_us": l_us, "layers": rank_layers(sc)}
 
