@@ -1,10 +1,60 @@
-"""Stopping a local process pool at once: shared by the planner's sweep and the serving-load
-validation, which both run one deployment per task and must not leave workers behind when the
-caller fails, is interrupted or is terminated."""
+"""Local process pools that leave no worker behind: shared by the planner's sweep and the
+serving-load validation, which both run one deployment per task and must not leave workers
+running when the caller fails, is interrupted or is terminated. `worker_init` starts a worker
+bound to its parent; `kill_pool` stops a pool at once."""
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
+import sys
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
+from typing import Optional
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+_PARENT_POLL_S = 0.5
+
+
+def worker_init(parent: int) -> None:
+    """Start of a pool worker (`initializer=worker_init, initargs=(os.getpid(),)`): it dies with
+    the process `parent`. On Linux the kernel sends it SIGTERM when its parent dies (prctl
+    PR_SET_PDEATHSIG); everywhere, a daemon thread exits it when its parent changes (reparented:
+    the parent died) or `parent` is gone. Ctrl-C is the parent's to handle (it tears the pool
+    down), so workers ignore SIGINT."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not a handler inherited from the parent by fork
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # no prctl: the thread below still notices
+    ppid = os.getppid()
+    if _parent_gone(parent, ppid, None):
+        os._exit(1)  # the parent died before the death signal was armed
+    threading.Thread(target=_watch_parent, args=(parent, ppid), name="moesim-watch-parent", daemon=True).start()
+
+
+def _parent_gone(parent: int, ppid: int, expected_ppid: Optional[int]) -> bool:
+    if expected_ppid is not None and ppid != expected_ppid:
+        return True
+    try:
+        os.kill(parent, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        pass  # exists, not ours to signal
+    return False
+
+
+def _watch_parent(parent: int, ppid: int) -> None:
+    while True:
+        time.sleep(_PARENT_POLL_S)
+        if _parent_gone(parent, os.getppid(), ppid):
+            os._exit(1)
 
 
 def kill_pool(pool: ProcessPoolExecutor) -> None:
@@ -29,4 +79,4 @@ def kill_pool(pool: ProcessPoolExecutor) -> None:
             manager.join(timeout=2)
 
 
-__all__ = ["kill_pool"]
+__all__ = ["kill_pool", "worker_init"]

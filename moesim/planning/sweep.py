@@ -5,7 +5,7 @@ VRAM ledger does not fit, each with a one-line reason, before any simulation. `r
 workers=, cache_dir=, dask=)` simulates the rest in this process, a local process pool or on a
 Dask cluster, caching each finished point as JSON keyed by the sha256 of the resolved scenario and
 of the code and data that compute it (`cache_key`) so a rerun resumes, and a code or data change
-recomputes. Pool workers die with the planner process (`_worker_init`); a SIGINT or SIGTERM of
+recomputes. Pool workers die with the planner process (`core.pools.worker_init`); a SIGINT or SIGTERM of
 the planner tears the pool down (`_run_pool`).
 
 A point with `serve` (a space with a load, `planning.space`) is run by `serve.run.serve` instead
@@ -23,10 +23,8 @@ import json
 import math
 import os
 import signal
-import sys
 import tempfile
 import threading
-import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, Optional
@@ -36,7 +34,7 @@ from moesim.cluster.scenario import load_scenario, with_redundant_experts
 from moesim.core.digest import code_and_data_digest
 from moesim.core.errors import MoesimError
 from moesim.core.output import write_atomic
-from moesim.core.pools import kill_pool
+from moesim.core.pools import kill_pool, worker_init
 from moesim.core.result import to_json
 from moesim.costs.feasibility import fit_problem
 from moesim.costs.placement import parse_placement
@@ -309,49 +307,6 @@ def _served_result_ok(result: dict) -> bool:
 
 
 # ----------------------------------------------------------------------------- local pool
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
-_PARENT_POLL_S = 0.5
-
-
-def _worker_init(parent: int) -> None:
-    """Start of a pool worker: it dies with the planner process `parent`. On Linux the kernel
-    sends it SIGTERM when its parent dies (prctl PR_SET_PDEATHSIG); everywhere, a daemon thread
-    exits it when its parent changes (reparented: the parent died) or `parent` is gone. Ctrl-C
-    is the planner's to handle (it tears the pool down), so workers ignore SIGINT."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not a handler inherited from the parent by fork
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
-        except (OSError, AttributeError):
-            pass  # no prctl: the thread below still notices
-    ppid = os.getppid()
-    if _parent_gone(parent, ppid, None):
-        os._exit(1)  # the parent died before the death signal was armed
-    threading.Thread(target=_watch_parent, args=(parent, ppid), name="moesim-watch-parent", daemon=True).start()
-
-
-def _parent_gone(parent: int, ppid: int, expected_ppid: Optional[int]) -> bool:
-    if expected_ppid is not None and ppid != expected_ppid:
-        return True
-    try:
-        os.kill(parent, 0)
-    except ProcessLookupError:
-        return True
-    except OSError:
-        pass  # exists, not ours to signal
-    return False
-
-
-def _watch_parent(parent: int, ppid: int) -> None:
-    while True:
-        time.sleep(_PARENT_POLL_S)
-        if _parent_gone(parent, os.getppid(), ppid):
-            os._exit(1)
-
-
 class _Terminated(BaseException):
     """SIGTERM arrived while the pool ran (a BaseException, like KeyboardInterrupt: no `except
     Exception` on the way may swallow it)."""
@@ -386,7 +341,7 @@ def _run_pool(workers: int, todo: list, finish, advance) -> None:
     for the rest of the sweep. The workers share served deployments' step times through a folder
     that lives as long as the pool (`serve_point`)."""
     with _sigterm_raises(), tempfile.TemporaryDirectory(prefix="moesim-step-times-") as step_cache:
-        pool = ProcessPoolExecutor(max_workers=workers, initializer=_worker_init, initargs=(os.getpid(),))
+        pool = ProcessPoolExecutor(max_workers=workers, initializer=worker_init, initargs=(os.getpid(),))
         try:
             futures = {pool.submit(simulate_group, [p for p, _ in items], step_cache): items
                        for items in _balanced(_groups(todo), workers)}

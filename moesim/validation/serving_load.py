@@ -406,23 +406,31 @@ def target(case: Case, b: Benchmark, run: dict) -> Target:
         """How much longer every engine step is at `v` than in the run (CPU plus per-layer time)."""
         return (v[c_name] - c0) + (v[l_name] - l0) * layers / 1e3
 
-    rounds = run["rounds"]
-    if case.metric == "ttft_ms":
-        values, steps = rounds["ttft_ms"], rounds["steps_before_first_token"]
+    metric, counts = ("ttft_ms", "steps_before_first_token") if case.metric == "ttft_ms" else \
+        ("tpot_ms", "steps_per_output_token")
+    values, steps = run["rounds"][metric], run["rounds"][counts]
+    n, head_value, head_steps = len(values), sum(values[:-1]), sum(steps[:-1])
+    last_value, last_steps = values[-1], steps[-1]
 
-        if b.mode == "disagg":
-            def model(v: Mapping[str, float]) -> float:
-                base, per_step = weighted_mean(values, v[ROUNDS]), weighted_mean(steps, v[ROUNDS])
-                return base + step_ms(v) * per_step + (v[r_name] - r0) + (v[h_name] - h0)
-        else:
-            def model(v: Mapping[str, float]) -> float:
-                base, per_step = weighted_mean(values, v[ROUNDS]), weighted_mean(steps, v[ROUNDS])
-                return base + step_ms(v) * per_step + (v[r_name] - r0)
-    else:
-        values, steps = rounds["tpot_ms"], rounds["steps_per_output_token"]
+    def means(v: Mapping[str, float]) -> tuple[float, float]:
+        """The metric's and the step counts' means over the measured rounds at `v` (`weighted_mean`,
+        unrolled: the fit evaluates every case at every step)."""
+        last = max(v[ROUNDS] - (n - 1), 0.0) if n > 1 else 1.0
+        total = (n - 1) + last
+        return (head_value + last * last_value) / total, (head_steps + last * last_steps) / total
 
+    if case.metric == "ttft_ms" and b.mode == "disagg":
         def model(v: Mapping[str, float]) -> float:
-            return weighted_mean(values, v[ROUNDS]) + step_ms(v) * weighted_mean(steps, v[ROUNDS])
+            base, per_step = means(v)
+            return base + step_ms(v) * per_step + (v[r_name] - r0) + (v[h_name] - h0)
+    elif case.metric == "ttft_ms":
+        def model(v: Mapping[str, float]) -> float:
+            base, per_step = means(v)
+            return base + step_ms(v) * per_step + (v[r_name] - r0)
+    else:
+        def model(v: Mapping[str, float]) -> float:
+            base, per_step = means(v)
+            return base + step_ms(v) * per_step
     ignored = [k for k in case.params if k not in USED]
     return Target(id=case.id, what=case.what, metric=case.metric, measured=case.measured, group=group_of(case),
                   model=model, ignored=ignored)

@@ -20,11 +20,8 @@ A request's instance is the one with a step ending when its phase ends (its last
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import signal
-import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from typing import Optional
@@ -32,7 +29,7 @@ from typing import Optional
 import numpy as np
 
 from moesim.core.errors import MoesimError
-from moesim.core.pools import kill_pool
+from moesim.core.pools import kill_pool, worker_init
 from moesim.serve.scheduler import rank_layers, serving_overhead_names
 from moesim.validation.serving_load import (ROUNDS, Benchmark, batch_limit, disagg_for, graph_sizes, load_for,
                                             round_means, scenario_overrides, step_policy, step_token_budget,
@@ -53,7 +50,7 @@ def run_groups(groups: list[list[Benchmark]], profile, *, workers: int = 1) -> d
         for i in order:
             out.update(run_group(groups[i], profile))
         return out
-    pool = ProcessPoolExecutor(max_workers=min(workers, len(groups)), initializer=_worker_init, initargs=(os.getpid(),))
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(groups)), initializer=worker_init, initargs=(os.getpid(),))
     try:
         for result in pool.map(run_group, [groups[i] for i in order], [profile] * len(order)):
             out.update(result)
@@ -161,22 +158,3 @@ def step_counts(trace: dict, *, osl: int, mode: str, queue_delay_s: float = 0.0)
             firsts.append(between(instance(prompt_done), arrival, prompt_done) + max(decode_steps - (osl - 1), 0))
             per_token.append(1.0)
     return np.asarray(firsts, dtype=float), np.asarray(per_token, dtype=float)
-
-
-# ----------------------------------------------------------------------------- the pool
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
-
-
-def _worker_init(parent: int) -> None:
-    """A pool worker dies with its parent (SIGTERM from the kernel on Linux) and leaves Ctrl-C to it."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            import ctypes
-            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
-    if os.getppid() != parent:
-        os._exit(1)   # the parent died before the signal was armed
-
-
-__all__ = ["run_benchmark", "run_group", "run_groups", "step_counts"]
