@@ -183,12 +183,17 @@ def round_means(values, concurrency: int) -> list[float]:
     return [float(v[r * concurrency:(r + 1) * concurrency].mean()) for r in range(-(-len(v) // concurrency))]
 
 
+def last_round_weight(simulated: int, rounds: float) -> float:
+    """The weight of the last of `simulated` rounds in the client's mean over `rounds` measured ones (each
+    other simulated round weighs 1): it stands for every round not simulated, none where `rounds` is no
+    more than the simulated ones. Plain floats: the fit evaluates it for every case at every step."""
+    return max(rounds - (simulated - 1), 0.0) if simulated > 1 else 1.0
+
+
 def weighted_mean(means: list[float], rounds: float) -> float:
-    """The client's mean over its `rounds` measured rounds from the simulated rounds' `means`: one weight
-    each, the last standing for every round not simulated (none where `rounds` is no more than the
-    simulated ones). Plain floats: the fit evaluates it for every case at every step."""
+    """The client's mean over its `rounds` measured rounds from the simulated rounds' `means`."""
     n = len(means)
-    last = max(rounds - (n - 1), 0.0) if n > 1 else 1.0
+    last = last_round_weight(n, rounds)
     return (sum(means[:-1]) + last * means[-1]) / ((n - 1) + last)
 
 
@@ -413,9 +418,9 @@ def target(case: Case, b: Benchmark, run: dict) -> Target:
     last_value, last_steps = values[-1], steps[-1]
 
     def means(v: Mapping[str, float]) -> tuple[float, float]:
-        """The metric's and the step counts' means over the measured rounds at `v` (`weighted_mean`,
-        unrolled: the fit evaluates every case at every step)."""
-        last = max(v[ROUNDS] - (n - 1), 0.0) if n > 1 else 1.0
+        """The metric's and the step counts' means over the measured rounds at `v` (`weighted_mean` of
+        both with one weight: the fit evaluates every case at every step)."""
+        last = last_round_weight(n, v[ROUNDS])
         total = (n - 1) + last
         return (head_value + last * last_value) / total, (head_steps + last * last_steps) / total
 
@@ -468,5 +473,5 @@ def prepare_many(cases: list[Case], calibration_of: Callable[[Case], Optional[Ca
 
 
 __all__ = ["Benchmark", "METRICS", "Pool", "ROUNDS", "WHAT", "batch_limit", "benchmark_of", "config_key", "disagg_for",
-           "ep_exchange", "graph_sizes", "labels", "load_for", "prepare_many", "round_means", "scenario_overrides",
-           "simulated_rounds", "step_policy", "step_token_budget", "target", "weighted_mean"]
+           "ep_exchange", "graph_sizes", "labels", "last_round_weight", "load_for", "prepare_many", "round_means",
+           "scenario_overrides", "simulated_rounds", "step_policy", "step_token_budget", "target", "weighted_mean"]

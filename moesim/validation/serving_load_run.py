@@ -158,3 +158,6 @@ def step_counts(trace: dict, *, osl: int, mode: str, queue_delay_s: float = 0.0)
             firsts.append(between(instance(prompt_done), arrival, prompt_done) + max(decode_steps - (osl - 1), 0))
             per_token.append(1.0)
     return np.asarray(firsts, dtype=float), np.asarray(per_token, dtype=float)
+
+
+__all__ = ["run_benchmark", "run_group", "run_groups", "step_counts"]
