@@ -41,16 +41,16 @@ def test_littles_law_closed_loop(framework):
 
 
 def test_low_load_limits():
-    """One request at a time: TTFT is the request overhead and one prefill step of the prompt, TPOT one
-    batch-1 decode step; every step adds the framework's CPU and per-layer time (the kernel profile's serving
-    overheads)."""
+    """One request at a time: TTFT is the request overhead and one prefill step of the prompt (at the framework's
+    prefill scale), TPOT one batch-1 decode step; every step adds the framework's CPU and per-layer time (the
+    kernel profile's serving overheads)."""
     sc = scenario()
     p = Policy.of(sc)
     assert p.cpu_overhead_s > 0 and p.request_overhead_s > 0
     r = serve(sc, make_load(isl=ISL, osl=OSL, requests=5, concurrency=1))
     m = r["metrics"]
     assert m["ttft_ms"]["mean"] == pytest.approx(
-        (p.request_overhead_s + simulate_prefill(sc, ISL, ISL) + p.step_overhead_s) * 1e3, rel=0.02)
+        (p.request_overhead_s + p.prefill_scale * simulate_prefill(sc, ISL, ISL) + p.step_overhead_s) * 1e3, rel=0.02)
     # decode contexts run ISL+1 .. ISL+OSL-1; the step is linear in context, so the middle one
     assert m["tpot_ms"]["mean"] == pytest.approx((simulate_decode(sc, 1, ISL + OSL // 2) + p.step_overhead_s) * 1e3,
                                                  rel=0.02)

@@ -53,8 +53,8 @@ def lone_transfer(sc, src: int, dst: int, gpus: int) -> tuple[float, float, set]
 
 def test_low_load_limits_and_kv_transfer_inside_a_node():
     """One request at a time on 1 prefill + 1 decode instance (GPUs 0-1 and 2-3 of one node):
-    TTFT = the request overhead + its prefill step + its KV transfer + the hand-over (the decode worker
-    streams the first token), TPOT = a batch-1 decode step, each step with the framework's CPU time, the
+    TTFT = the request overhead + its prefill step (at the prefill scale) + its KV transfer + the hand-over (the
+    decode worker streams the first token), TPOT = a batch-1 decode step, each step with the framework's CPU time, the
     transfer is bytes / NVLink rate (+ path latency), and E2E is the aggregated E2E plus exactly the
     transfer and the hand-over."""
     sc = scenario()
@@ -69,7 +69,7 @@ def test_low_load_limits_and_kv_transfer_inside_a_node():
     for key in ("mean", "p50", "p90", "p99"):
         assert kv["transfer_ms"][key] == pytest.approx(expected * 1e3, rel=1e-9)
     assert kv["wait_for_decode_slot_ms"]["p99"] == 0.0
-    prefill = p.request_overhead_s + simulate_prefill(sc, ISL, ISL) + p.step_overhead_s
+    prefill = p.request_overhead_s + p.prefill_scale * simulate_prefill(sc, ISL, ISL) + p.step_overhead_s
     assert m["ttft_ms"]["mean"] == pytest.approx((prefill + expected + p.kv_handoff_s) * 1e3, rel=0.02)
     assert m["tpot_ms"]["mean"] == pytest.approx((simulate_decode(sc, 1, ISL + OSL // 2) + p.step_overhead_s) * 1e3,
                                                  rel=0.02)

@@ -67,6 +67,7 @@ def test_policy_of_trtllm_scenario():
     layers = load_scenario(None, CHEAP).model.num_hidden_layers   # pp 1: a rank runs every layer
     assert policy.layer_overhead_s == pytest.approx(values["serving.layer_overhead_us.trtllm"] * layers / 1e6)
     assert policy.step_overhead_s == pytest.approx(policy.cpu_overhead_s + policy.layer_overhead_s)
+    assert policy.prefill_scale == values["serving.prefill_scale.trtllm"]
 
 
 @pytest.mark.parametrize("load", [dict(concurrency=16), dict(rate=40.0)])

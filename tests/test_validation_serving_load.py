@@ -79,18 +79,21 @@ def test_a_case_maps_to_one_instance_with_the_benchmarks_attention_dp_ranks():
     assert load.requests == S.SIMULATED_ROUNDS * 8
 
 
-def test_the_client_mean_weights_the_last_simulated_round_for_the_rounds_not_simulated():
-    burst, second, steady = [10.0, 30.0], [4.0, 6.0], [2.0, 2.0]
+def test_the_client_mean_weights_the_steady_round_for_the_rounds_not_simulated():
+    burst, second, steady, drain = [10.0, 30.0], [4.0, 6.0], [2.0, 2.0], [1.0, 3.0]
 
     def mean(values, rounds):
         return S.weighted_mean(S.round_means(values, 2), rounds)
-    assert S.round_means(burst + second + steady, 2) == [20.0, 5.0, 2.0]
-    assert mean(burst + second + steady, 20) == pytest.approx((20 + 5 + 2 * 18) / 20)
-    assert mean(burst + second + steady, 5) == pytest.approx((20 + 5 + 2 * 3) / 5)
-    assert mean(burst + steady, 20) == pytest.approx((20 + 2 * 19) / 20)
-    assert mean(burst + second + steady, 2) == pytest.approx((20 + 5) / 2)   # no round left to stand for
-    assert mean([7.0, 9.0], 20) == 8.0                                     # one round: its own mean
-    assert S.simulated_rounds(8, 1024) == 3 and S.simulated_rounds(4096, 1024) == 2   # 2 x 4096 x 1024 > 1M tokens
+    assert S.round_means(burst + second + steady + drain, 2) == [20.0, 5.0, 2.0, 2.0]
+    drain = [1.0, 1.0]   # the last round drains: it weighs 1, the steady round before it the rest
+    assert mean(burst + second + steady + drain, 20) == pytest.approx((20 + 5 + 2 * 17 + 1) / 20)
+    assert mean(burst + second + steady + drain, 5) == pytest.approx((20 + 5 + 2 * 2 + 1) / 5)
+    assert mean(burst + steady + drain, 20) == pytest.approx((20 + 2 * 18 + 1) / 20)
+    assert mean(burst + second + steady + drain, 3) == pytest.approx((20 + 5 + 1) / 3)   # no round left to stand for
+    assert mean(burst + steady, 20) == pytest.approx((20 + 2 * 19) / 20)                # 2 rounds: the last is steady
+    assert mean([7.0, 9.0], 20) == 8.0                                                   # one round: its own mean
+    assert [S.steady_round(n) for n in (1, 2, 3, 4)] == [0, 1, 1, 2]
+    assert S.simulated_rounds(8, 1024) == 4 and S.simulated_rounds(4096, 1024) == 3   # 2 x 4096 x 1024 > 1M tokens
 
 
 def test_the_measured_rounds_are_one_fitted_parameter_with_the_generators_default():
@@ -206,7 +209,7 @@ def test_the_closure_is_first_order_in_the_serving_parameters(good):
     _, cases, targets = good
     v = SPEC_PROFILE.values()
     t_ttft, t_tpot = targets["a-c4-ttft_ms"], targets["a-c4-tpot_ms"]
-    c, r, h, per_layer = serving_overhead_names("vllm")
+    c, r, h, per_layer, scale = serving_overhead_names("vllm")
     base_ttft, base_tpot = t_ttft.predict(v), t_tpot.predict(v)
     case = next(x for x in cases if x.id == "a-c4-tpot_ms")
     layers = load_scenario(None, S.scenario_overrides(S.benchmark_of(case, None))).model.num_hidden_layers
@@ -218,6 +221,24 @@ def test_the_closure_is_first_order_in_the_serving_parameters(good):
     bumped = t_tpot.predict(dict(v, **{c: v[c] + 1.0}))
     assert bumped - base_tpot == pytest.approx(1.0, rel=1e-6)            # vLLM: one step per output token
     assert t_ttft.predict(dict(v, **{c: v[c] + 1.0})) > base_ttft
+    run = run_benchmark(S.benchmark_of(case, None), v)
+    prompt_ms = S.weighted_mean(run["rounds"]["prefill_ms_before_first_token"], v[S.ROUNDS])
+    assert prompt_ms > 0.0                                               # its own prompt at least
+    assert t_ttft.predict(dict(v, **{scale: v[scale] + 0.5})) == pytest.approx(base_ttft + 0.5 * prompt_ms)
+
+
+def test_a_slower_prefill_lengthens_the_steps_that_hold_prompt_tokens():
+    """The prefill scale multiplies the step model's time of a step's prompt tokens: TTFT grows by at least the
+    request's own prompt, TPOT by the prompts that interrupt its decode steps, a run of pure decode not at all."""
+    cases = load_cases_from(bench("pre", concurrency=8, isl=2048, osl=64))
+    b = S.benchmark_of(cases[0], None)
+    v = SPEC_PROFILE.values()
+    scale = serving_overhead_names("vllm")[4]
+    base, slow = run_benchmark(b, v), run_benchmark(b, dict(v, **{scale: 2.0}))
+    assert slow["prefill_scale"] == 2.0 and base["prefill_scale"] == 1.0
+    own = S.weighted_mean(base["rounds"]["prefill_ms_before_first_token"], v[S.ROUNDS])
+    assert slow["ttft_ms"] > base["ttft_ms"] + 0.5 * own
+    assert slow["tpot_ms"] > base["tpot_ms"]
 
 
 def test_the_closure_is_exact_in_the_measured_rounds(good):
@@ -238,20 +259,20 @@ def test_fewer_measured_rounds_weigh_the_burst_more():
     targets = S.prepare_many(cases, lambda c: None, SPEC_PROFILE, workers=1)
     v = SPEC_PROFILE.values()
     run = run_benchmark(S.benchmark_of(cases[0], None), v)
-    burst, second, steady = run["rounds"]["ttft_ms"]
+    burst, second, steady, drain = run["rounds"]["ttft_ms"]
     assert burst > 1.2 * steady                    # the burst round queues every client's 2k-token prompt
     ttft = targets["burst-ttft_ms"]
     for rounds in (5.0, 20.0, 50.0):
         assert ttft.predict(dict(v, **{S.ROUNDS: rounds})) == pytest.approx(
-            (burst + second + (rounds - 2) * steady) / rounds, rel=1e-12)
+            (burst + second + (rounds - 3) * steady + drain) / rounds, rel=1e-12)
 
 
 def test_closure_against_a_resimulation(good):
     """The first-order model from a run at the defaults, evaluated at other values, against a run at them."""
     _, cases, targets = good
     v = SPEC_PROFILE.values()
-    c, r, _, _ = serving_overhead_names("vllm")
-    moved = dict(v, **{c: 2.0, r: 30.0})
+    c, r, _, _, scale = serving_overhead_names("vllm")
+    moved = dict(v, **{c: 2.0, r: 30.0, scale: 1.5})
     case = next(x for x in cases if x.id == "a-c4-ttft_ms")
     rerun = run_benchmark(S.benchmark_of(case, None), moved)
     assert targets["a-c4-ttft_ms"].predict(moved) == pytest.approx(rerun["ttft_ms"], rel=0.05)

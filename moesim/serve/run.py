@@ -309,6 +309,7 @@ def assumptions(policy: Policy) -> list[str]:
            "requests go to attention-DP ranks round robin"]
     out.append(f"{policy.framework}: {policy.cpu_overhead_s * 1e3:.3g} ms of CPU time and "
                f"{policy.layer_overhead_s * 1e3:.3g} ms of per-layer GPU time beyond the step model per engine step, "
+               f"prompt tokens at {policy.prefill_scale:.3g} x the step model's prefill time, "
                f"{policy.request_overhead_s * 1e3:.3g} ms per request from send to queue (HTTP, tokenisation) and, "
                f"disaggregated, {policy.kv_handoff_s * 1e3:.3g} ms of prefill-to-decode hand-over per request; from "
                f"{policy.overheads_from}")

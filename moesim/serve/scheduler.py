@@ -79,6 +79,7 @@ class Policy:
     kv_admission: str = "whole_request"   # or "incremental" (module docstring)
     kv_handoff_s: float = 0.0   # disagg: from a request's KV arriving to its decode rank's queue: on TTFT
     layer_overhead_s: float = 0.0   # GPU time per step beyond the step model: per layer x the layers a rank runs
+    prefill_scale: float = 1.0      # a step's prompt tokens take this x the step model's prefill time of as many
 
     @property
     def step_overhead_s(self) -> float:
@@ -106,7 +107,8 @@ class Policy:
                    token_budget=b.step_token_budget.value, step_policy=b.step_policy.value,
                    graph_sizes=b.cuda_graph_batch_sizes.value.sizes(), cpu_overhead_s=o.step_cpu_ms / 1e3,
                    request_overhead_s=o.request_ms / 1e3, kv_handoff_s=o.handoff_ms / 1e3,
-                   layer_overhead_s=o.layer_us * rank_layers(sc) / 1e6, overheads_from=o.source)
+                   layer_overhead_s=o.layer_us * rank_layers(sc) / 1e6, prefill_scale=o.prefill_scale,
+                   overheads_from=o.source)
 
     def padded(self, batch: int) -> int:
         """The decode batch a CUDA graph runs: the next captured size, or `batch` beyond them."""
@@ -118,12 +120,13 @@ class Policy:
                 "step_token_budget": self.token_budget, "step_policy": self.step_policy,
                 "cuda_graph_batch_sizes": list(self.graph_sizes), "step_cpu_overhead_s": self.cpu_overhead_s,
                 "request_overhead_s": self.request_overhead_s, "kv_handoff_s": self.kv_handoff_s,
-                "layer_overhead_s": self.layer_overhead_s, "overheads_from": self.overheads_from,
+                "layer_overhead_s": self.layer_overhead_s, "prefill_scale": self.prefill_scale,
+                "overheads_from": self.overheads_from,
                 "kv_admission": self.kv_admission}
 
 
 SERVING_OVERHEADS = ("serving.step_cpu_ms", "serving.request_overhead_ms", "serving.disagg_handoff_ms",
-                     "serving.layer_overhead_us")
+                     "serving.layer_overhead_us", "serving.prefill_scale")
 
 
 class ServingOverheads(NamedTuple):
@@ -133,14 +136,16 @@ class ServingOverheads(NamedTuple):
     request_ms: float      # per request, send to queue
     handoff_ms: float      # per request, disaggregated prefill-to-decode hand-over
     layer_us: float        # per engine step and decoder layer a rank runs, GPU beyond the step model
+    prefill_scale: float   # a step's prompt tokens, x the step model's prefill time of as many
     source: str
 
 
-def serving_overhead_names(framework: str) -> tuple[str, str, str, str]:
-    """The kernel-profile parameters of a framework's (CPU per step, per-request, hand-over, per-layer)
-    overheads: what `serving_overheads_ms` reads and what `moesim calibrate` fits (validation.serving_load)."""
-    step_cpu, request, handoff, layer = (f"{prefix}.{framework}" for prefix in SERVING_OVERHEADS)
-    return step_cpu, request, handoff, layer
+def serving_overhead_names(framework: str) -> tuple[str, str, str, str, str]:
+    """The kernel-profile parameters of a framework's (CPU per step, per-request, hand-over, per-layer,
+    prefill scale) overheads: what `serving_overheads_ms` reads and what `moesim calibrate` fits
+    (validation.serving_load)."""
+    step_cpu, request, handoff, layer, prefill = (f"{prefix}.{framework}" for prefix in SERVING_OVERHEADS)
+    return step_cpu, request, handoff, layer, prefill
 
 
 def rank_layers(sc: Scenario) -> int:
@@ -392,6 +397,9 @@ class StepPlan:
     chunks: list
     decodes: list
     duration_s: float
+    # the step model's prefill time of the busiest rank's prompt tokens, which `Policy.prefill_scale` scales (the
+    # step's time holds (scale - 1) x it beyond the step model; the serving fit's closure reads it from the trace)
+    prefill_s: float = 0.0
     # a run of pure decode steps (`Instance.stretch`): each one's end time; None for one step
     ends: Optional[list] = None
     # those steps are single steps, each planned at the end of the one before (`Lockstep.coast`)
@@ -566,7 +574,10 @@ class Instance:
             longest = float(self.fn.step_many(np.asarray(batches), np.asarray(contexts), np.asarray(tokens_of)).max())
         if longest <= 0.0:
             return None
-        return StepPlan(all_chunks, all_decodes, longest + p.step_overhead_s)
+        prompt = max(tokens_of)
+        prefill = self.fn.prefill(prompt) if prompt else 0.0
+        return StepPlan(all_chunks, all_decodes, longest + p.step_overhead_s + (p.prefill_scale - 1.0) * prefill,
+                        prefill_s=prefill)
 
     def coast(self, plan: StepPlan, now: float) -> StepPlan:
         """`plan` (a single pure decode step planned at `now`) and the ones after it as single steps

@@ -4,7 +4,8 @@ Two processes, as `sim.engine.chrome_trace` lays out a step (pid = what, tid = w
 - pid 0 "engines": one thread per engine instance ("instance 0", or "prefill 0" / "decode 1"
   when disaggregated), one complete event per engine step, named by what it holds and carrying
   the prompt tokens and decode sequences of the step (summed over the instance's attention-DP
-  ranks, and the busiest rank's, which sets the step time);
+  ranks, and the busiest rank's, which sets the step time) and the step model's prefill time of the
+  busiest rank's prompt tokens (`prefill_model_s`, what the backend's prefill scale multiplies);
 - pid 1 "requests": one thread per request, one complete event per phase of its life. The phases
   are fixed per mode, so a reader (and a test) knows how many to expect: aggregated `queue`,
   `prefill`, `decode`; disaggregated `queue`, `prefill`, `kv_wait` (for a decode rank's KV
@@ -39,7 +40,8 @@ class StepTrace:
                             "ts": start_s * US, "dur": (end_s - start_s) * US,
                             "args": {"prefill_tokens": p, "decode_sequences": d,
                                      "busiest_rank_prefill_tokens": max(prefill, default=0),
-                                     "busiest_rank_decode_sequences": max(decode, default=0)}})
+                                     "busiest_rank_decode_sequences": max(decode, default=0),
+                                     "prefill_model_s": plan.prefill_s}})
 
 
 def chrome_trace(name: str, steps: StepTrace, phases: list[tuple[str, np.ndarray, np.ndarray]],

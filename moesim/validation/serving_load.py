@@ -39,13 +39,19 @@ of prompts, and its TTFT is part of the mean with a weight of 1 / R. The file do
 is fitted (`ROUNDS`, topologies/kernels/benchmark.yaml; prior 20, the generator's default), one for
 the whole file, so the three backends' serving parameters are fitted together. moesim simulates
 `SIMULATED_ROUNDS` rounds (request k is in round k // concurrency): the burst, the round it shapes,
-and one steady round that stands for the remaining R - 2 (`weighted_mean`); 2 rounds where the two
-after the burst would generate more than `MEASURED_TOKENS` tokens. R only weights the simulated
-rounds' means, so one run serves every R.
-Why 3: with fixed lengths and a deterministic simulator the rounds after the second repeat one
+one steady round that stands for the remaining R - 3 (`weighted_mean`), and the last round, which
+drains: no client sends after it, so its requests decode beside fewer new prompts and queue behind
+fewer, as the client's own last round does. The steady round is therefore not the last one: a
+round followed by none saw half the other clients' prompts that a steady round sees (SGLang,
+DeepSeek-R1 FP8 on 8 x B200, 8k + 1k tokens, 128 clients: prefill time per output token 7.7 ms in
+the last round, 14.6 ms in the one before it, TPOT 35.0 vs 41.1 ms). One round fewer (burst, steady,
+drain) where the two after the burst would generate more than `MEASURED_TOKENS` tokens. R only
+weights the simulated rounds' means, so one run serves every R.
+Why so few: with fixed lengths and a deterministic simulator the rounds after the second repeat one
 another closely, while a run's cost grows with its steps. Measured on 30 benchmarks drawn from the
 file (seeded shuffle, concurrency x OSL <= 256k), against 6 simulated rounds: 3 differ by 1.2 % in
-mean TTFT (at most 24 %) and 0.4 % in TPOT (at most 2.8 %).
+mean TTFT (at most 24 %) and 0.4 % in TPOT (at most 2.8 %) - with the third, draining round then
+standing for the steady ones.
 
 The fit (`topologies/kernels/serving.yaml` and the rounds R; robust,
 `calibration.kernel_fit.ROBUST_LOG_SCALE`): per backend, the per-step CPU time c on the critical
@@ -55,14 +61,19 @@ and in disaggregated runs the hand-over h from prefill to decode worker beyond t
 (`Policy.kv_handoff_s`, a request joins its decode rank's queue h after its KV arrived), and the GPU
 time l per decoder layer and step beyond the step model's kernels (`Policy.layer_overhead_s`, L l
 for the L layers a rank runs: kernel boundaries and the small kernels around the priced ones, so a
-36-layer model does not pay a 94-layer model's fixed step time).
+36-layer model does not pay a 94-layer model's fixed step time), and the scale s on the step model's
+prefill time of a step's prompt tokens (`Policy.prefill_scale`: the backend's prefill kernels against
+the calibrated ones moesim prices).
 A run at the profile's (c0, l0, r0, h0) also counts, per measured request, the engine steps it waited
 through before its first token (n_first) and the steps per output token while it decoded (n_tpot,
-1 in vLLM's mixed steps, more where SGLang runs prefill steps between decode steps). The target is
-the first-order expansion
+1 in vLLM's mixed steps, more where SGLang runs prefill steps between decode steps), and the step
+model's prefill time in those steps (p_first: its own prompt's and the ones before it; p_tpot: the
+prompts that shared or interrupted its decode steps, per output token). The target is the first-order
+expansion
 
-    TTFT(c, l, r, R) = sum_k w_k(R) [TTFT0_k + (c - c0 + L (l - l0)) n_first_k] + (r - r0) [+ (h - h0) disagg],
-    TPOT(c, l, R) = sum_k w_k(R) [TPOT0_k + (c - c0 + L (l - l0)) n_tpot_k]
+    TTFT(c, l, s, r, R) = sum_k w_k(R) [TTFT0_k + (c - c0 + L (l - l0)) n_first_k + (s - s0) p_first_k]
+                          + (r - r0) [+ (h - h0) disagg],
+    TPOT(c, l, s, R) = sum_k w_k(R) [TPOT0_k + (c - c0 + L (l - l0)) n_tpot_k + (s - s0) p_tpot_k]
 
 over the simulated rounds k (their means, `weighted_mean`'s weights w_k): exact in R, and in c, l
 and r while the schedule (which steps form, in which order) does not change with them. In a
@@ -168,8 +179,8 @@ def kv_cache_format(weights: str) -> str:
 # its records measured: that is a fitted parameter (`ROUNDS`, topologies/kernels/benchmark.yaml, the generator's 20
 # as its prior), and the rounds enter only the weights of the simulated rounds' means.
 ROUNDS = "benchmark.profiled_rounds"   # the kernel-profile parameter of the rounds the file's records measured
-SIMULATED_ROUNDS = 3          # the burst, the round after it, one steady round for the rest
-MEASURED_TOKENS = 1_048_576   # 3 rounds while the two after the burst generate at most this many tokens, else 2
+SIMULATED_ROUNDS = 4          # the burst, the round after it, one steady round for the rest, the draining last one
+MEASURED_TOKENS = 1_048_576   # 4 rounds while the two after the burst generate at most this many tokens, else 3
 
 
 def simulated_rounds(concurrency: int, osl: int) -> int:
@@ -183,18 +194,25 @@ def round_means(values, concurrency: int) -> list[float]:
     return [float(v[r * concurrency:(r + 1) * concurrency].mean()) for r in range(-(-len(v) // concurrency))]
 
 
-def last_round_weight(simulated: int, rounds: float) -> float:
-    """The weight of the last of `simulated` rounds in the client's mean over `rounds` measured ones (each
-    other simulated round weighs 1): it stands for every round not simulated, none where `rounds` is no
-    more than the simulated ones. Plain floats: the fit evaluates it for every case at every step."""
+def steady_round(simulated: int) -> int:
+    """Which of `simulated` rounds is the steady one (module docstring): the one before the draining last
+    round, or the last of fewer than 3."""
+    return simulated - 2 if simulated >= 3 else simulated - 1
+
+
+def steady_round_weight(simulated: int, rounds: float) -> float:
+    """The weight of the steady round (`steady_round`) of `simulated` rounds in the client's mean over
+    `rounds` measured ones (each other simulated round weighs 1): it stands for every round not simulated,
+    none where `rounds` is no more than the simulated ones. Plain floats: the fit evaluates it for every
+    case at every step."""
     return max(rounds - (simulated - 1), 0.0) if simulated > 1 else 1.0
 
 
 def weighted_mean(means: list[float], rounds: float) -> float:
     """The client's mean over its `rounds` measured rounds from the simulated rounds' `means`."""
-    n = len(means)
-    last = last_round_weight(n, rounds)
-    return (sum(means[:-1]) + last * means[-1]) / ((n - 1) + last)
+    n, i = len(means), steady_round(len(means))
+    weight = steady_round_weight(n, rounds)
+    return (sum(means) - means[i] + weight * means[i]) / ((n - 1) + weight)
 
 
 @dataclass(frozen=True)
@@ -401,41 +419,38 @@ def load_for(b: Benchmark):
 
 def target(case: Case, b: Benchmark, run: dict) -> Target:
     """The case's target from its benchmark's run (`serving_load_run.run_benchmark`): the closure of
-    the module docstring in the backend's step CPU time, per-layer time, request overhead, hand-over
-    and measured rounds."""
-    c_name, r_name, h_name, l_name = serving_overhead_names(b.backend)
+    the module docstring in the backend's step CPU time, per-layer time, request overhead, hand-over,
+    prefill scale and measured rounds."""
+    c_name, r_name, h_name, l_name, s_name = serving_overhead_names(b.backend)
     c0, r0, h0 = run["step_cpu_ms"], run["request_overhead_ms"], run["disagg_handoff_ms"]
-    l0, layers = run["layer_overhead_us"], run["layers"]
+    l0, layers, s0 = run["layer_overhead_us"], run["layers"], run["prefill_scale"]
 
     def step_ms(v: Mapping[str, float]) -> float:
         """How much longer every engine step is at `v` than in the run (CPU plus per-layer time)."""
         return (v[c_name] - c0) + (v[l_name] - l0) * layers / 1e3
 
-    metric, counts = ("ttft_ms", "steps_before_first_token") if case.metric == "ttft_ms" else \
-        ("tpot_ms", "steps_per_output_token")
-    values, steps = run["rounds"][metric], run["rounds"][counts]
-    n, head_value, head_steps = len(values), sum(values[:-1]), sum(steps[:-1])
-    last_value, last_steps = values[-1], steps[-1]
+    metric, counts, prefill = ("ttft_ms", "steps_before_first_token", "prefill_ms_before_first_token") \
+        if case.metric == "ttft_ms" else ("tpot_ms", "steps_per_output_token", "prefill_ms_per_output_token")
+    values, steps, prompt_ms = run["rounds"][metric], run["rounds"][counts], run["rounds"][prefill]
+    n, i = len(values), steady_round(len(values))
+    value, n_steps, prompt = values[i], steps[i], prompt_ms[i]   # the steady round's, and the others' sums
+    rest_value, rest_steps, rest_prompt = sum(values) - value, sum(steps) - n_steps, sum(prompt_ms) - prompt
 
-    def means(v: Mapping[str, float]) -> tuple[float, float]:
-        """The metric's and the step counts' means over the measured rounds at `v` (`weighted_mean` of
-        both with one weight: the fit evaluates every case at every step)."""
-        last = last_round_weight(n, v[ROUNDS])
-        total = (n - 1) + last
-        return (head_value + last * last_value) / total, (head_steps + last * last_steps) / total
+    def means(v: Mapping[str, float]) -> float:
+        """The metric's mean over the measured rounds at `v`, with the step counts' and the prefill times'
+        means (`weighted_mean` of each with one weight: the fit evaluates every case at every step)."""
+        weight = steady_round_weight(n, v[ROUNDS])
+        return ((rest_value + weight * value) + step_ms(v) * (rest_steps + weight * n_steps)
+                + (v[s_name] - s0) * (rest_prompt + weight * prompt)) / ((n - 1) + weight)
 
     if case.metric == "ttft_ms" and b.mode == "disagg":
         def model(v: Mapping[str, float]) -> float:
-            base, per_step = means(v)
-            return base + step_ms(v) * per_step + (v[r_name] - r0) + (v[h_name] - h0)
+            return means(v) + (v[r_name] - r0) + (v[h_name] - h0)
     elif case.metric == "ttft_ms":
         def model(v: Mapping[str, float]) -> float:
-            base, per_step = means(v)
-            return base + step_ms(v) * per_step + (v[r_name] - r0)
+            return means(v) + (v[r_name] - r0)
     else:
-        def model(v: Mapping[str, float]) -> float:
-            base, per_step = means(v)
-            return base + step_ms(v) * per_step
+        model = means
     ignored = [k for k in case.params if k not in USED]
     return Target(id=case.id, what=case.what, metric=case.metric, measured=case.measured, group=group_of(case),
                   model=model, ignored=ignored)
@@ -473,5 +488,6 @@ def prepare_many(cases: list[Case], calibration_of: Callable[[Case], Optional[Ca
 
 
 __all__ = ["Benchmark", "METRICS", "Pool", "ROUNDS", "WHAT", "batch_limit", "benchmark_of", "config_key", "disagg_for",
-           "ep_exchange", "graph_sizes", "labels", "last_round_weight", "load_for", "prepare_many", "round_means",
-           "scenario_overrides", "simulated_rounds", "step_policy", "step_token_budget", "target", "weighted_mean"]
+           "ep_exchange", "graph_sizes", "labels", "load_for", "prepare_many", "round_means", "scenario_overrides",
+           "simulated_rounds", "steady_round", "steady_round_weight", "step_policy", "step_token_budget", "target",
+           "weighted_mean"]

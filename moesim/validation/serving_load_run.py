@@ -12,10 +12,12 @@ simulated in), so the answers are the same floats for any number of workers.
 Step counts come from the run's trace (`serve.trace`: engine steps per instance, phases per
 request), per measured request:
 - agg: n_first = steps of the request's instance that end after it arrives and by its first token;
-  n_tpot = steps that end after its first token and by its last, over OSL - 1;
+  n_tpot = steps that end after its first token and by its last, over OSL - 1; p_first and p_tpot the
+  step model's prefill time of the same steps (`prefill_model_s`), summed, the latter over OSL - 1;
 - disagg: n_first = steps of its prefill instance from arrival to prompt done, plus the decode
   instance's steps it waited for after it was handed over (steps from its hand-over to its last token less
-  its OSL - 1 decode steps); n_tpot = 1 (a decode instance runs only decode steps, each gives it a token).
+  its OSL - 1 decode steps); n_tpot = 1 (a decode instance runs only decode steps, each gives it a token);
+  p_first the prefill instance's steps' prefill time, p_tpot = 0.
 A request's instance is the one with a step ending when its phase ends (its last token, its prompt).
 """
 from __future__ import annotations
@@ -81,7 +83,7 @@ def run_benchmark(b: Benchmark, values: dict) -> dict:
     from moesim.serve.run import serve
     from moesim.serve.scheduler import Policy
 
-    c_ms, r_ms, h_ms, l_us = (values[name] for name in serving_overhead_names(b.backend))
+    c_ms, r_ms, h_ms, l_us, scale = (values[name] for name in serving_overhead_names(b.backend))
     try:
         sc = load_scenario(None, scenario_overrides(b))
         with standing_in_for_default(profile_of(values)):
@@ -95,14 +97,17 @@ def run_benchmark(b: Benchmark, values: dict) -> dict:
         return {"skip": f"cannot model: {exc.one_line()}"}
     req, c = result["_requests"], b.concurrency
     ttft_s, e2e_s = np.asarray(req["ttft_s"]), np.asarray(req["e2e_s"])
-    first, per_token = step_counts(result["_trace"], osl=b.osl, mode=b.mode, queue_delay_s=policy.request_overhead_s)
+    first, per_token, prefill_first, prefill_per_token = step_counts(result["_trace"], osl=b.osl, mode=b.mode,
+                                                                     queue_delay_s=policy.request_overhead_s)
     tpot_s = (e2e_s - ttft_s) / (b.osl - 1) if b.osl > 1 else np.full_like(ttft_s, math.nan)   # no TPOT of 1 token
     rounds = {"ttft_ms": round_means(ttft_s * MS, c), "tpot_ms": round_means(tpot_s * MS, c),
-              "steps_before_first_token": round_means(first, c), "steps_per_output_token": round_means(per_token, c)}
+              "steps_before_first_token": round_means(first, c), "steps_per_output_token": round_means(per_token, c),
+              "prefill_ms_before_first_token": round_means(prefill_first * MS, c),
+              "prefill_ms_per_output_token": round_means(prefill_per_token * MS, c)}
     measured = values[ROUNDS]
     return {**{k: weighted_mean(v, measured) for k, v in rounds.items()}, "rounds": rounds, "profiled_rounds": measured,
             "step_cpu_ms": c_ms, "request_overhead_ms": r_ms, "disagg_handoff_ms": h_ms,
-            "layer_overhead_us": l_us, "layers": rank_layers(sc)}
+            "layer_overhead_us": l_us, "prefill_scale": scale, "layers": rank_layers(sc)}
 
 
 def profile_of(values: dict):
@@ -114,11 +119,13 @@ def profile_of(values: dict):
                                                           if k not in defaults or v != defaults[k].value})
 
 
-def step_counts(trace: dict, *, osl: int, mode: str, queue_delay_s: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
-    """Per request, in request order: steps before its first token, and steps per output token.
-    A request's `queue` phase starts when it is sent; it reaches its rank's queue `queue_delay_s`
-    later (the request overhead), and only steps ending after that delay it."""
+def step_counts(trace: dict, *, osl: int, mode: str, queue_delay_s: float = 0.0) -> tuple[np.ndarray, ...]:
+    """Per request, in request order: steps before its first token, steps per output token, and the
+    step model's prefill time (`prefill_model_s` of the steps, seconds) in those steps before its first
+    token and per output token. A request's `queue` phase starts when it is sent; it reaches its rank's
+    queue `queue_delay_s` later (the request overhead), and only steps ending after that delay it."""
     steps: dict[int, list[float]] = {}
+    prefills: dict[int, list[float]] = {}
     phases: dict[int, dict[str, tuple[float, float]]] = {}
     for ev in trace["traceEvents"]:
         if ev.get("ph") != "X":
@@ -126,38 +133,52 @@ def step_counts(trace: dict, *, osl: int, mode: str, queue_delay_s: float = 0.0)
         start, end = ev["ts"] / US, (ev["ts"] + ev["dur"]) / US
         if ev["pid"] == 0:
             steps.setdefault(ev["tid"], []).append(end)
+            prefills.setdefault(ev["tid"], []).append(ev["args"]["prefill_model_s"])
         else:
             phases.setdefault(ev["tid"], {})[ev["name"]] = (start, end)
-    ends = {e: np.sort(np.asarray(v)) for e, v in steps.items()}
+    engines = {}
+    for e, v in steps.items():   # an instance's step ends, in order, and its prefill times summed up to each
+        order = np.argsort(np.asarray(v), kind="stable")
+        engines[e] = (np.asarray(v)[order], np.concatenate([[0.0], np.cumsum(np.asarray(prefills[e])[order])]))
 
-    def instance(t: float) -> Optional[np.ndarray]:
-        for arr in ends.values():
+    def instance(t: float) -> Optional[tuple]:
+        for eng in engines.values():
+            arr = eng[0]
             i = np.searchsorted(arr, t - MATCH_S)
             if i < len(arr) and arr[i] <= t + MATCH_S:
-                return arr
+                return eng
         return None
 
-    def between(arr: Optional[np.ndarray], a: float, b: float) -> int:
-        if arr is None:
-            return 0
-        return int(np.searchsorted(arr, b + MATCH_S) - np.searchsorted(arr, a + MATCH_S))
+    def between(eng: Optional[tuple], a: float, b: float) -> tuple[int, float]:
+        """Steps of the instance `eng` ending in (a, b], and their prefill time."""
+        if eng is None:
+            return 0, 0.0
+        i, j = np.searchsorted(eng[0], a + MATCH_S), np.searchsorted(eng[0], b + MATCH_S)
+        return int(j - i), float(eng[1][j] - eng[1][i])
 
-    firsts, per_token = [], []
+    firsts, per_token, prefill_first, prefill_per_token = [], [], [], []
     for req in sorted(phases):
         ph = phases[req]
         arrival = ph["queue"][0] + queue_delay_s
         if mode == "agg":
             first, finish = ph["decode"]
             own = instance(finish) if osl > 1 else instance(first)
-            firsts.append(between(own, arrival, first))
-            per_token.append(between(own, first, finish) / (osl - 1) if osl > 1 else math.nan)
-        else:
+            n, pre = between(own, arrival, first)
+            firsts.append(n)
+            prefill_first.append(pre)
+            n, pre = between(own, first, finish)
+            per_token.append(n / (osl - 1) if osl > 1 else math.nan)
+            prefill_per_token.append(pre / (osl - 1) if osl > 1 else math.nan)
+        else:   # a decode instance runs no prompt tokens: the prefill time is the prefill instance's
             prompt_done = ph["prefill"][1]
             joined, finish = ph["decode"]
-            decode_steps = between(instance(finish), joined, finish)
-            firsts.append(between(instance(prompt_done), arrival, prompt_done) + max(decode_steps - (osl - 1), 0))
+            decode_steps, _ = between(instance(finish), joined, finish)
+            n, pre = between(instance(prompt_done), arrival, prompt_done)
+            firsts.append(n + max(decode_steps - (osl - 1), 0))
+            prefill_first.append(pre)
             per_token.append(1.0)
-    return np.asarray(firsts, dtype=float), np.asarray(per_token, dtype=float)
+            prefill_per_token.append(0.0)
+    return tuple(np.asarray(x, dtype=float) for x in (firsts, per_token, prefill_first, prefill_per_token))
 
 
 __all__ = ["run_benchmark", "run_group", "run_groups", "step_counts"]
