@@ -65,7 +65,7 @@ def test_policy_of_trtllm_scenario():
     assert policy.request_overhead_s == values["serving.request_overhead_ms.trtllm"] / 1e3
     assert policy.kv_handoff_s == values["serving.disagg_handoff_ms.trtllm"] / 1e3
     layers = load_scenario(None, CHEAP).model.num_hidden_layers   # pp 1: a rank runs every layer
-    assert policy.layer_overhead_s == pytest.approx(values["serving.layer_overhead_us.trtllm"] * layers / 1e6)
+    assert policy.layer_overhead_s == pytest.approx(values["serving.layer_overhead_us.trtllm.fp8"] * layers / 1e6)
     assert policy.step_overhead_s == pytest.approx(policy.cpu_overhead_s + policy.layer_overhead_s)
     assert policy.prefill_scale == values["serving.prefill_scale.trtllm"]
 

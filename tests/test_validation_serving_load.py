@@ -8,10 +8,10 @@ import yaml
 from click.testing import CliRunner
 
 from moesim.calibration.kernel_fit import bind, cross_validate, fit_all
-from moesim.calibration.kernel_params import SPEC, KernelProfile, definitions
+from moesim.calibration.kernel_params import SPEC, KernelProfile, definitions, resolve_kernel_profile
 from moesim.cli import main
 from moesim.cluster.scenario import load_scenario
-from moesim.serve.scheduler import serving_overhead_names
+from moesim.serve.scheduler import Policy, moe_kernel_family, rank_layers, serving_overhead_names
 from moesim.validation import serving_load as S
 from moesim.validation.cases import Skip, load_cases
 from moesim.validation.run import cv_groups, validate
@@ -209,7 +209,7 @@ def test_the_closure_is_first_order_in_the_serving_parameters(good):
     _, cases, targets = good
     v = SPEC_PROFILE.values()
     t_ttft, t_tpot = targets["a-c4-ttft_ms"], targets["a-c4-tpot_ms"]
-    c, r, h, per_layer, scale = serving_overhead_names("vllm")
+    c, r, h, per_layer, scale = serving_overhead_names("vllm", "fp8")   # qwen3-30b-a3b in FP8
     base_ttft, base_tpot = t_ttft.predict(v), t_tpot.predict(v)
     case = next(x for x in cases if x.id == "a-c4-tpot_ms")
     layers = load_scenario(None, S.scenario_overrides(S.benchmark_of(case, None))).model.num_hidden_layers
@@ -227,13 +227,28 @@ def test_the_closure_is_first_order_in_the_serving_parameters(good):
     assert t_ttft.predict(dict(v, **{scale: v[scale] + 0.5})) == pytest.approx(base_ttft + 0.5 * prompt_ms)
 
 
+def test_4bit_experts_pay_their_own_per_layer_time():
+    """The per-layer time is the backend's for the MoE kernels a model's experts run: a 4-bit checkpoint (here
+    NVFP4 on H100, which runs weight-only INT4) reads the `.fp4` parameter, an FP8 one the `.fp8` one."""
+    def scenario(**params):
+        case = load_cases_from(bench("k", **params))[0]
+        return load_scenario(None, S.scenario_overrides(S.benchmark_of(case, None)))
+    fp8, fp4 = scenario(), scenario(moe_dtype="nvfp4")
+    assert (moe_kernel_family(fp8), moe_kernel_family(fp4)) == ("fp8", "fp4")
+    assert serving_overhead_names("vllm", "fp4")[3] == "serving.layer_overhead_us.vllm.fp4"
+    values = resolve_kernel_profile(None).values()   # the shipped fit, which Policy reads
+    for sc, family in ((fp8, "fp8"), (fp4, "fp4")):
+        expected = values[f"serving.layer_overhead_us.vllm.{family}"] * rank_layers(sc) / 1e6
+        assert Policy.of(sc).layer_overhead_s == pytest.approx(expected)
+
+
 def test_a_slower_prefill_lengthens_the_steps_that_hold_prompt_tokens():
     """The prefill scale multiplies the step model's time of a step's prompt tokens: TTFT grows by at least the
     request's own prompt, TPOT by the prompts that interrupt its decode steps, a run of pure decode not at all."""
     cases = load_cases_from(bench("pre", concurrency=8, isl=2048, osl=64))
     b = S.benchmark_of(cases[0], None)
     v = SPEC_PROFILE.values()
-    scale = serving_overhead_names("vllm")[4]
+    scale = serving_overhead_names("vllm", "fp8")[4]
     base, slow = run_benchmark(b, v), run_benchmark(b, dict(v, **{scale: 2.0}))
     assert slow["prefill_scale"] == 2.0 and base["prefill_scale"] == 1.0
     own = S.weighted_mean(base["rounds"]["prefill_ms_before_first_token"], v[S.ROUNDS])
@@ -271,7 +286,7 @@ def test_closure_against_a_resimulation(good):
     """The first-order model from a run at the defaults, evaluated at other values, against a run at them."""
     _, cases, targets = good
     v = SPEC_PROFILE.values()
-    c, r, _, _, scale = serving_overhead_names("vllm")
+    c, r, _, _, scale = serving_overhead_names("vllm", "fp8")
     moved = dict(v, **{c: 2.0, r: 30.0, scale: 1.5})
     case = next(x for x in cases if x.id == "a-c4-ttft_ms")
     rerun = run_benchmark(S.benchmark_of(case, None), moved)

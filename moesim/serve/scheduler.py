@@ -62,6 +62,7 @@ from moesim.costs.feasibility import shortfall_text
 from moesim.costs.memory import memory_ledger
 from moesim.serve.load import Load, closed_loop_starts, open_loop_arrivals
 from moesim.serve.step_function import StepFunction
+from moesim.specs import precision
 
 
 @dataclass(frozen=True)
@@ -140,12 +141,21 @@ class ServingOverheads(NamedTuple):
     source: str
 
 
-def serving_overhead_names(framework: str) -> tuple[str, str, str, str, str]:
+def moe_kernel_family(sc: Scenario) -> str:
+    """Which per-layer time a scenario's MoE layers pay (`serving.layer_overhead_us.<framework>.<family>`):
+    "fp4" for experts stored in fewer than 8 bits (NVFP4, MXFP4, INT4 weight-only: Marlin, CUTLASS FP4 or
+    FlashInfer MXFP4 kernels), "fp8" for FP8 and wider (Triton / DeepGEMM FP8 block-scaled or BF16 grouped
+    GEMMs); the two kernel families carry different fixed costs per layer at small batch."""
+    experts = sc.input.dtypes.expert_weights or sc.input.dtypes.weights
+    return "fp4" if precision.get(experts).bits < 8 else "fp8"
+
+
+def serving_overhead_names(framework: str, moe_kernels: str) -> tuple[str, str, str, str, str]:
     """The kernel-profile parameters of a framework's (CPU per step, per-request, hand-over, per-layer,
-    prefill scale) overheads: what `serving_overheads_ms` reads and what `moesim calibrate` fits
-    (validation.serving_load)."""
+    prefill scale) overheads for MoE kernels of family `moe_kernels` (`moe_kernel_family`): what
+    `serving_overheads_ms` reads and what `moesim calibrate` fits (validation.serving_load)."""
     step_cpu, request, handoff, layer, prefill = (f"{prefix}.{framework}" for prefix in SERVING_OVERHEADS)
-    return step_cpu, request, handoff, layer, prefill
+    return step_cpu, request, handoff, f"{layer}.{moe_kernels}", prefill
 
 
 def rank_layers(sc: Scenario) -> int:
@@ -161,7 +171,7 @@ def serving_overheads_ms(sc: Scenario, framework: str) -> ServingOverheads:
     from moesim.sim.provenance import kernel_profile
     profile = kernel_profile(sc)
     values = profile.values()
-    names = serving_overhead_names(framework)
+    names = serving_overhead_names(framework, moe_kernel_family(sc))
     missing = [n for n in names if n not in values]
     if missing:
         raise MoesimError(f"framework {framework!r} has no serving overheads ({', '.join(missing)})",

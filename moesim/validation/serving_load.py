@@ -421,7 +421,7 @@ def target(case: Case, b: Benchmark, run: dict) -> Target:
     """The case's target from its benchmark's run (`serving_load_run.run_benchmark`): the closure of
     the module docstring in the backend's step CPU time, per-layer time, request overhead, hand-over,
     prefill scale and measured rounds."""
-    c_name, r_name, h_name, l_name, s_name = serving_overhead_names(b.backend)
+    c_name, r_name, h_name, l_name, s_name = serving_overhead_names(b.backend, run["moe_kernels"])
     c0, r0, h0 = run["step_cpu_ms"], run["request_overhead_ms"], run["disagg_handoff_ms"]
     l0, layers, s0 = run["layer_overhead_us"], run["layers"], run["prefill_scale"]
 

@@ -32,7 +32,7 @@ import numpy as np
 
 from moesim.core.errors import MoesimError
 from moesim.core.pools import kill_pool, worker_init
-from moesim.serve.scheduler import rank_layers, serving_overhead_names
+from moesim.serve.scheduler import moe_kernel_family, rank_layers, serving_overhead_names
 from moesim.validation.serving_load import (ROUNDS, Benchmark, batch_limit, disagg_for, graph_sizes, load_for,
                                             round_means, scenario_overrides, step_policy, step_token_budget,
                                             weighted_mean)
@@ -83,9 +83,10 @@ def run_benchmark(b: Benchmark, values: dict) -> dict:
     from moesim.serve.run import serve
     from moesim.serve.scheduler import Policy
 
-    c_ms, r_ms, h_ms, l_us, scale = (values[name] for name in serving_overhead_names(b.backend))
     try:
         sc = load_scenario(None, scenario_overrides(b))
+        family = moe_kernel_family(sc)
+        c_ms, r_ms, h_ms, l_us, scale = (values[name] for name in serving_overhead_names(b.backend, family))
         with standing_in_for_default(profile_of(values)):
             default = Policy.of(sc)   # the serving overheads at `values`, as every other kernel parameter
             policy = replace(default, max_running=batch_limit(b), step_policy=step_policy(b, default.step_policy),
@@ -107,7 +108,7 @@ def run_benchmark(b: Benchmark, values: dict) -> dict:
     measured = values[ROUNDS]
     return {**{k: weighted_mean(v, measured) for k, v in rounds.items()}, "rounds": rounds, "profiled_rounds": measured,
             "step_cpu_ms": c_ms, "request_overhead_ms": r_ms, "disagg_handoff_ms": h_ms,
-            "layer_overhead_us": l_us, "prefill_scale": scale, "layers": rank_layers(sc)}
+            "layer_overhead_us": l_us, "moe_kernels": family, "prefill_scale": scale, "layers": rank_layers(sc)}
 
 
 def profile_of(values: dict):
