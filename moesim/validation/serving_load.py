@@ -208,11 +208,18 @@ def steady_round_weight(simulated: int, rounds: float) -> float:
     return max(rounds - (simulated - 1), 0.0) if simulated > 1 else 1.0
 
 
+def steady_split(means: list[float]) -> tuple[float, float]:
+    """The simulated rounds' `means` as (the sum of the rounds that weigh 1, the steady round's mean), the two
+    terms `weighted_mean` and the fit's closure weight."""
+    steady = means[steady_round(len(means))]
+    return sum(means) - steady, steady
+
+
 def weighted_mean(means: list[float], rounds: float) -> float:
     """The client's mean over its `rounds` measured rounds from the simulated rounds' `means`."""
-    n, i = len(means), steady_round(len(means))
-    weight = steady_round_weight(n, rounds)
-    return (sum(means) - means[i] + weight * means[i]) / ((n - 1) + weight)
+    rest, steady = steady_split(means)
+    weight = steady_round_weight(len(means), rounds)
+    return (rest + weight * steady) / ((len(means) - 1) + weight)
 
 
 @dataclass(frozen=True)
@@ -431,10 +438,10 @@ def target(case: Case, b: Benchmark, run: dict) -> Target:
 
     metric, counts, prefill = ("ttft_ms", "steps_before_first_token", "prefill_ms_before_first_token") \
         if case.metric == "ttft_ms" else ("tpot_ms", "steps_per_output_token", "prefill_ms_per_output_token")
-    values, steps, prompt_ms = run["rounds"][metric], run["rounds"][counts], run["rounds"][prefill]
-    n, i = len(values), steady_round(len(values))
-    value, n_steps, prompt = values[i], steps[i], prompt_ms[i]   # the steady round's, and the others' sums
-    rest_value, rest_steps, rest_prompt = sum(values) - value, sum(steps) - n_steps, sum(prompt_ms) - prompt
+    rounds = run["rounds"]
+    n = len(rounds[metric])
+    (rest_value, value), (rest_steps, n_steps), (rest_prompt, prompt) = (
+        steady_split(rounds[key]) for key in (metric, counts, prefill))
 
     def means(v: Mapping[str, float]) -> float:
         """The metric's mean over the measured rounds at `v`, with the step counts' and the prefill times'
@@ -489,5 +496,5 @@ def prepare_many(cases: list[Case], calibration_of: Callable[[Case], Optional[Ca
 
 __all__ = ["Benchmark", "METRICS", "Pool", "ROUNDS", "WHAT", "batch_limit", "benchmark_of", "config_key", "disagg_for",
            "ep_exchange", "graph_sizes", "labels", "load_for", "prepare_many", "round_means", "scenario_overrides",
-           "simulated_rounds", "steady_round", "steady_round_weight", "step_policy", "step_token_budget", "target",
-           "weighted_mean"]
+           "simulated_rounds", "steady_round", "steady_round_weight", "steady_split", "step_policy",
+           "step_token_budget", "target", "weighted_mean"]
