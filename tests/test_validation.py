@@ -58,7 +58,8 @@ def test_cli_json_and_table(tmp_path):
     path = write(tmp_path, SMALL)
     runner = CliRunner()
     data = json.loads(runner.invoke(main, ["validate", "--cases", path, "--json"]).output)
-    assert set(data) == {"cases", "mape", "bias", "skipped", "provenance"}
+    assert set(data) == {"cases", "mape", "bias", "skipped", "relabelled", "provenance"}
+    assert data["relabelled"] == []  # only serving_load records are ever relabelled
     assert data["provenance"]["code"]["moesim"] and data["provenance"]["profile"] is None
     table = runner.invoke(main, ["validate", "--cases", path])
     assert table.exit_code == 0 and "MAPE" in table.output and "skipped 5 cases" in table.output

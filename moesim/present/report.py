@@ -288,6 +288,7 @@ def validate_section(data: dict, input_file: str) -> Section:
     prov = data.get("provenance") or {}
     cases = data["cases"]
     inputs = [("cases predicted", str(len(cases))), ("cases skipped", str(len(data.get("skipped", [])))),
+              ("cases relabelled (stated split contradicts the run name)", str(len(data.get("relabelled", [])))),
               ("overall MAPE", f"{100 * data['mape'].get('overall', 0):.1f} %"),
               ("calibration profile", str(prov.get("profile") or "none (spec rates)")),
               ("code version", _code(prov)), ("input file", input_file)]

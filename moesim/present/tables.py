@@ -136,6 +136,10 @@ def validation_table(result: dict) -> str:
     if result.get("groups"):
         out += ["", serving_groups_table(result["groups"])]
     out.append(f"kernel profile: {result.get('provenance', {}).get('kernel_profile')}")
+    if result.get("relabelled"):
+        out += ["", f"relabelled {len(result['relabelled'])} cases: simulated on the parallel split their run name "
+                "states, not the contradicting one in their params (--json lists each with the reason; "
+                "moesim/validation/serving_load_labels.py)"]
     if result["skipped"]:
         reasons: dict[str, int] = {}
         for s in result["skipped"]:

@@ -15,6 +15,7 @@ from pydantic import ConfigDict, Field
 from moesim.core.errors import MoesimError
 from moesim.core.loader import Record, parse_record, read_yaml
 from moesim.specs.hardware import load_system
+from moesim.validation.serving_load_labels import relabelled
 
 
 class Case(Record):
@@ -41,7 +42,9 @@ class Skip(Exception):
 def load_cases(path: str) -> list[Case]:
     """The file's cases. Parsed with libyaml's C loader (validation/serving_load.yaml, 4 MB, in 4 s
     instead of 15 s with the pure-Python loader and its line-number tree); a file that does not
-    parse or validate that way is read again by `read_yaml`, whose error names the line."""
+    parse or validate that way is read again by `read_yaml`, whose error names the line. Serving
+    benchmarks whose stated split contradicts their run name come back on the run name's split,
+    marked `relabelled` (`serving_load_labels`)."""
     data = _parse_fast(Path(path))
     try:
         if data is None:
@@ -53,7 +56,7 @@ def load_cases(path: str) -> list[Case]:
     if not cases:
         raise MoesimError("the file holds no cases", file=path, field="cases",
                           fix="add cases in the schema of validation/SCHEMA.md")
-    return cases
+    return relabelled(cases)
 
 
 def _parse_fast(path: Path) -> Any:

@@ -141,6 +141,7 @@ def validate(cases: list[Case], *, profile: Optional[str | list[str]] = None, ke
         out["groups"] = grouped
     from moesim.core.result import code_version
     out["skipped"] = skipped
+    out["relabelled"] = [{"id": c.id, "reason": c.relabelled} for c in cases if getattr(c, "relabelled", None)]
     out["provenance"] = {"code": code_version(), "profile": ", ".join(profiles) or None,
                          "kernel_profile": "fitted in this run (--cv)" if cv else kprofile.name}
     return out

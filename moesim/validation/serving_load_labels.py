@@ -1,0 +1,129 @@
+"""Serving benchmarks whose parallel split the file states twice, and differently: which one to simulate.
+
+validation/serving_load.yaml names each run after the engine's launch flags, e.g.
+`..._sglang_fp4_agg_1024x1024_c4_tp8_ep8_1015`: SGLang `--tp 8 --ep 8`, TRT-LLM `tp_size 8,
+ep_size 8`, the MoE layers' expert parallelism inside the 8 tensor-parallel ranks, 8 GPUs. 128 of
+its benchmarks (256 cases, one import: `source_file=2026-04-06.csv`) state a pool of N x M GPUs for
+a run named `tpN_epM`, M > 1: `tp 64, moe_tp 8, moe_ep 8, gpus 64` for the run above. The file
+itself says which is right: 94 of those 256 cases appear again, the same measurement to the
+hundredth of a millisecond, in other imports (`source_file=2026-03-25.csv`, the Qwen3.5 gap
+analysis: 140 records), every time under the run name's split and never under the N x M one. A
+DeepSeek-R1 attention layer split 64 ways across 8 nodes for 4 clients is no deployment anyone
+launches either.
+
+So where a run named `tpN_epM` (M > 1) states N x M GPUs, the case is simulated on the run name's
+N GPUs: attention tp min(tp, N) with the rest as attention-DP ranks, MoE moe_ep M x moe_tp N / M,
+and the same total batch slots. Records with no split in their name take it from the file too:
+- the same measurement and the same stated pool as a relabelled run (`db-dump` imports): the same
+  run, so its split;
+- otherwise a pool with moe_tp = moe_ep = M > 1 over M x M GPUs: every record of the file with that
+  stated pool and a split in its name is named tpM_epM (110 benchmarks), and no other stated pool
+  of the file has experts split both ways but one 8-GPU TP 8 run's (moe_tp 2 x moe_ep 4). 67
+  `db-dump` benchmarks (134 cases). 36 of those cases appear again in the file: 34 under this
+  split, 2 (config 181) on the same 8 GPUs with the experts split by TP (moe_tp 8) instead.
+Every such case carries `relabelled` (why), and `moesim validate` reports them; nothing else changes.
+"""
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Optional
+
+if TYPE_CHECKING:
+    from moesim.validation.cases import Case
+
+WHAT = "serving_load"
+_RUN_SPLIT = re.compile(r"_tp(\d+)_ep(\d+)(?:_|$)")
+
+
+def run_name_split(run: Optional[str]) -> Optional[tuple[int, int]]:
+    """(N, M) of a run named `..._tpN_epM...`, or None."""
+    found = _RUN_SPLIT.search(run or "")
+    return (int(found[1]), int(found[2])) if found else None
+
+
+def split_of_run_name(pool: dict, tp_flag: int, ep_flag: int) -> Optional[dict]:
+    """The pool the run name `tp{tp_flag}_ep{ep_flag}` describes, where the stated pool has
+    tp_flag x ep_flag GPUs; None where the stated pool already has the run name's GPUs or the
+    run name's split cannot hold the stated one (then the record is left as it is)."""
+    if ep_flag < 2 or tp_flag % ep_flag or pool.get("gpus") != tp_flag * ep_flag:
+        return None
+    tp, attn_dp = int(pool["tp"]), int(pool.get("attn_dp", 1))
+    new_tp = min(tp, tp_flag)
+    if tp_flag % new_tp:
+        return None
+    new_dp = tp_flag // new_tp
+    fixed = dict(pool, tp=new_tp, attn_dp=new_dp, moe_tp=tp_flag // ep_flag, moe_ep=ep_flag, gpus=tp_flag)
+    if "max_batch_per_attn_dp" in pool:  # the same batch slots in all
+        fixed["max_batch_per_attn_dp"] = pool["max_batch_per_attn_dp"] * attn_dp // new_dp
+    return fixed
+
+
+def _same_run(case: "Case") -> tuple:
+    """What two records of one measurement share: everything but their names and pool limits."""
+    p = dict(case.params)
+    p.pop("hf_model", None)
+    pool = {k: v for k, v in (p.pop("pool", None) or {}).items() if k != "max_batch_per_attn_dp"}
+    return (case.what, case.system, case.gpus, case.metric, case.measured, repr(sorted(p.items())),
+            repr(sorted(pool.items())))
+
+
+def relabelled(cases: list["Case"]) -> list["Case"]:
+    """The cases, with those whose stated split contradicts their run name (or a relabelled twin's)
+    on the run name's split, each marked `relabelled` with the reason. Order and ids unchanged."""
+    fixed: dict[str, "Case"] = {}
+    by_run: dict[tuple, tuple[dict, str]] = {}
+    for case in cases:
+        split = run_name_split(getattr(case, "run", None)) if case.what == WHAT else None
+        pool = case.params.get("pool")
+        if split is None or not isinstance(pool, dict) or case.params.get("mode") != "agg":
+            continue
+        new = split_of_run_name(pool, *split)
+        if new is None:
+            continue
+        n, m = split
+        reason = (f"run named tp{n}_ep{m} states a pool of {pool['gpus']} GPUs (tp {pool['tp']}, attn_dp "
+                  f"{pool.get('attn_dp', 1)}, moe_tp {pool['moe_tp']}, moe_ep {pool['moe_ep']}); simulated on the "
+                  f"run name's {n} GPUs (tp {new['tp']}, attn_dp {new['attn_dp']}, moe_tp {new['moe_tp']}, moe_ep "
+                  f"{new['moe_ep']}) as this file's other records of the same measurement state")
+        fixed[case.id] = _with_pool(case, new, reason)
+        by_run.setdefault(_same_run(case), (new, f"same measurement and stated pool as run {case.run}: {reason}"))
+    out = []
+    for case in cases:
+        pool = case.params.get("pool") if case.what == WHAT and case.params.get("mode") == "agg" else None
+        if case.id in fixed or not isinstance(pool, dict):
+            out.append(fixed.get(case.id, case))
+            continue
+        twin = by_run.get(_same_run(case))
+        if twin is not None:
+            new, reason = twin
+        else:
+            new = _square_split(case, pool)
+            reason = (f"no split in its run name; its pool (moe_tp = moe_ep = {pool['moe_ep']} over {pool['gpus']} "
+                      f"GPUs) is the one every run this file names tp{pool['moe_ep']}_ep{pool['moe_ep']} states, and "
+                      f"those ran on {pool['moe_ep']} GPUs") if new is not None else ""
+        if new is None:
+            out.append(case)
+            continue
+        mine = dict(new)
+        if "max_batch_per_attn_dp" in pool:
+            mine["max_batch_per_attn_dp"] = pool["max_batch_per_attn_dp"] * pool.get("attn_dp", 1) // new["attn_dp"]
+        else:
+            mine.pop("max_batch_per_attn_dp", None)
+        out.append(_with_pool(case, mine, reason))
+    return out
+
+
+def _square_split(case: "Case", pool: dict) -> Optional[dict]:
+    """The run-name split of an unnamed record whose pool is moe_tp = moe_ep = M over M x M GPUs."""
+    m = pool.get("moe_ep")
+    if run_name_split(getattr(case, "run", None)) is not None or not isinstance(m, int) or m < 2:
+        return None
+    return split_of_run_name(pool, m, m) if pool.get("moe_tp") == m else None
+
+
+def _with_pool(case: "Case", pool: dict, reason: str) -> "Case":
+    return case.model_copy(update={"params": dict(case.params, pool=pool), "gpus": pool["gpus"],
+                                   "relabelled": reason})
+
+
+__all__ = ["relabelled", "run_name_split", "split_of_run_name"]
