@@ -41,6 +41,17 @@ def test_a_pool_that_agrees_with_its_run_name_is_left_alone(stated, flags):
     assert split_of_run_name(stated, *flags) is None
 
 
+@pytest.mark.parametrize("field, value", [("tp", None), ("tp", "64"), ("moe_ep", 0), ("max_batch_per_attn_dp", True)])
+def test_a_malformed_pool_is_left_for_the_benchmark_check_to_skip(tmp_path, field, value):
+    cases = bench("x_c4_tp2_ep2_7", split=(4, 1, 2, 2))
+    for c in cases:
+        c["params"]["pool"][field] = value
+    loaded = load_cases(write(tmp_path, cases))
+    assert not any(getattr(c, "relabelled", None) for c in loaded)
+    skipped = validate(loaded, kernel_profile="spec")["skipped"]
+    assert len(skipped) == 2 and all("malformed params" in s["reason"] for s in skipped), skipped
+
+
 def test_a_named_run_and_its_unnamed_twin_are_relabelled_and_nothing_else(tmp_path):
     named = bench("x_c4_tp2_ep2_7", split=(4, 1, 2, 2))          # 4 GPUs stated, run name says 2
     twin = bench("x_c4_cfg9", split=(4, 1, 2, 2))                # same measurement and pool, no split in its name

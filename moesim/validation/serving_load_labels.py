@@ -45,9 +45,9 @@ def split_of_run_name(pool: dict, tp_flag: int, ep_flag: int) -> Optional[dict]:
     """The pool the run name `tp{tp_flag}_ep{ep_flag}` describes, where the stated pool has
     tp_flag x ep_flag GPUs; None where the stated pool already has the run name's GPUs or the
     run name's split cannot hold the stated one (then the record is left as it is)."""
-    if ep_flag < 2 or tp_flag % ep_flag or pool.get("gpus") != tp_flag * ep_flag:
-        return None
-    tp, attn_dp = int(pool["tp"]), int(pool.get("attn_dp", 1))
+    if ep_flag < 2 or tp_flag % ep_flag or pool.get("gpus") != tp_flag * ep_flag or not _whole_numbers(pool):
+        return None   # a malformed pool is left to `serving_load.benchmark_of`, which skips it and says why
+    tp, attn_dp = pool["tp"], pool.get("attn_dp", 1)
     new_tp = min(tp, tp_flag)
     if tp_flag % new_tp:
         return None
@@ -56,6 +56,11 @@ def split_of_run_name(pool: dict, tp_flag: int, ep_flag: int) -> Optional[dict]:
     if "max_batch_per_attn_dp" in pool:  # the same batch slots in all
         fixed["max_batch_per_attn_dp"] = pool["max_batch_per_attn_dp"] * attn_dp // new_dp
     return fixed
+
+
+def _whole_numbers(pool: dict) -> bool:
+    keys = ("tp", "gpus", "moe_tp", "moe_ep") + tuple(k for k in ("attn_dp", "max_batch_per_attn_dp") if k in pool)
+    return all(isinstance(pool.get(k), int) and not isinstance(pool.get(k), bool) and pool[k] > 0 for k in keys)
 
 
 def _same_run(case: "Case") -> tuple:
