@@ -19,8 +19,10 @@ and the same total batch slots. Records with no split in their name take it from
 - otherwise a pool with moe_tp = moe_ep = M > 1 over M x M GPUs: every record of the file with that
   stated pool and a split in its name is named tpM_epM (110 benchmarks), and no other stated pool
   of the file has experts split both ways but one 8-GPU TP 8 run's (moe_tp 2 x moe_ep 4). 67
-  `db-dump` benchmarks (134 cases). 36 of those cases appear again in the file: 34 under this
-  split, 2 (config 181) on the same 8 GPUs with the experts split by TP (moe_tp 8) instead.
+  `db-dump` benchmarks (134 cases). Where a measurement of such a configuration appears again
+  under a split of M GPUs, that split is the configuration's: 34 of its cases appear again under the
+  run-name split, and config 181's 28 take config 83's TP 8 / moe_tp 8, whose TPOT it repeats
+  within 1 % at 13 of the 14 loads they share (2.5 % at the 14th).
 Every such case carries `relabelled` (why), and `moesim validate` reports them; nothing else changes.
 """
 from __future__ import annotations
@@ -92,20 +94,14 @@ def relabelled(cases: list["Case"]) -> list["Case"]:
                   f"{new['moe_ep']}) as this file's other records of the same measurement state")
         fixed[case.id] = _with_pool(case, new, reason)
         by_run.setdefault(_same_run(case), (new, f"same measurement and stated pool as run {case.run}: {reason}"))
+    square = _square_splits(cases, fixed, by_run)
     out = []
     for case in cases:
         pool = case.params.get("pool") if case.what == WHAT and case.params.get("mode") == "agg" else None
         if case.id in fixed or not isinstance(pool, dict):
             out.append(fixed.get(case.id, case))
             continue
-        twin = by_run.get(_same_run(case))
-        if twin is not None:
-            new, reason = twin
-        else:
-            new = _square_split(case, pool)
-            reason = (f"no split in its run name; its pool (moe_tp = moe_ep = {pool['moe_ep']} over {pool['gpus']} "
-                      f"GPUs) is the one every run this file names tp{pool['moe_ep']}_ep{pool['moe_ep']} states, and "
-                      f"those ran on {pool['moe_ep']} GPUs") if new is not None else ""
+        new, reason = by_run.get(_same_run(case)) or square.get(case.id, (None, ""))
         if new is None:
             out.append(case)
             continue
@@ -124,6 +120,54 @@ def _square_split(case: "Case", pool: dict) -> Optional[dict]:
     if run_name_split(getattr(case, "run", None)) is not None or not isinstance(m, int) or m < 2:
         return None
     return split_of_run_name(pool, m, m) if pool.get("moe_tp") == m else None
+
+
+def _measurement(case: "Case") -> tuple:
+    """One measurement, whatever its labels say of the deployment's split and version."""
+    p = case.params
+    return (case.what, case.system, p.get("model"), p.get("backend"), p.get("weights_dtype"), p.get("moe_dtype"),
+            p.get("isl"), p.get("osl"), p.get("concurrency"), case.metric, round(case.measured, 2))
+
+
+def _configuration(case: "Case") -> str:
+    p = {k: v for k, v in case.params.items() if k not in ("isl", "osl", "concurrency")}
+    p["pool"] = {k: v for k, v in p["pool"].items() if k != "max_batch_per_attn_dp"}
+    return repr((case.what, case.system, case.gpus, sorted(p.items(), key=lambda kv: kv[0])))
+
+
+def _square_splits(cases: list["Case"], fixed: dict, by_run: dict) -> dict[str, tuple[dict, str]]:
+    """(split, reason) of each unnamed record with the moe_tp = moe_ep = M pattern, per configuration
+    (all its loads): the run-name split on M GPUs - unless one of its measurements appears again
+    under another split of M GPUs, which then names the configuration's split (config 181 of the
+    file repeats config 83's TP 8 / moe_tp 8 TPOT within 1 % at 13 of 14 shared loads)."""
+    agg = [c for c in cases if c.what == WHAT and c.params.get("mode") == "agg" and isinstance(c.params.get("pool"), dict)]
+    stated = {}
+    for c in agg:
+        if c.id not in fixed and _same_run(c) not in by_run and _square_split(c, c.params["pool"]) is None:
+            stated.setdefault(_measurement(c), (c.params["pool"], c.run))
+    configs: dict[str, list] = {}
+    for c in agg:
+        if c.id not in fixed and _same_run(c) not in by_run and _square_split(c, c.params["pool"]) is not None:
+            configs.setdefault(_configuration(c), []).append(c)
+    out = {}
+    for members in configs.values():
+        pool = members[0].params["pool"]
+        m = pool["moe_ep"]
+        new = _square_split(members[0], pool)
+        reason = (f"no split in its run name; its pool (moe_tp = moe_ep = {m} over {pool['gpus']} GPUs) is the one "
+                  f"every run this file names tp{m}_ep{m} states, and those ran on {m} GPUs")
+        for c in members:
+            twin = stated.get(_measurement(c))
+            if twin is not None and twin[0].get("gpus") == new["gpus"]:
+                new = {k: twin[0][k] for k in ("tp", "attn_dp", "moe_tp", "moe_ep", "gpus") if k in twin[0]}
+                new.setdefault("attn_dp", 1)
+                new = dict(pool, **new)
+                reason = (f"no split in its run name; its pool (moe_tp = moe_ep = {m} over {pool['gpus']} GPUs) is the "
+                          f"pattern of runs named tp{m}_ep{m}, which ran on {m} GPUs, and its measurements appear again "
+                          f"under run {twin[1]}'s split on {m} GPUs")
+                break
+        out.update({c.id: (new, reason) for c in members})
+    return out
 
 
 def _with_pool(case: "Case", pool: dict, reason: str) -> "Case":
