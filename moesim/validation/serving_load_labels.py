@@ -49,20 +49,33 @@ def split_of_run_name(pool: dict, tp_flag: int, ep_flag: int) -> Optional[dict]:
     run name's split cannot hold the stated one (then the record is left as it is)."""
     if ep_flag < 2 or tp_flag % ep_flag or pool.get("gpus") != tp_flag * ep_flag or not _whole_numbers(pool):
         return None   # a malformed pool is left to `serving_load.benchmark_of`, which skips it and says why
-    tp, attn_dp = pool["tp"], pool.get("attn_dp", 1)
-    new_tp = min(tp, tp_flag)
+    new_tp = min(pool["tp"], tp_flag)
     if tp_flag % new_tp:
         return None
-    new_dp = tp_flag // new_tp
-    fixed = dict(pool, tp=new_tp, attn_dp=new_dp, moe_tp=tp_flag // ep_flag, moe_ep=ep_flag, gpus=tp_flag)
-    if "max_batch_per_attn_dp" in pool:  # the same batch slots in all
-        fixed["max_batch_per_attn_dp"] = pool["max_batch_per_attn_dp"] * attn_dp // new_dp
-    return fixed
+    return _on_split(pool, {"tp": new_tp, "attn_dp": tp_flag // new_tp, "moe_tp": tp_flag // ep_flag,
+                            "moe_ep": ep_flag, "gpus": tp_flag})
+
+
+SPLIT = ("tp", "attn_dp", "moe_tp", "moe_ep", "gpus")
+
+
+def _on_split(pool: dict, split: dict) -> dict:
+    """`pool` on another split, with the same batch slots in all (its per-rank limit x its ranks)."""
+    out = dict(pool, **{k: split[k] for k in SPLIT})
+    if "max_batch_per_attn_dp" in pool:
+        out["max_batch_per_attn_dp"] = pool["max_batch_per_attn_dp"] * pool.get("attn_dp", 1) // split["attn_dp"]
+    return out
 
 
 def _whole_numbers(pool: dict) -> bool:
     keys = ("tp", "gpus", "moe_tp", "moe_ep") + tuple(k for k in ("attn_dp", "max_batch_per_attn_dp") if k in pool)
     return all(isinstance(pool.get(k), int) and not isinstance(pool.get(k), bool) and pool[k] > 0 for k in keys)
+
+
+def _agg_pool(case: "Case") -> Optional[dict]:
+    """The pool of an aggregated serving benchmark, the only records relabelled; None for any other."""
+    pool = case.params.get("pool") if case.what == WHAT and case.params.get("mode") == "agg" else None
+    return pool if isinstance(pool, dict) else None
 
 
 def _same_run(case: "Case") -> tuple:
@@ -77,41 +90,35 @@ def _same_run(case: "Case") -> tuple:
 def relabelled(cases: list["Case"]) -> list["Case"]:
     """The cases, with those whose stated split contradicts their run name (or a relabelled twin's)
     on the run name's split, each marked `relabelled` with the reason. Order and ids unchanged."""
-    fixed: dict[str, "Case"] = {}
+    named: dict[str, tuple[dict, str]] = {}
     by_run: dict[tuple, tuple[dict, str]] = {}
+    others: list[tuple["Case", dict, tuple]] = []   # the aggregated records not relabelled by their name
     for case in cases:
-        split = run_name_split(getattr(case, "run", None)) if case.what == WHAT else None
-        pool = case.params.get("pool")
-        if split is None or not isinstance(pool, dict) or case.params.get("mode") != "agg":
+        pool = _agg_pool(case)
+        if pool is None:
             continue
-        new = split_of_run_name(pool, *split)
+        split = run_name_split(getattr(case, "run", None))
+        new = split_of_run_name(pool, *split) if split is not None else None
         if new is None:
+            others.append((case, pool, _same_run(case)))
             continue
         n, m = split
         reason = (f"run named tp{n}_ep{m} states a pool of {pool['gpus']} GPUs (tp {pool['tp']}, attn_dp "
                   f"{pool.get('attn_dp', 1)}, moe_tp {pool['moe_tp']}, moe_ep {pool['moe_ep']}); simulated on the "
                   f"run name's {n} GPUs (tp {new['tp']}, attn_dp {new['attn_dp']}, moe_tp {new['moe_tp']}, moe_ep "
                   f"{new['moe_ep']}) as this file's other records of the same measurement state")
-        fixed[case.id] = _with_pool(case, new, reason)
+        named[case.id] = (new, reason)
         by_run.setdefault(_same_run(case), (new, f"same measurement and stated pool as run {case.run}: {reason}"))
-    square = _square_splits(cases, fixed, by_run)
-    out = []
-    for case in cases:
-        pool = case.params.get("pool") if case.what == WHAT and case.params.get("mode") == "agg" else None
-        if case.id in fixed or not isinstance(pool, dict):
-            out.append(fixed.get(case.id, case))
-            continue
-        new, reason = by_run.get(_same_run(case)) or square.get(case.id, (None, ""))
-        if new is None:
-            out.append(case)
-            continue
-        mine = dict(new)
-        if "max_batch_per_attn_dp" in pool:
-            mine["max_batch_per_attn_dp"] = pool["max_batch_per_attn_dp"] * pool.get("attn_dp", 1) // new["attn_dp"]
+    found = dict(named)
+    rest = []
+    for case, pool, key in others:
+        if key in by_run:
+            split, reason = by_run[key]
+            found[case.id] = (_on_split(pool, split), reason)
         else:
-            mine.pop("max_batch_per_attn_dp", None)
-        out.append(_with_pool(case, mine, reason))
-    return out
+            rest.append((case, pool))
+    found.update(_square_splits(rest))
+    return [_with_pool(case, *found[case.id]) if case.id in found else case for case in cases]
 
 
 def _square_split(case: "Case", pool: dict) -> Optional[dict]:
@@ -135,38 +142,35 @@ def _configuration(case: "Case") -> str:
     return repr((case.what, case.system, case.gpus, sorted(p.items(), key=lambda kv: kv[0])))
 
 
-def _square_splits(cases: list["Case"], fixed: dict, by_run: dict) -> dict[str, tuple[dict, str]]:
-    """(split, reason) of each unnamed record with the moe_tp = moe_ep = M pattern, per configuration
-    (all its loads): the run-name split on M GPUs - unless one of its measurements appears again
-    under another split of M GPUs, which then names the configuration's split (config 181 of the
-    file repeats config 83's TP 8 / moe_tp 8 TPOT within 1 % at 13 of 14 shared loads)."""
-    agg = [c for c in cases if c.what == WHAT and c.params.get("mode") == "agg" and isinstance(c.params.get("pool"), dict)]
-    stated = {}
-    for c in agg:
-        if c.id not in fixed and _same_run(c) not in by_run and _square_split(c, c.params["pool"]) is None:
-            stated.setdefault(_measurement(c), (c.params["pool"], c.run))
-    configs: dict[str, list] = {}
-    for c in agg:
-        if c.id not in fixed and _same_run(c) not in by_run and _square_split(c, c.params["pool"]) is not None:
-            configs.setdefault(_configuration(c), []).append(c)
+def _square_splits(records: list[tuple["Case", dict]]) -> dict[str, tuple[dict, str]]:
+    """(pool, reason) of each unnamed record (of `records`: aggregated, not relabelled otherwise) with
+    the moe_tp = moe_ep = M pattern, per configuration (all its loads): the run-name split on M GPUs -
+    unless one of its measurements appears again under another split of M GPUs, which then names the
+    configuration's split (config 181 of the file repeats config 83's TP 8 / moe_tp 8 TPOT within 1 %
+    at 13 of 14 shared loads)."""
+    stated: dict[tuple, tuple[dict, str]] = {}
+    configs: dict[str, list[tuple["Case", dict]]] = {}
+    for case, pool in records:
+        if _square_split(case, pool) is None:
+            stated.setdefault(_measurement(case), (pool, case.run))
+        else:
+            configs.setdefault(_configuration(case), []).append((case, pool))
     out = {}
     for members in configs.values():
-        pool = members[0].params["pool"]
+        first, pool = members[0]
         m = pool["moe_ep"]
-        new = _square_split(members[0], pool)
+        split = _square_split(first, pool)
         reason = (f"no split in its run name; its pool (moe_tp = moe_ep = {m} over {pool['gpus']} GPUs) is the one "
                   f"every run this file names tp{m}_ep{m} states, and those ran on {m} GPUs")
-        for c in members:
-            twin = stated.get(_measurement(c))
-            if twin is not None and twin[0].get("gpus") == new["gpus"]:
-                new = {k: twin[0][k] for k in ("tp", "attn_dp", "moe_tp", "moe_ep", "gpus") if k in twin[0]}
-                new.setdefault("attn_dp", 1)
-                new = dict(pool, **new)
+        for case, _ in members:
+            twin = stated.get(_measurement(case))
+            if twin is not None and twin[0].get("gpus") == split["gpus"]:
+                split = dict(twin[0], attn_dp=twin[0].get("attn_dp", 1))
                 reason = (f"no split in its run name; its pool (moe_tp = moe_ep = {m} over {pool['gpus']} GPUs) is the "
                           f"pattern of runs named tp{m}_ep{m}, which ran on {m} GPUs, and its measurements appear again "
                           f"under run {twin[1]}'s split on {m} GPUs")
                 break
-        out.update({c.id: (new, reason) for c in members})
+        out.update({case.id: (_on_split(mine, split), reason) for case, mine in members})
     return out
 
 
