@@ -166,9 +166,9 @@ def _square_splits(records: list[tuple["Case", dict]]) -> dict[str, tuple[dict, 
             twin = stated.get(_measurement(case))
             if twin is not None and twin[0].get("gpus") == split["gpus"]:
                 split = dict(twin[0], attn_dp=twin[0].get("attn_dp", 1))
-                reason = (f"no split in its run name; its pool (moe_tp = moe_ep = {m} over {pool['gpus']} GPUs) is the "
-                          f"pattern of runs named tp{m}_ep{m}, which ran on {m} GPUs, and its measurements appear again "
-                          f"under run {twin[1]}'s split on {m} GPUs")
+                reason = (f"no split in its run name; its pool (moe_tp = moe_ep = {m} over {pool['gpus']} GPUs) is "
+                          f"the pattern of runs named tp{m}_ep{m}, which ran on {m} GPUs, and its measurements appear "
+                          f"again under run {twin[1]}'s split on {m} GPUs")
                 break
         out.update({case.id: (_on_split(mine, split), reason) for case, mine in members})
     return out
