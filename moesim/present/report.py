@@ -302,6 +302,12 @@ def validate_section(data: dict, input_file: str) -> Section:
               Table("Largest errors", ["case", "what", "measured", "predicted", "error"],
                     [[c["id"], c["what"], _num(c["measured"]), _num(c["predicted"]), f"{100 * c['rel_error']:+.1f} %"]
                      for c in worst])]
+    if data.get("repeatability"):
+        tables.append(Table("Repeated measurements: the floor under any model's error (validation.repeatability)",
+                            ["metric", "benchmarks", "values", "MAPE floor", "moesim MAPE", "largest max/min"],
+                            [[kind, str(r["benchmarks"]), str(r["values"]), f"{100 * r['mape_floor']:.1f} %",
+                              "-" if r.get("model_mape") is None else f"{100 * r['model_mape']:.1f} %",
+                              f"{r['max_max_over_min']:.2f}"] for kind, r in data["repeatability"].items()]))
     figures = [Figure("Validation parity", "Predicted against measured for every case, one marker per kind, "
                       "with the y = x line and a +-15 % band.",
                       "cases[].measured (published, with sources in the cases file) and cases[].predicted "

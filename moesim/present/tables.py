@@ -136,6 +136,8 @@ def validation_table(result: dict) -> str:
     if result.get("groups"):
         out += ["", serving_groups_table(result["groups"])]
     out.append(f"kernel profile: {result.get('provenance', {}).get('kernel_profile')}")
+    if result.get("repeatability"):
+        out += ["", repeatability_table(result["repeatability"])]
     if result.get("relabelled"):
         out += ["", f"relabelled {len(result['relabelled'])} cases: simulated on the parallel split their run name "
                 "states, not the contradicting one in their params (--json lists each with the reason; "
@@ -163,6 +165,20 @@ def serving_groups_table(groups: dict) -> str:
                             + ([f"{100 * st['mape_cv']:.1f}%", f"{100 * st['bias_cv']:+.1f}%"] if cv else [])
                             + [f"{100 * st['mape']:.1f}%", f"{100 * st['bias']:+.1f}%"])
     return table(head, rows, align="lllr" + ("rr" if cv else "") + "rr")
+
+
+def repeatability_table(repeats: dict) -> str:
+    """validate's floor: benchmarks the cases measure more than once under the same stated parameters, and
+    how far any one value per benchmark must sit from them (validation.repeatability)."""
+    rows = [[kind, str(r["benchmarks"]), str(r["values"]), f"{100 * r['mape_floor']:.1f}%",
+             "-" if r.get("model_mape") is None else f"{100 * r['model_mape']:.1f}%",
+             f"{r['median_max_over_min']:.2f}", f"{r['max_max_over_min']:.2f}"] for kind, r in repeats.items()]
+    return "\n".join([table(["repeated measurements", "benchmarks", "values", "MAPE floor", "moesim MAPE",
+                             "median max/min", "largest max/min"], rows, align="lrrrrrr"),
+                      "MAPE floor: the distinct values of each benchmark measured more than once (every stated "
+                      "parameter equal) against the one value closest to them on average; no model predicting one "
+                      "value per stated benchmark does better on them. moesim MAPE: its own (left-out with --cv) on "
+                      "the values it predicted"])
 
 
 def network_bench_table(result: dict) -> str:

@@ -21,6 +21,7 @@ import numpy as np
 from moesim.calibration.kernel_params import resolve_kernel_profile
 from moesim.core.errors import MoesimError
 from moesim.validation.cases import Calibrated, Case
+from moesim.validation.repeatability import repeatability
 from moesim.validation.targets import build_targets
 
 CV_MODES = ("source", "config")
@@ -142,6 +143,9 @@ def validate(cases: list[Case], *, profile: Optional[str | list[str]] = None, ke
     from moesim.core.result import code_version
     out["skipped"] = skipped
     out["relabelled"] = [{"id": c.id, "reason": c.relabelled} for c in cases if getattr(c, "relabelled", None)]
+    repeats = repeatability(cases, {r["id"]: r["rel_error_cv" if cv else "rel_error"] for r in rows})
+    if repeats:
+        out["repeatability"] = repeats
     out["provenance"] = {"code": code_version(), "profile": ", ".join(profiles) or None,
                          "kernel_profile": "fitted in this run (--cv)" if cv else kprofile.name}
     return out
