@@ -228,18 +228,33 @@ def test_the_closure_is_first_order_in_the_serving_parameters(good):
 
 
 def test_4bit_experts_pay_their_own_per_layer_time():
-    """The per-layer time is the backend's for the MoE kernels a model's experts run: a 4-bit checkpoint (here
-    NVFP4 on H100, which runs weight-only INT4) reads the `.fp4` parameter, an FP8 one the `.fp8` one."""
+    """The per-layer time is the backend's for the MoE kernels a model's experts run: a 4-bit float checkpoint on
+    H100 (no FP4 tensor cores) runs weight-only and reads the `.w4a16` parameter, the same on B200 its format's
+    (`.nvfp4`), an FP8 one the `.fp8` one."""
     def scenario(**params):
         case = load_cases_from(bench("k", **params))[0]
         return load_scenario(None, S.scenario_overrides(S.benchmark_of(case, None)))
-    fp8, fp4 = scenario(), scenario(moe_dtype="nvfp4")
-    assert (moe_kernel_family(fp8), moe_kernel_family(fp4)) == ("fp8", "fp4")
-    assert serving_overhead_names("vllm", "fp4")[3] == "serving.layer_overhead_us.vllm.fp4"
+    fp8, w4, nv = scenario(), scenario(moe_dtype="nvfp4"), scenario(moe_dtype="nvfp4", system="hgx-b200")
+    assert [moe_kernel_family(sc) for sc in (fp8, w4, nv)] == ["fp8", "w4a16", "nvfp4"]
+    assert serving_overhead_names("vllm", "nvfp4")[3] == "serving.layer_overhead_us.vllm.nvfp4"
     values = resolve_kernel_profile(None).values()   # the shipped fit, which Policy reads
-    for sc, family in ((fp8, "fp8"), (fp4, "fp4")):
+    for sc, family in ((fp8, "fp8"), (w4, "w4a16"), (nv, "nvfp4")):
         expected = values[f"serving.layer_overhead_us.vllm.{family}"] * rank_layers(sc) / 1e6
         assert Policy.of(sc).layer_overhead_s == pytest.approx(expected)
+
+
+def test_gpt_oss_release_checkpoint_runs_its_own_formats():
+    """The records file gpt-oss-120b's release checkpoint as nvfp4: it holds MXFP4 experts and BF16 elsewhere
+    (the model file's release_formats), and runs so; another checkpoint of it keeps the record's formats."""
+    assert S.checkpoint_formats("gpt-oss-120b", "openai/gpt-oss-120b", "nvfp4", "nvfp4") == ("bf16", "mxfp4")
+    assert S.checkpoint_formats("gpt-oss-120b", "someone/gpt-oss-120b-nvfp4", "nvfp4", "nvfp4") == ("nvfp4", "nvfp4")
+    assert S.checkpoint_formats("gpt-oss-120b", "openai/gpt-oss-120b", "bf16", "bf16") == ("bf16", "bf16")
+    assert S.checkpoint_formats("deepseek-v3", "x", "nvfp4", "nvfp4") == ("nvfp4", "nvfp4")
+    case = load_cases_from(bench("g", model="gpt-oss-120b", hf_model="openai/gpt-oss-120b", system="hgx-b200",
+                                 weights_dtype="nvfp4", moe_dtype="nvfp4", split=(1, 1, 1, 1)))[0]
+    sc = load_scenario(None, S.scenario_overrides(S.benchmark_of(case, None)))
+    assert (sc.input.dtypes.weights, sc.input.dtypes.expert_weights, moe_kernel_family(sc)) == \
+        ("bf16", "mxfp4", "mxfp4")
 
 
 def test_a_slower_prefill_lengthens_the_steps_that_hold_prompt_tokens():
@@ -393,3 +408,14 @@ def test_report_has_the_serving_parity_and_group_table(good, tmp_path):
     assert "Serving benchmarks: TTFT and TPOT" in html and "left out" in html
     assert "backend_version" in html and "vllm 1.0" in html
 
+
+
+def test_a_release_format_moesim_does_not_know_is_one_clear_error(tmp_path):
+    from moesim.core.errors import MoesimError
+    from moesim.specs.model import load_model
+    text = open("workloads/models/gpt-oss-120b.yaml").read().replace("experts: mxfp4", "experts: mxfp5")
+    path = tmp_path / "gpt-oss-bad.yaml"
+    path.write_text(text)
+    with pytest.raises(MoesimError) as exc:
+        load_model(str(path))
+    assert "release_formats" in exc.value.one_line() and "mxfp5" in exc.value.one_line()

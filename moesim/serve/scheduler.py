@@ -142,12 +142,18 @@ class ServingOverheads(NamedTuple):
 
 
 def moe_kernel_family(sc: Scenario) -> str:
-    """Which per-layer time a scenario's MoE layers pay (`serving.layer_overhead_us.<framework>.<family>`):
-    "fp4" for experts stored in fewer than 8 bits (NVFP4, MXFP4, INT4 weight-only: Marlin, CUTLASS FP4 or
-    FlashInfer MXFP4 kernels), "fp8" for FP8 and wider (Triton / DeepGEMM FP8 block-scaled or BF16 grouped
-    GEMMs); the two kernel families carry different fixed costs per layer at small batch."""
-    experts = sc.input.dtypes.expert_weights or sc.input.dtypes.weights
-    return "fp4" if precision.get(experts).bits < 8 else "fp8"
+    """Which MoE kernel library a scenario's experts run, and so which per-layer time its MoE layers pay
+    (`serving.layer_overhead_us.<framework>.<family>`): "fp8" for FP8 and wider experts (Triton / DeepGEMM /
+    CUTLASS FP8 block-scaled or BF16 grouped GEMMs), "w4a16" for 4-bit weights multiplied in BF16 (INT4
+    weight-only, and FP4 checkpoints on GPUs without FP4 tensor cores: Marlin / Triton weight-only kernels),
+    and the FP4 tensor-core formats by name, "nvfp4" (CUTLASS / FlashInfer W4A4 kernels, 16-element FP8
+    scales) and "mxfp4" (FlashInfer / TensorRT-LLM MXFP4 kernels, 32-element E8M0 scales); the families
+    carry different fixed costs per layer at small batch."""
+    name = sc.input.dtypes.expert_weights or sc.input.dtypes.weights
+    fmt = precision.get(name)
+    if fmt.bits >= 8:
+        return "fp8"
+    return precision.canonical(name) if fmt.family == "fp4" else "w4a16"
 
 
 def serving_overhead_names(framework: str, moe_kernels: str) -> tuple[str, str, str, str, str]:

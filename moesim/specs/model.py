@@ -222,6 +222,24 @@ class VisionEncoder(Record):
     note: Optional[str] = None
 
 
+class ReleaseFormats(Record):
+    """The formats of the checkpoint a model was released in, where it was released quantised: its MoE
+    experts' and every other GEMM's (workloads/dtypes.yaml names), with the config field that says so."""
+
+    experts: str
+    other: str
+    source: str
+
+    @model_validator(mode="after")
+    def _known_formats(self) -> "ReleaseFormats":
+        from moesim.specs import precision
+        for name in (self.experts, self.other):
+            if name not in precision.names():
+                raise ValueError(f"release format {name!r} is not in workloads/dtypes.yaml; use one of "
+                                 f"{', '.join(precision.names())}")
+        return self
+
+
 class ModelSpec(Record):
     """One MoE model as its Hugging Face config describes it, plus where each fact came from."""
 
@@ -252,6 +270,7 @@ class ModelSpec(Record):
     mtp: Optional[dict[str, Any]] = None
     vision_encoder: Optional[VisionEncoder] = None
     quantization_of_release: Optional[str] = None
+    release_formats: Optional[ReleaseFormats] = None
     published: dict[str, Any]
     source: dict[str, Any]
 

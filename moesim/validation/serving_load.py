@@ -260,6 +260,7 @@ class Benchmark:
     osl: int
     concurrency: int
     profile: Optional[str]   # a microbenchmark profile of the system's GPU (validate --profile)
+    hf_model: Optional[str] = None   # the checkpoint (`checkpoint_formats`)
 
 
 def _whole(value, name: str) -> int:
@@ -336,7 +337,8 @@ def benchmark_of(case: Case, calibration: Optional[Calibrated]) -> Benchmark:
                    "the clients per GPU - not the engine's limit (inconsistent record)")
     run = getattr(case, "run", None) or case.id
     key = json.dumps([run, case.system, case.gpus, p], sort_keys=True, default=str)
-    return Benchmark(key=key, deployment=config_key(case), model=str(p["model"]), system=case.system,
+    return Benchmark(key=key, deployment=config_key(case), model=str(p["model"]), hf_model=p.get("hf_model"),
+                     system=case.system,
                      backend=backend, mode=mode, weights=str(p["weights_dtype"]), experts=str(p["moe_dtype"]),
                      pool=pool, decode=decode, isl=_whole(p.get("isl"), "isl"),
                      osl=_whole(p.get("osl"), "osl"), concurrency=concurrency,
@@ -365,9 +367,24 @@ def _format_on(fmt: str, system: str) -> str:
     return fmt
 
 
+# The records name a 4-bit checkpoint's precision class, not its block format: AIConfigurator files gpt-oss-120b's
+# release checkpoint (hf_model openai/gpt-oss-120b: MXFP4 experts, BF16 attention, router, embedding and LM head)
+# as nvfp4 weights and nvfp4 experts. Where a record's model is the model's own release (its hf_id) and both name a
+# 4-bit float format, the release's formats stand (`ModelSpec.release_formats`, sourced in the model file).
+def checkpoint_formats(model: str, hf_model: Optional[str], weights: str, experts: str) -> tuple[str, str]:
+    """The (weights, experts) formats the benchmarked checkpoint holds (see above)."""
+    from moesim.specs import precision
+    from moesim.specs.model import load_model
+    release = load_model(model).release_formats
+    if release is None or hf_model != load_model(model).hf_id:
+        return weights, experts
+    four_bit = {precision.get(f, field="moe_dtype").family for f in (experts, release.experts)} == {"fp4"}
+    return (release.other, release.experts) if four_bit else (weights, experts)
+
+
 def scenario_overrides(b: Benchmark) -> dict:
     """The scenario of one engine instance of the benchmark's pool (module docstring)."""
-    weights, experts = _format_on(b.weights, b.system), _format_on(b.experts, b.system)
+    weights, experts = (_format_on(f, b.system) for f in checkpoint_formats(b.model, b.hf_model, b.weights, b.experts))
     overrides = {"model": b.model, "system": b.system, "gpus": b.pool.gpus, "parallel.tp": b.pool.tp,
                  "parallel.dp": b.pool.attn_dp, "parallel.ep": b.pool.moe_ep, "parallel.etp": b.pool.moe_tp,
                  "dtypes.weights": weights, "dtypes.expert_weights": experts if experts != weights else None,
