@@ -149,11 +149,11 @@ def moe_kernel_family(sc: Scenario) -> str:
     and the FP4 tensor-core formats by name, "nvfp4" (CUTLASS / FlashInfer W4A4 kernels, 16-element FP8
     scales) and "mxfp4" (FlashInfer / TensorRT-LLM MXFP4 kernels, 32-element E8M0 scales); the families
     carry different fixed costs per layer at small batch."""
-    name = sc.input.dtypes.expert_weights or sc.input.dtypes.weights
+    name = precision.canonical(sc.input.dtypes.expert_weights or sc.input.dtypes.weights)
     fmt = precision.get(name)
     if fmt.bits >= 8:
         return "fp8"
-    return precision.canonical(name) if fmt.family == "fp4" else "w4a16"
+    return name if fmt.family == "fp4" else "w4a16"
 
 
 def serving_overhead_names(framework: str, moe_kernels: str) -> tuple[str, str, str, str, str]:

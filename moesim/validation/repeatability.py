@@ -63,7 +63,8 @@ def floor(groups: list[dict[float, str]], errors: Optional[Mapping[str, float]] 
     per benchmark achieves on them (`mape_floor`, `best_single_value`), the median and largest max / min
     ratio, and with `errors` (relative error by case id) the model's own MAPE on the same values
     (`model_mape`, over the `model_values` it predicted)."""
-    spread = [abs(best_single_value(list(g)) / v - 1.0) for g in groups for v in g]
+    best = [best_single_value(list(g)) for g in groups]
+    spread = [abs(c / v - 1.0) for c, g in zip(best, groups) for v in g]
     ratios = [max(g) / min(g) for g in groups]
     out = {"benchmarks": len(groups), "values": len(spread), "mape_floor": float(np.mean(spread)),
            "median_max_over_min": float(np.median(ratios)), "max_max_over_min": float(max(ratios))}
@@ -79,4 +80,4 @@ def repeatability(cases: list[Case], errors: Optional[Mapping[str, float]] = Non
     return {kind: floor(groups, errors) for kind, groups in sorted(repeated(cases).items())}
 
 
-__all__ = ["benchmark_key", "floor", "repeatability", "repeated"]
+__all__ = ["benchmark_key", "best_single_value", "floor", "repeatability", "repeated"]

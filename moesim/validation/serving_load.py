@@ -338,9 +338,8 @@ def benchmark_of(case: Case, calibration: Optional[Calibrated]) -> Benchmark:
     run = getattr(case, "run", None) or case.id
     key = json.dumps([run, case.system, case.gpus, p], sort_keys=True, default=str)
     return Benchmark(key=key, deployment=config_key(case), model=str(p["model"]), hf_model=p.get("hf_model"),
-                     system=case.system,
-                     backend=backend, mode=mode, weights=str(p["weights_dtype"]), experts=str(p["moe_dtype"]),
-                     pool=pool, decode=decode, isl=_whole(p.get("isl"), "isl"),
+                     system=case.system, backend=backend, mode=mode, weights=str(p["weights_dtype"]),
+                     experts=str(p["moe_dtype"]), pool=pool, decode=decode, isl=_whole(p.get("isl"), "isl"),
                      osl=_whole(p.get("osl"), "osl"), concurrency=concurrency,
                      profile=_profile_path(calibration, case.system))
 
@@ -375,8 +374,9 @@ def checkpoint_formats(model: str, hf_model: Optional[str], weights: str, expert
     """The (weights, experts) formats the benchmarked checkpoint holds (see above)."""
     from moesim.specs import precision
     from moesim.specs.model import load_model
-    release = load_model(model).release_formats
-    if release is None or hf_model != load_model(model).hf_id:
+    spec = load_model(model)
+    release = spec.release_formats
+    if release is None or hf_model != spec.hf_id:
         return weights, experts
     four_bit = {precision.get(f, field="moe_dtype").family for f in (experts, release.experts)} == {"fp4"}
     return (release.other, release.experts) if four_bit else (weights, experts)
