@@ -101,6 +101,7 @@ def test_deepseek_v3_nvfp4_fits_one_gb300_rack():
     ("mxfp4", 0.5 + 1 / 32),       # E2M1 + one E8M0 byte per 32
     ("fp8_block", 1 + 4 / 16384),  # E4M3 + one FP32 scale per 128 x 128 block
     ("int4_wo", 0.5 + 2 / 128),    # INT4 + one FP16 scale per group of 128
+    ("int4_wo_g32", 0.5 + 2 / 32),  # INT4 + one BF16 scale per group of 32 (Kimi-K2.5's experts)
 ])
 def test_bytes_per_element_is_bits_plus_scales(name, expected):
     assert precision.bytes_per_element(name) == expected

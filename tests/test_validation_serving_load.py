@@ -250,6 +250,10 @@ def test_gpt_oss_release_checkpoint_runs_its_own_formats():
     assert S.checkpoint_formats("gpt-oss-120b", "someone/gpt-oss-120b-nvfp4", "nvfp4", "nvfp4") == ("nvfp4", "nvfp4")
     assert S.checkpoint_formats("gpt-oss-120b", "openai/gpt-oss-120b", "bf16", "bf16") == ("bf16", "bf16")
     assert S.checkpoint_formats("deepseek-v3", "x", "nvfp4", "nvfp4") == ("nvfp4", "nvfp4")
+    # Kimi-K2.5's release (INT4 experts at group 32, BF16 elsewhere) is filed int4_wo; its nvfp4 records name
+    # another checkpoint (an NVFP4 quantisation of it) and keep their formats
+    assert S.checkpoint_formats("kimi-k2.5", "moonshotai/Kimi-K2.5", "int4_wo", "int4_wo") == ("bf16", "int4_wo_g32")
+    assert S.checkpoint_formats("kimi-k2.5", "moonshotai/Kimi-K2.5", "nvfp4", "nvfp4") == ("nvfp4", "nvfp4")
     case = load_cases_from(bench("g", model="gpt-oss-120b", hf_model="openai/gpt-oss-120b", system="hgx-b200",
                                  weights_dtype="nvfp4", moe_dtype="nvfp4", split=(1, 1, 1, 1)))[0]
     sc = load_scenario(None, S.scenario_overrides(S.benchmark_of(case, None)))

@@ -368,18 +368,28 @@ def _format_on(fmt: str, system: str) -> str:
 
 # The records name a 4-bit checkpoint's precision class, not its block format: AIConfigurator files gpt-oss-120b's
 # release checkpoint (hf_model openai/gpt-oss-120b: MXFP4 experts, BF16 attention, router, embedding and LM head)
-# as nvfp4 weights and nvfp4 experts. Where a record's model is the model's own release (its hf_id) and both name a
-# 4-bit float format, the release's formats stand (`ModelSpec.release_formats`, sourced in the model file).
+# as nvfp4 weights and nvfp4 experts, and Kimi-K2.5's (INT4 weight-only experts at group 32, BF16 attention, shared
+# experts, dense MLP and LM head) as int4_wo throughout. Where a record's model is the model's own release (its
+# hf_id) and its expert format is of the release's class (as many bits, the same GEMM peak: `precision_class`),
+# the release's formats stand (`ModelSpec.release_formats`, sourced in the model file). A record of another class
+# (Kimi-K2.5 as nvfp4 on Blackwell) names another checkpoint of the model and keeps its formats.
 def checkpoint_formats(model: str, hf_model: Optional[str], weights: str, experts: str) -> tuple[str, str]:
     """The (weights, experts) formats the benchmarked checkpoint holds (see above)."""
-    from moesim.specs import precision
     from moesim.specs.model import load_model
     spec = load_model(model)
     release = spec.release_formats
     if release is None or hf_model != spec.hf_id:
         return weights, experts
-    four_bit = {precision.get(f, field="moe_dtype").family for f in (experts, release.experts)} == {"fp4"}
-    return (release.other, release.experts) if four_bit else (weights, experts)
+    same = precision_class(experts) == precision_class(release.experts)
+    return (release.other, release.experts) if same else (weights, experts)
+
+
+def precision_class(fmt: str) -> tuple[int, Optional[str]]:
+    """What a record's format name says of a checkpoint: its bits per weight and the tensor-core peak its
+    GEMMs run at (nvfp4 and mxfp4 share one; int4_wo and int4_wo_g32 another)."""
+    from moesim.specs import precision
+    spec = precision.get(fmt, field="moe_dtype")
+    return spec.bits, spec.family
 
 
 def scenario_overrides(b: Benchmark) -> dict:
