@@ -63,7 +63,7 @@ def test_every_request_once_and_kv_within_each_pools_capacity(framework, load):
 
 
 def test_decode_pool_runs_its_own_step_function():
-    """One request at a time: TPOT is a batch-1 decode step of the decode split (TP 2), not of the
+    """One request at a time: the gap between tokens is a batch-1 decode step of the decode split (TP 2), not of the
     prefill split; the KV goes from the prefill rank's one GPU to both GPUs of the decode rank."""
     sc = scenario()
     disagg = make_disagg("disagg", 1, 1, decode_parallel=DECODE)
@@ -73,7 +73,7 @@ def test_decode_pool_runs_its_own_step_function():
     own, other = simulate_decode(dsc, 1, ISL + OSL // 2), simulate_decode(sc, 1, ISL + OSL // 2)
     assert own != pytest.approx(other, rel=1e-3)
     cpu = Policy.of(sc).step_overhead_s   # every step adds the framework's CPU and per-layer time
-    assert r["metrics"]["tpot_ms"]["mean"] == pytest.approx((own + cpu) * 1e3, rel=0.02)
+    assert r["metrics"]["itl_ms"]["mean"] == pytest.approx((own + cpu) * 1e3, rel=0.02)
     kv = r["kv_transfer"]
     # GQA (4 KV heads) from TP 1 to TP 2: two flows, each half of the prefill GPU's KV, together all of it
     assert kv["flows_per_request"] == 2

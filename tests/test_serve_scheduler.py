@@ -65,14 +65,34 @@ def test_counted_gaps_equal_per_token_gaps(step_policy):
     assert len(gaps_a) == sum(o - 1 for o in osl[warmup:]) and np.array_equal(gaps_a, gaps_b)
 
 
-def test_request_overhead_adds_to_ttft_not_tpot():
+def test_request_overhead_delays_the_first_token_seen_not_the_engine():
+    # the client sees the first token r later; the last one when the engine made it; the engine's schedule
+    # (every request joins the queue as it is sent) does not move
     sc = load_scenario(None, CHEAP)
-    load = make_load(isl=256, osl=16, requests=40, concurrency=1)
+    load = make_load(isl=256, osl=16, requests=40, concurrency=4)
     base = Policy.of(sc)
-    plain = serve(sc, load, policy=Policy(**dict(base.__dict__, request_overhead_s=0.0)))["metrics"]
-    slow = serve(sc, load, policy=Policy(**dict(base.__dict__, request_overhead_s=0.05)))["metrics"]
-    assert slow["ttft_ms"]["mean"] == pytest.approx(plain["ttft_ms"]["mean"] + 50.0, rel=1e-6)
-    assert slow["tpot_ms"]["mean"] == pytest.approx(plain["tpot_ms"]["mean"], rel=1e-9)
+    plain = serve(sc, load, policy=Policy(**dict(base.__dict__, request_overhead_s=0.0)))
+    decode_s = min(plain["_requests"]["e2e_s"] - plain["_requests"]["ttft_s"])
+    r = 0.5 * decode_s
+    slow = serve(sc, load, policy=Policy(**dict(base.__dict__, request_overhead_s=r)))
+    assert slow["scheduler"]["steps"] == plain["scheduler"]["steps"]
+    np.testing.assert_allclose(slow["_requests"]["ttft_s"], plain["_requests"]["ttft_s"] + r, rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(slow["_requests"]["e2e_s"], plain["_requests"]["e2e_s"])
+    assert slow["metrics"]["tpot_ms"]["mean"] == pytest.approx(plain["metrics"]["tpot_ms"]["mean"] - r * 1e3 / 15)
+
+
+def test_a_first_token_seen_after_the_last_one_was_made_holds_the_client_back():
+    sc = load_scenario(None, CHEAP)
+    load = make_load(isl=256, osl=4, requests=6, concurrency=1)
+    base = Policy.of(sc)
+    plain = serve(sc, load, policy=Policy(**dict(base.__dict__, request_overhead_s=0.0)))
+    r = 10 * max(plain["_requests"]["e2e_s"])
+    slow = serve(sc, load, policy=Policy(**dict(base.__dict__, request_overhead_s=r)))
+    np.testing.assert_array_equal(slow["_requests"]["e2e_s"], slow["_requests"]["ttft_s"])   # seen together
+    # one client, sending each request when it saw the last one: a request now takes its TTFT, r beyond the
+    # engine's first token, where it took its engine's decode to the last token
+    decodes = sum(plain["_requests"]["e2e_s"] - plain["_requests"]["ttft_s"])
+    assert slow["metrics"]["duration_s"] == pytest.approx(plain["metrics"]["duration_s"] + 6 * r - decodes)
 
 
 def test_a_batch_limit_beyond_the_step_budget_is_refused():

@@ -209,7 +209,7 @@ def test_the_closure_is_first_order_in_the_serving_parameters(good):
     _, cases, targets = good
     v = SPEC_PROFILE.values()
     t_ttft, t_tpot = targets["a-c4-ttft_ms"], targets["a-c4-tpot_ms"]
-    c, r, h, per_layer, scale = serving_overhead_names("vllm", "fp8")   # qwen3-30b-a3b in FP8
+    c, r, h, per_layer, scale, mixed = serving_overhead_names("vllm", "fp8")   # qwen3-30b-a3b in FP8
     base_ttft, base_tpot = t_ttft.predict(v), t_tpot.predict(v)
     case = next(x for x in cases if x.id == "a-c4-tpot_ms")
     layers = load_scenario(None, S.scenario_overrides(S.benchmark_of(case, None))).model.num_hidden_layers
@@ -217,14 +217,17 @@ def test_the_closure_is_first_order_in_the_serving_parameters(good):
     assert moved - base_tpot == pytest.approx(10.0 * layers / 1e3, rel=1e-6)
     assert t_ttft.predict(dict(v, **{h: v[h] + 7.0})) == base_ttft       # an aggregated run has no hand-over
     assert t_ttft.predict(dict(v, **{r: v[r] + 7.0})) == pytest.approx(base_ttft + 7.0)
-    assert t_tpot.predict(dict(v, **{r: v[r] + 7.0})) == base_tpot       # TPOT does not read the request overhead
+    # the first token seen 7 ms later, the last one not: (last - first) / (OSL - 1) that much shorter
+    assert t_tpot.predict(dict(v, **{r: v[r] + 7.0})) == pytest.approx(base_tpot - 7.0 / (case.params["osl"] - 1))
     bumped = t_tpot.predict(dict(v, **{c: v[c] + 1.0}))
     assert bumped - base_tpot == pytest.approx(1.0, rel=1e-6)            # vLLM: one step per output token
     assert t_ttft.predict(dict(v, **{c: v[c] + 1.0})) > base_ttft
     run = run_benchmark(S.benchmark_of(case, None), v)
     prompt_ms = S.weighted_mean(run["rounds"]["prefill_ms_before_first_token"], v[S.ROUNDS])
-    assert prompt_ms > 0.0                                               # its own prompt at least
+    mixed_ms = S.weighted_mean(run["rounds"]["mixed_prefill_ms_before_first_token"], v[S.ROUNDS])
+    assert prompt_ms > 0.0   # the burst's first step runs its own prompt with nothing decoding
     assert t_ttft.predict(dict(v, **{scale: v[scale] + 0.5})) == pytest.approx(base_ttft + 0.5 * prompt_ms)
+    assert t_ttft.predict(dict(v, **{mixed: v[mixed] + 0.5})) == pytest.approx(base_ttft + 0.5 * mixed_ms)
 
 
 def test_4bit_experts_pay_their_own_per_layer_time():
@@ -262,17 +265,21 @@ def test_gpt_oss_release_checkpoint_runs_its_own_formats():
 
 
 def test_a_slower_prefill_lengthens_the_steps_that_hold_prompt_tokens():
-    """The prefill scale multiplies the step model's time of a step's prompt tokens: TTFT grows by at least the
-    request's own prompt, TPOT by the prompts that interrupt its decode steps, a run of pure decode not at all."""
+    """The prefill scales multiply the step model's time of a step's prompt tokens, in prompt-only steps and in
+    steps that also decode: TTFT grows by at least the request's own prompt, TPOT by the prompts that share its
+    decode steps (in vLLM's mixed steps: prompt-only steps interrupt no decode), a run of pure decode not at all."""
     cases = load_cases_from(bench("pre", concurrency=8, isl=2048, osl=64))
     b = S.benchmark_of(cases[0], None)
     v = SPEC_PROFILE.values()
-    scale = serving_overhead_names("vllm", "fp8")[4]
-    base, slow = run_benchmark(b, v), run_benchmark(b, dict(v, **{scale: 2.0}))
-    assert slow["prefill_scale"] == 2.0 and base["prefill_scale"] == 1.0
-    own = S.weighted_mean(base["rounds"]["prefill_ms_before_first_token"], v[S.ROUNDS])
+    scale, mixed = serving_overhead_names("vllm", "fp8")[4:]
+    base, slow, slow_mixed = (run_benchmark(b, dict(v, **changed)) for changed in ({}, {scale: 2.0}, {mixed: 2.0}))
+    assert slow["prefill_scale"] == 2.0 and base["prefill_scale"] == 1.0 and slow_mixed["mixed_prefill_scale"] == 2.0
+    own, own_mixed = (S.weighted_mean(base["rounds"][key], v[S.ROUNDS])
+                      for key in ("prefill_ms_before_first_token", "mixed_prefill_ms_before_first_token"))
     assert slow["ttft_ms"] > base["ttft_ms"] + 0.5 * own
-    assert slow["tpot_ms"] > base["tpot_ms"]
+    assert slow["tpot_ms"] == base["tpot_ms"]
+    assert slow_mixed["ttft_ms"] > base["ttft_ms"] + 0.5 * own_mixed
+    assert slow_mixed["tpot_ms"] > base["tpot_ms"]
 
 
 def test_the_closure_is_exact_in_the_measured_rounds(good):
@@ -305,8 +312,8 @@ def test_closure_against_a_resimulation(good):
     """The first-order model from a run at the defaults, evaluated at other values, against a run at them."""
     _, cases, targets = good
     v = SPEC_PROFILE.values()
-    c, r, _, _, scale = serving_overhead_names("vllm", "fp8")
-    moved = dict(v, **{c: 2.0, r: 30.0, scale: 1.5})
+    c, r, _, _, scale, mixed = serving_overhead_names("vllm", "fp8")
+    moved = dict(v, **{c: 2.0, r: 30.0, scale: 1.5, mixed: 1.5})
     case = next(x for x in cases if x.id == "a-c4-ttft_ms")
     rerun = run_benchmark(S.benchmark_of(case, None), moved)
     assert targets["a-c4-ttft_ms"].predict(moved) == pytest.approx(rerun["ttft_ms"], rel=0.05)

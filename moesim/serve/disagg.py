@@ -632,7 +632,7 @@ def _run_disagg(sc: Scenario, load: Load, policy: Policy, fn: StepFunction, disa
     def client_finish(req: int, t: float) -> None:
         finish[req] = t
         finishes[req] += 1
-        clients.finished(t)
+        clients.finished(req, t)
 
     def prefill_done(req: int, t: float) -> None:
         times["prefill_end"][req] = t
@@ -650,6 +650,7 @@ def _run_disagg(sc: Scenario, load: Load, policy: Policy, fn: StepFunction, disa
         if osl[req] == 1:   # the prefill's token is the whole output: delivered, nothing to decode
             engines[P + e].cancel(r, req)
             first_token[req] = last_token[req] = t
+            clients.first_token(req, t)
             client_finish(req, t)
             start_transfers(slot, t)
         elif handoff_s:
@@ -701,6 +702,7 @@ def _run_disagg(sc: Scenario, load: Load, policy: Policy, fn: StepFunction, disa
             for req in engines[e].fresh_requests():
                 if math.isnan(first_token[req]):
                     first_token[req] = last_token[req] = t
+                    clients.first_token(req, t)
             # its pure decode steps up to the next event, at once
             plans[e] = plan = engines[e].stretch(plan, t, horizon(t))
             if plan.ends:
@@ -716,7 +718,7 @@ def _run_disagg(sc: Scenario, load: Load, policy: Policy, fn: StepFunction, disa
         t, kind, _, payload = event
         if kind == ARRIVAL:
             req = payload
-            arrival[req] = clients.sent[req]   # latencies count from the send (request overhead before the queue)
+            arrival[req] = clients.sent[req]
             e, r = prefill_slot(req)
             engines[e].enqueue(r, req)
             wake(e, t)
@@ -764,7 +766,8 @@ def _run_disagg(sc: Scenario, load: Load, policy: Policy, fn: StepFunction, disa
 
     check_finished_once(finishes)
     measured = slice(load.warmup, total)
-    metrics = run_metrics(arrival=arrival[measured], first_token=first_token[measured], finish=finish[measured],
+    seen, done = clients.first_seen, clients.done   # the client's times
+    metrics = run_metrics(arrival=arrival[measured], first_token=seen[measured], finish=done[measured],
                           osl=osl_of[measured], itl_s=itl.array(), gpus=all_gpus)
     span = float(np.nanmax(finish) - np.nanmin(arrival))
 
@@ -798,7 +801,7 @@ def _run_disagg(sc: Scenario, load: Load, policy: Policy, fn: StepFunction, disa
            "timeline": dict(timeline.to_json(kv_capacity_d * D * ranks_d), pool="decode"),
            "_requests": {"output_tokens": list(generated), "finishes": finishes,
                          "times_s": {k: v.tolist() for k, v in times.items()},
-                         "ttft_s": (first_token - arrival)[measured], "e2e_s": (finish - arrival)[measured],
+                         "ttft_s": (seen - arrival)[measured], "e2e_s": (done - arrival)[measured],
                          "osl": np.asarray(osl_of)[measured]}}
     if steps_trace is not None:
         out["_trace"] = chrome_trace(sc.input.name, steps_trace,

@@ -1,10 +1,12 @@
 """Per-request latencies and run throughput, defined as the serving benchmarks define them.
 
-Definitions follow vLLM/SGLang `bench_serving` so that predictions compare with their output:
+Definitions follow vLLM/SGLang `bench_serving` so that predictions compare with their output, at the
+client (`serve.scheduler.Clients`: it sees the first token the request overhead after the engine made it,
+the last one as the engine made it, or with the first if that comes later):
 - TTFT: first output token time - arrival time;
 - TPOT: (E2E - TTFT) / (OSL - 1) per request, with the request's own OSL (undefined for one-token
-  outputs, left out);
-- ITL: every gap between consecutive output tokens of a request, pooled over requests;
+  outputs, left out): the request overhead / (OSL - 1) shorter than the engine's mean gap;
+- ITL: every gap between consecutive output tokens of a request as the engine makes them, pooled over requests;
 - E2E: last output token time - arrival time;
 - statistics: mean and the 50th, 90th and 99th percentiles (numpy's linear interpolation, as the
   benchmark scripts compute them);

@@ -170,11 +170,12 @@ def _run_agg(sc: Scenario, load: Load, policy: Policy, fn: StepFunction, *, inst
 
     def on_token(req: int, t: float) -> None:   # a first token (decode gaps go to `itl`)
         first_token[req] = t
+        clients.first_token(req, t)
 
     def on_finish(req: int, t: float) -> None:
         finish[req] = t
         finishes[req] += 1
-        clients.finished(t)
+        clients.finished(req, t)
 
     clients.start(fn, instances_n * ranks_n)  # requests decode on every rank of every instance
 
@@ -222,8 +223,8 @@ def _run_agg(sc: Scenario, load: Load, policy: Policy, fn: StepFunction, *, inst
 
     check_finished_once(finishes)
     measured = slice(load.warmup, total)
-    arrival = clients.sent
-    metrics = run_metrics(arrival=arrival[measured], first_token=first_token[measured], finish=finish[measured],
+    arrival, seen, done = clients.sent, clients.first_seen, clients.done   # the client's times
+    metrics = run_metrics(arrival=arrival[measured], first_token=seen[measured], finish=done[measured],
                           osl=osl_of[measured], itl_s=itl.array(), gpus=sc.gpus)
     out = {"metrics": metrics,
            "scheduler": {"instances": instances_n,
@@ -233,7 +234,7 @@ def _run_agg(sc: Scenario, load: Load, policy: Policy, fn: StepFunction, *, inst
                          "preemptions": sum(e.preemptions for e in engines)},
            "timeline": timeline.to_json(kv_capacity * instances_n * ranks_n),
            "_requests": {"output_tokens": list(generated), "finishes": finishes,
-                         "ttft_s": (first_token - arrival)[measured], "e2e_s": (finish - arrival)[measured],
+                         "ttft_s": (seen - arrival)[measured], "e2e_s": (done - arrival)[measured],
                          "osl": np.asarray(osl_of)[measured] if np.ndim(osl_of) else np.full(total - load.warmup, osl_of)}}
     if steps_trace is not None:
         out["_trace"] = chrome_trace(sc.input.name, steps_trace,
@@ -309,8 +310,10 @@ def assumptions(policy: Policy) -> list[str]:
            "requests go to attention-DP ranks round robin"]
     out.append(f"{policy.framework}: {policy.cpu_overhead_s * 1e3:.3g} ms of CPU time and "
                f"{policy.layer_overhead_s * 1e3:.3g} ms of per-layer GPU time beyond the step model per engine step, "
-               f"prompt tokens at {policy.prefill_scale:.3g} x the step model's prefill time, "
-               f"{policy.request_overhead_s * 1e3:.3g} ms per request from send to queue (HTTP, tokenisation) and, "
+               f"prompt tokens at {policy.prefill_scale:.3g} x the step model's prefill time "
+               f"({policy.mixed_prefill_scale:.3g} x in a step that also decodes), "
+               f"{policy.request_overhead_s * 1e3:.3g} ms per request on the first token's way to the client (HTTP, "
+               f"tokenisation, detokenisation, streaming; the request joins the queue as it is sent) and, "
                f"disaggregated, {policy.kv_handoff_s * 1e3:.3g} ms of prefill-to-decode hand-over per request; from "
                f"{policy.overheads_from}")
     return out

@@ -76,11 +76,16 @@ class Policy:
     graph_sizes: tuple[int, ...]
     cpu_overhead_s: float
     overheads_from: str = "given"      # where cpu_overhead_s, request_overhead_s and kv_handoff_s come from
-    request_overhead_s: float = 0.0   # from send to the engine's queue (HTTP, tokenisation): on TTFT
+    # per request, what the client's TTFT holds beyond the engine's (HTTP, tokenisation, the first token's
+    # detokenisation and streaming), counted on the first token's way back (`Clients`): a delay before the
+    # queue would keep a fixed-length closed loop in waves the measured engines do not show
+    # (validation.serving_load, "Where the request overhead falls")
+    request_overhead_s: float = 0.0
     kv_admission: str = "whole_request"   # or "incremental" (module docstring)
     kv_handoff_s: float = 0.0   # disagg: from a request's KV arriving to its decode rank's queue: on TTFT
     layer_overhead_s: float = 0.0   # GPU time per step beyond the step model: per layer x the layers a rank runs
     prefill_scale: float = 1.0      # a step's prompt tokens take this x the step model's prefill time of as many
+    mixed_prefill_scale: float = 1.0   # the same in a step that also decodes (a mixed step)
 
     @property
     def step_overhead_s(self) -> float:
@@ -109,6 +114,7 @@ class Policy:
                    graph_sizes=b.cuda_graph_batch_sizes.value.sizes(), cpu_overhead_s=o.step_cpu_ms / 1e3,
                    request_overhead_s=o.request_ms / 1e3, kv_handoff_s=o.handoff_ms / 1e3,
                    layer_overhead_s=o.layer_us * rank_layers(sc) / 1e6, prefill_scale=o.prefill_scale,
+                   mixed_prefill_scale=o.mixed_prefill_scale,
                    overheads_from=o.source)
 
     def padded(self, batch: int) -> int:
@@ -122,22 +128,25 @@ class Policy:
                 "cuda_graph_batch_sizes": list(self.graph_sizes), "step_cpu_overhead_s": self.cpu_overhead_s,
                 "request_overhead_s": self.request_overhead_s, "kv_handoff_s": self.kv_handoff_s,
                 "layer_overhead_s": self.layer_overhead_s, "prefill_scale": self.prefill_scale,
+                "mixed_prefill_scale": self.mixed_prefill_scale,
                 "overheads_from": self.overheads_from,
                 "kv_admission": self.kv_admission}
 
 
 SERVING_OVERHEADS = ("serving.step_cpu_ms", "serving.request_overhead_ms", "serving.disagg_handoff_ms",
-                     "serving.layer_overhead_us", "serving.prefill_scale")
+                     "serving.layer_overhead_us", "serving.prefill_scale",
+                     "serving.mixed_prefill_scale")
 
 
 class ServingOverheads(NamedTuple):
     """A framework's serving overheads (`serving_overheads_ms`) and where they come from."""
 
     step_cpu_ms: float     # per engine step, CPU on the critical path
-    request_ms: float      # per request, send to queue
+    request_ms: float      # per request, on the first token's way to the client
     handoff_ms: float      # per request, disaggregated prefill-to-decode hand-over
     layer_us: float        # per engine step and decoder layer a rank runs, GPU beyond the step model
     prefill_scale: float   # a step's prompt tokens, x the step model's prefill time of as many
+    mixed_prefill_scale: float   # the same in a step that also decodes
     source: str
 
 
@@ -156,12 +165,13 @@ def moe_kernel_family(sc: Scenario) -> str:
     return name if fmt.family == "fp4" else "w4a16"
 
 
-def serving_overhead_names(framework: str, moe_kernels: str) -> tuple[str, str, str, str, str]:
+def serving_overhead_names(framework: str, moe_kernels: str) -> tuple[str, str, str, str, str, str]:
     """The kernel-profile parameters of a framework's (CPU per step, per-request, hand-over, per-layer,
-    prefill scale) overheads for MoE kernels of family `moe_kernels` (`moe_kernel_family`): what
-    `serving_overheads_ms` reads and what `moesim calibrate` fits (validation.serving_load)."""
-    step_cpu, request, handoff, layer, prefill = (f"{prefix}.{framework}" for prefix in SERVING_OVERHEADS)
-    return step_cpu, request, handoff, f"{layer}.{moe_kernels}", prefill
+    prefill scale, mixed-step prefill scale) overheads for MoE kernels of family `moe_kernels`
+    (`moe_kernel_family`): what `serving_overheads_ms` reads and what `moesim calibrate` fits
+    (validation.serving_load)."""
+    step_cpu, request, handoff, layer, prefill, mixed = (f"{prefix}.{framework}" for prefix in SERVING_OVERHEADS)
+    return step_cpu, request, handoff, f"{layer}.{moe_kernels}", prefill, mixed
 
 
 def rank_layers(sc: Scenario) -> int:
@@ -301,19 +311,28 @@ class EventQueue:
 
 class Clients:
     """The load's clients, as ARRIVAL events numbered in send order: a closed loop's C clients start
-    at `closed_loop_starts` and send their next request when one finishes; an open loop or trace
-    sends at its arrival times."""
+    at `closed_loop_starts` and send their next request when they have seen the last token of the one
+    before; an open loop or trace sends at its arrival times. A request reaches the engine's queue as
+    it is sent; the client sees its first token `first_token_delay_s` after the engine produced it
+    (`Policy.request_overhead_s`: why there and not before the queue, in its comment) and its last
+    token no earlier than that. Latencies are the client's: from `sent` to `first_seen` and `done`."""
 
-    def __init__(self, events: EventQueue, load: Load, total: int, overhead_s: float = 0.0) -> None:
-        self.events, self.load, self.total, self.overhead_s = events, load, total, overhead_s
+    def __init__(self, events: EventQueue, load: Load, total: int, first_token_delay_s: float = 0.0) -> None:
+        self.events, self.load, self.total, self.delay_s = events, load, total, first_token_delay_s
         self.issued = 0
-        self.sent = np.full(total, math.nan)   # when each request was sent: its latencies count from here
+        self.sent = np.full(total, math.nan)         # when each request was sent: its latencies count from here
+        self.first_seen = np.full(total, math.nan)   # when its client saw the first token
+        self.done = np.full(total, math.nan)         # when its client saw the last token
 
     def send(self, t: float) -> None:
-        """Send the next request at `t`; it reaches the engine's queue `overhead_s` later."""
+        """Send the next request at `t`: it joins the engine's queue at once."""
         self.sent[self.issued] = t
-        self.events.push(t + self.overhead_s if self.overhead_s else t, ARRIVAL, self.issued)
+        self.events.push(t, ARRIVAL, self.issued)
         self.issued += 1
+
+    def first_token(self, req: int, t: float) -> None:
+        """The engine produced `req`'s first token at `t`."""
+        self.first_seen[req] = t + self.delay_s
 
     def start(self, fn: StepFunction, decode_ranks: int) -> None:
         """Every first send; `decode_ranks` share the closed loop's requests when they decode, which
@@ -327,10 +346,13 @@ class Clients:
             for t in open_loop_arrivals(load).tolist():
                 self.send(t)
 
-    def finished(self, t: float) -> None:
-        """A request finished: in a closed loop its client sends the next one, while any remain."""
+    def finished(self, req: int, t: float) -> None:
+        """The engine produced `req`'s last token at `t`: its client sees it then, or with the first token
+        if that comes later, and in a closed loop sends its next request, while any remain."""
+        first = self.first_seen[req]
+        done = self.done[req] = t if first != first or first <= t else float(first)   # NaN: no first token seen
         if self.load.mode == "closed" and self.issued < self.total:
-            self.send(t)
+            self.send(done)
 
 
 def mark_prefill_start(plan: "StepPlan", prefill_start, now: float) -> None:
@@ -413,8 +435,9 @@ class StepPlan:
     chunks: list
     decodes: list
     duration_s: float
-    # the step model's prefill time of the busiest rank's prompt tokens, which `Policy.prefill_scale` scales (the
-    # step's time holds (scale - 1) x it beyond the step model; the serving fit's closure reads it from the trace)
+    # the step model's prefill time of the busiest rank's prompt tokens, which `Policy.prefill_scale` scales, or
+    # `Policy.mixed_prefill_scale` in a step that also decodes (the step's time holds (scale - 1) x it beyond the step
+    # model; the serving fit's closure reads it from the trace, by the step's category)
     prefill_s: float = 0.0
     # a run of pure decode steps (`Instance.stretch`): each one's end time; None for one step
     ends: Optional[list] = None
@@ -592,7 +615,8 @@ class Instance:
             return None
         prompt = max(tokens_of)
         prefill = self.fn.prefill(prompt) if prompt else 0.0
-        return StepPlan(all_chunks, all_decodes, longest + p.step_overhead_s + (p.prefill_scale - 1.0) * prefill,
+        scale = p.mixed_prefill_scale if any(all_decodes) else p.prefill_scale   # a mixed step, or prompts alone
+        return StepPlan(all_chunks, all_decodes, longest + p.step_overhead_s + (scale - 1.0) * prefill,
                         prefill_s=prefill)
 
     def coast(self, plan: StepPlan, now: float) -> StepPlan:

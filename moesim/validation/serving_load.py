@@ -56,36 +56,49 @@ standing for the steady ones.
 The fit (`topologies/kernels/serving.yaml` and the rounds R; robust,
 `calibration.kernel_fit.ROBUST_LOG_SCALE`): per backend, the per-step CPU time c on the critical
 path (`Policy.cpu_overhead_s`) and the per-request overhead r (HTTP, tokenisation, first-token
-detokenisation; `Policy.request_overhead_s`, a request joins its rank's queue r after it is sent),
+detokenisation; `Policy.request_overhead_s`, on the first token's way back to the client: a request joins its
+rank's queue as it is sent, below),
 and in disaggregated runs the hand-over h from prefill to decode worker beyond the KV flow
 (`Policy.kv_handoff_s`, a request joins its decode rank's queue h after its KV arrived), and the GPU
 time l per decoder layer and step beyond the step model's kernels (`Policy.layer_overhead_s`, L l
 for the L layers a rank runs: kernel boundaries and the small kernels around the priced ones, so a
-36-layer model does not pay a 94-layer model's fixed step time), and the scale s on the step model's
-prefill time of a step's prompt tokens (`Policy.prefill_scale`: the backend's prefill kernels against
-the calibrated ones moesim prices).
-A run at the profile's (c0, l0, r0, h0) also counts, per measured request, the engine steps it waited
-through before its first token (n_first) and the steps per output token while it decoded (n_tpot,
+36-layer model does not pay a 94-layer model's fixed step time), and the scales s and m on the step
+model's prefill time of a step's prompt tokens, s in prompt-only steps and m in steps that also decode
+(`Policy.prefill_scale`, `Policy.mixed_prefill_scale`: the backend's prefill kernels against the
+calibrated ones moesim prices, and what prompts cost among decodes; apart because a disaggregated
+prefill engine only runs the first kind, an aggregated engine in a closed loop almost only the second).
+A run at the profile's (c0, l0, r0, h0, s0, m0) also counts, per measured request, the engine steps it
+waited through before its first token (n_first) and the steps per output token while it decoded (n_tpot,
 1 in vLLM's mixed steps, more where SGLang runs prefill steps between decode steps), and the step
-model's prefill time in those steps (p_first: its own prompt's and the ones before it; p_tpot: the
-prompts that shared or interrupted its decode steps, per output token). The target is the first-order
-expansion
+model's prefill time in those steps, in prompt-only and in mixed steps (p_first, q_first: its own
+prompt's and the ones before it; p_tpot, q_tpot: the prompts that shared or interrupted its decode steps,
+per output token). The target is the first-order expansion
 
-    TTFT(c, l, s, r, R) = sum_k w_k(R) [TTFT0_k + (c - c0 + L (l - l0)) n_first_k + (s - s0) p_first_k]
-                          + (r - r0) [+ (h - h0) disagg],
-    TPOT(c, l, s, R) = sum_k w_k(R) [TPOT0_k + (c - c0 + L (l - l0)) n_tpot_k + (s - s0) p_tpot_k]
+    TTFT(c, l, s, m, r, R) = sum_k w_k(R) [TTFT0_k + (c - c0 + L (l - l0)) n_first_k + (s - s0) p_first_k
+                                           + (m - m0) q_first_k] + (r - r0) [+ (h - h0) disagg],
+    TPOT(c, l, s, m, r, R) = sum_k w_k(R) [TPOT0_k + (c - c0 + L (l - l0)) n_tpot_k + (s - s0) p_tpot_k
+                                           + (m - m0) q_tpot_k] - (r - r0) / (OSL - 1)
 
-over the simulated rounds k (their means, `weighted_mean`'s weights w_k): exact in R, and in c, l
-and r while the schedule (which steps form, in which order) does not change with them. In a
-deterministic closed loop it does: a later arrival lands at another point of the step in progress
-(TTFT moves in steps of a step time as r grows), and slower steps shift arrivals against step
+over the simulated rounds k (their means, `weighted_mean`'s weights w_k): exact in R and r (the client
+sees the first token r later and the last one when the engine made it, as long as r is shorter than a
+request's decode), and in c and l while the schedule (which steps form, in which order) does not change
+with them. In a deterministic closed loop it does: slower steps shift arrivals against step
 boundaries. Measured on 38 benchmarks drawn from the file, moving from the sourced defaults to a
-fit's values (per-step CPU 0.25 -> 1.1 ms vLLM, 0.05 -> 1.6 ms SGLang; request overhead 10 -> 32,
-192 and 107 ms): TPOT from the closure is within 0.5 % of a re-simulation on average (5.7 % at
-most); TTFT within 1.5 % (23 % at most) for the step CPU time alone, 12 % (60 % at most, the
-closure low) for the request overhead. So `moesim calibrate` re-simulates at the first fit's
-values and fits again (calibrate_cases.py): the shipped values rest on runs at those values, and
-the closure only bridges the second fit's (small) move.
+fit's values (per-step CPU 0.25 -> 1.1 ms vLLM, 0.05 -> 1.6 ms SGLang): TPOT from the closure is
+within 0.5 % of a re-simulation on average (5.7 % at most); TTFT within 1.5 % (23 % at most). So
+`moesim calibrate` re-simulates at the first fit's values and fits again (calibrate_cases.py): the
+shipped values rest on runs at those values, and the closure only bridges the second fit's (small) move.
+
+Where the request overhead falls. A delay between the client's send and the engine's queue keeps a
+closed loop of fixed lengths in waves: the requests of one round finish within a few decode steps of one
+another (the steps are counted in tokens, and every request decodes one a step), so all of them are sent
+again before the first one reaches the engine, and they queue behind one another's prompts round after
+round, as the burst did. The measured TTFTs rule that out: DeepSeek-R1 FP8 under SGLang on 8 x H200 with
+8k + 1k tokens measures 447, 503 and 700 ms at 4, 8 and 16 clients, where waves would add half a prompt's
+prefill per client (an 8k-token prefill of 42 ms). With no delay before the queue, each re-sent prompt
+reaches the engine while the next request still decodes, its prefill step holds that request's last token
+back, and the round spreads by a prefill per request: the steady rounds' TTFT is one prefill, as measured
+at few clients. So r is counted on the first token's way back (`serve.scheduler.Clients`).
 """
 from __future__ import annotations
 
@@ -454,10 +467,10 @@ def load_for(b: Benchmark):
 def target(case: Case, b: Benchmark, run: dict) -> Target:
     """The case's target from its benchmark's run (`serving_load_run.run_benchmark`): the closure of
     the module docstring in the backend's step CPU time, per-layer time, request overhead, hand-over,
-    prefill scale and measured rounds."""
-    c_name, r_name, h_name, l_name, s_name = serving_overhead_names(b.backend, run["moe_kernels"])
+    prefill scales and measured rounds."""
+    c_name, r_name, h_name, l_name, s_name, m_name = serving_overhead_names(b.backend, run["moe_kernels"])
     c0, r0, h0 = run["step_cpu_ms"], run["request_overhead_ms"], run["disagg_handoff_ms"]
-    l0, layers, s0 = run["layer_overhead_us"], run["layers"], run["prefill_scale"]
+    l0, layers, s0, m0 = run["layer_overhead_us"], run["layers"], run["prefill_scale"], run["mixed_prefill_scale"]
 
     def step_ms(v: Mapping[str, float]) -> float:
         """How much longer every engine step is at `v` than in the run (CPU plus per-layer time)."""
@@ -465,17 +478,19 @@ def target(case: Case, b: Benchmark, run: dict) -> Target:
 
     metric, counts, prefill = ("ttft_ms", "steps_before_first_token", "prefill_ms_before_first_token") \
         if case.metric == "ttft_ms" else ("tpot_ms", "steps_per_output_token", "prefill_ms_per_output_token")
+    mixed = "mixed_" + prefill
     rounds = run["rounds"]
     n = len(rounds[metric])
-    (rest_value, value), (rest_steps, n_steps), (rest_prompt, prompt) = (
-        steady_split(rounds[key]) for key in (metric, counts, prefill))
+    (rest_value, value), (rest_steps, n_steps), (rest_prompt, prompt), (rest_mixed, mixed_prompt) = (
+        steady_split(rounds[key]) for key in (metric, counts, prefill, mixed))
 
     def means(v: Mapping[str, float]) -> float:
         """The metric's mean over the measured rounds at `v`, with the step counts' and the prefill times'
         means (`weighted_mean` of each with one weight: the fit evaluates every case at every step)."""
         weight = steady_round_weight(n, v[ROUNDS])
         return ((rest_value + weight * value) + step_ms(v) * (rest_steps + weight * n_steps)
-                + (v[s_name] - s0) * (rest_prompt + weight * prompt)) / ((n - 1) + weight)
+                + (v[s_name] - s0) * (rest_prompt + weight * prompt)
+                + (v[m_name] - m0) * (rest_mixed + weight * mixed_prompt)) / ((n - 1) + weight)
 
     if case.metric == "ttft_ms" and b.mode == "disagg":
         def model(v: Mapping[str, float]) -> float:
@@ -483,8 +498,9 @@ def target(case: Case, b: Benchmark, run: dict) -> Target:
     elif case.metric == "ttft_ms":
         def model(v: Mapping[str, float]) -> float:
             return means(v) + (v[r_name] - r0)
-    else:
-        model = means
+    else:   # the first token seen later, the last one not: (last - first) / (OSL - 1) is that much shorter
+        def model(v: Mapping[str, float]) -> float:
+            return means(v) - (v[r_name] - r0) / (b.osl - 1)
     ignored = [k for k in case.params if k not in USED]
     return Target(id=case.id, what=case.what, metric=case.metric, measured=case.measured, group=group_of(case),
                   model=model, ignored=ignored)

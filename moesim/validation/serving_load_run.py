@@ -86,7 +86,8 @@ def run_benchmark(b: Benchmark, values: dict) -> dict:
     try:
         sc = load_scenario(None, scenario_overrides(b))
         family = moe_kernel_family(sc)
-        c_ms, r_ms, h_ms, l_us, scale = (values[name] for name in serving_overhead_names(b.backend, family))
+        c_ms, r_ms, h_ms, l_us, scale, mixed_scale = (values[name]
+                                                     for name in serving_overhead_names(b.backend, family))
         with standing_in_for_default(profile_of(values)):
             default = Policy.of(sc)   # the serving overheads at `values`, as every other kernel parameter
             policy = replace(default, max_running=batch_limit(b), step_policy=step_policy(b, default.step_policy),
@@ -98,17 +99,20 @@ def run_benchmark(b: Benchmark, values: dict) -> dict:
         return {"skip": f"cannot model: {exc.one_line()}"}
     req, c = result["_requests"], b.concurrency
     ttft_s, e2e_s = np.asarray(req["ttft_s"]), np.asarray(req["e2e_s"])
-    first, per_token, prefill_first, prefill_per_token = step_counts(result["_trace"], osl=b.osl, mode=b.mode,
-                                                                     queue_delay_s=policy.request_overhead_s)
+    first, per_token, prefill_first, prefill_per_token, mixed_first, mixed_per_token = step_counts(
+        result["_trace"], osl=b.osl, mode=b.mode)
     tpot_s = (e2e_s - ttft_s) / (b.osl - 1) if b.osl > 1 else np.full_like(ttft_s, math.nan)   # no TPOT of 1 token
     rounds = {"ttft_ms": round_means(ttft_s * MS, c), "tpot_ms": round_means(tpot_s * MS, c),
               "steps_before_first_token": round_means(first, c), "steps_per_output_token": round_means(per_token, c),
               "prefill_ms_before_first_token": round_means(prefill_first * MS, c),
-              "prefill_ms_per_output_token": round_means(prefill_per_token * MS, c)}
+              "prefill_ms_per_output_token": round_means(prefill_per_token * MS, c),
+              "mixed_prefill_ms_before_first_token": round_means(mixed_first * MS, c),
+              "mixed_prefill_ms_per_output_token": round_means(mixed_per_token * MS, c)}
     measured = values[ROUNDS]
     return {**{k: weighted_mean(v, measured) for k, v in rounds.items()}, "rounds": rounds, "profiled_rounds": measured,
             "step_cpu_ms": c_ms, "request_overhead_ms": r_ms, "disagg_handoff_ms": h_ms,
-            "layer_overhead_us": l_us, "moe_kernels": family, "prefill_scale": scale, "layers": rank_layers(sc)}
+            "layer_overhead_us": l_us, "moe_kernels": family, "prefill_scale": scale,
+            "mixed_prefill_scale": mixed_scale, "layers": rank_layers(sc)}
 
 
 def profile_of(values: dict):
@@ -120,13 +124,16 @@ def profile_of(values: dict):
                                                           if k not in defaults or v != defaults[k].value})
 
 
-def step_counts(trace: dict, *, osl: int, mode: str, queue_delay_s: float = 0.0) -> tuple[np.ndarray, ...]:
+def step_counts(trace: dict, *, osl: int, mode: str) -> tuple[np.ndarray, ...]:
     """Per request, in request order: steps before its first token, steps per output token, and the
     step model's prefill time (`prefill_model_s` of the steps, seconds) in those steps before its first
-    token and per output token. A request's `queue` phase starts when it is sent; it reaches its rank's
-    queue `queue_delay_s` later (the request overhead), and only steps ending after that delay it."""
+    token and per output token, in prompt-only steps and then in mixed ones (steps that also decode,
+    whose prompts `Policy.mixed_prefill_scale` scales). A request's `queue` phase starts when it is sent,
+    which is when it joins its rank's queue (the request overhead is on the first token's way back,
+    `serve.scheduler.Clients`)."""
     steps: dict[int, list[float]] = {}
     prefills: dict[int, list[float]] = {}
+    mixeds: dict[int, list[float]] = {}
     phases: dict[int, dict[str, tuple[float, float]]] = {}
     for ev in trace["traceEvents"]:
         if ev.get("ph") != "X":
@@ -134,13 +141,16 @@ def step_counts(trace: dict, *, osl: int, mode: str, queue_delay_s: float = 0.0)
         start, end = ev["ts"] / US, (ev["ts"] + ev["dur"]) / US
         if ev["pid"] == 0:
             steps.setdefault(ev["tid"], []).append(end)
-            prefills.setdefault(ev["tid"], []).append(ev["args"]["prefill_model_s"])
+            mixed = ev["cat"] == "mixed"
+            prefills.setdefault(ev["tid"], []).append(0.0 if mixed else ev["args"]["prefill_model_s"])
+            mixeds.setdefault(ev["tid"], []).append(ev["args"]["prefill_model_s"] if mixed else 0.0)
         else:
             phases.setdefault(ev["tid"], {})[ev["name"]] = (start, end)
     engines = {}
     for e, v in steps.items():   # an instance's step ends, in order, and its prefill times summed up to each
         order = np.argsort(np.asarray(v), kind="stable")
-        engines[e] = (np.asarray(v)[order], np.concatenate([[0.0], np.cumsum(np.asarray(prefills[e])[order])]))
+        engines[e] = (np.asarray(v)[order], *(np.concatenate([[0.0], np.cumsum(np.asarray(times[e])[order])])
+                                              for times in (prefills, mixeds)))
 
     def instance(t: float) -> Optional[tuple]:
         for eng in engines.values():
@@ -150,36 +160,41 @@ def step_counts(trace: dict, *, osl: int, mode: str, queue_delay_s: float = 0.0)
                 return eng
         return None
 
-    def between(eng: Optional[tuple], a: float, b: float) -> tuple[int, float]:
-        """Steps of the instance `eng` ending in (a, b], and their prefill time."""
+    def between(eng: Optional[tuple], a: float, b: float) -> tuple[int, float, float]:
+        """Steps of the instance `eng` ending in (a, b], and their prefill time (prompt-only steps, mixed steps)."""
         if eng is None:
-            return 0, 0.0
+            return 0, 0.0, 0.0
         i, j = np.searchsorted(eng[0], a + MATCH_S), np.searchsorted(eng[0], b + MATCH_S)
-        return int(j - i), float(eng[1][j] - eng[1][i])
+        return int(j - i), float(eng[1][j] - eng[1][i]), float(eng[2][j] - eng[2][i])
 
-    firsts, per_token, prefill_first, prefill_per_token = [], [], [], []
+    firsts, per_token, prefill_first, prefill_per_token, mixed_first, mixed_per_token = [], [], [], [], [], []
     for req in sorted(phases):
         ph = phases[req]
-        arrival = ph["queue"][0] + queue_delay_s
+        arrival = ph["queue"][0]
         if mode == "agg":
             first, finish = ph["decode"]
             own = instance(finish) if osl > 1 else instance(first)
-            n, pre = between(own, arrival, first)
+            n, pre, mix = between(own, arrival, first)
             firsts.append(n)
             prefill_first.append(pre)
-            n, pre = between(own, first, finish)
+            mixed_first.append(mix)
+            n, pre, mix = between(own, first, finish)
             per_token.append(n / (osl - 1) if osl > 1 else math.nan)
             prefill_per_token.append(pre / (osl - 1) if osl > 1 else math.nan)
+            mixed_per_token.append(mix / (osl - 1) if osl > 1 else math.nan)
         else:   # a decode instance runs no prompt tokens: the prefill time is the prefill instance's
             prompt_done = ph["prefill"][1]
             joined, finish = ph["decode"]
-            decode_steps, _ = between(instance(finish), joined, finish)
-            n, pre = between(instance(prompt_done), arrival, prompt_done)
+            decode_steps, _, _ = between(instance(finish), joined, finish)
+            n, pre, mix = between(instance(prompt_done), arrival, prompt_done)
             firsts.append(n + max(decode_steps - (osl - 1), 0))
             prefill_first.append(pre)
+            mixed_first.append(mix)
             per_token.append(1.0)
             prefill_per_token.append(0.0)
-    return tuple(np.asarray(x, dtype=float) for x in (firsts, per_token, prefill_first, prefill_per_token))
+            mixed_per_token.append(0.0)
+    return tuple(np.asarray(x, dtype=float) for x in (firsts, per_token, prefill_first, prefill_per_token,
+                                                      mixed_first, mixed_per_token))
 
 
 __all__ = ["run_benchmark", "run_group", "run_groups", "step_counts"]
