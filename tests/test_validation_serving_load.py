@@ -1,6 +1,7 @@
 """serving_load validation: a closed-loop benchmark case -> scenario, load and policy -> one serve run
 for both metrics; skips with reasons; --cv config; workers; the serving parameters' closure."""
 import json
+import math
 from dataclasses import replace
 
 import pytest
@@ -430,3 +431,12 @@ def test_a_release_format_moesim_does_not_know_is_one_clear_error(tmp_path):
     with pytest.raises(MoesimError) as exc:
         load_model(str(path))
     assert "release_formats" in exc.value.one_line() and "mxfp5" in exc.value.one_line()
+
+
+def test_a_one_token_output_has_no_tpot_to_move():
+    # TPOT's closure divides the request overhead by OSL - 1: a one-token output gives NaN, not an error
+    cases = load_cases_from(bench("one", concurrency=2, isl=128, osl=1))
+    targets = S.prepare_many(cases, lambda c: None, SPEC_PROFILE, workers=1)
+    v = SPEC_PROFILE.values()
+    assert math.isnan(targets["one-tpot_ms"].predict(v))
+    assert targets["one-ttft_ms"].predict(v) > 0

@@ -349,8 +349,7 @@ class Clients:
     def finished(self, req: int, t: float) -> None:
         """The engine produced `req`'s last token at `t`: its client sees it then, or with the first token
         if that comes later, and in a closed loop sends its next request, while any remain."""
-        first = self.first_seen[req]
-        done = self.done[req] = t if first != first or first <= t else float(first)   # NaN: no first token seen
+        done = self.done[req] = max(t, float(self.first_seen[req]))   # every request's first token comes first
         if self.load.mode == "closed" and self.issued < self.total:
             self.send(done)
 

@@ -499,8 +499,10 @@ def target(case: Case, b: Benchmark, run: dict) -> Target:
         def model(v: Mapping[str, float]) -> float:
             return means(v) + (v[r_name] - r0)
     else:   # the first token seen later, the last one not: (last - first) / (OSL - 1) is that much shorter
+        gaps = max(b.osl - 1, 1)   # one output token has no TPOT (NaN): nothing to move, and no division by 0
+
         def model(v: Mapping[str, float]) -> float:
-            return means(v) - (v[r_name] - r0) / (b.osl - 1)
+            return means(v) - (v[r_name] - r0) / gaps
     ignored = [k for k in case.params if k not in USED]
     return Target(id=case.id, what=case.what, metric=case.metric, measured=case.measured, group=group_of(case),
                   model=model, ignored=ignored)
