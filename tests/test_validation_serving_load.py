@@ -185,6 +185,42 @@ def test_a_deployment_whose_kv_does_not_fit_is_skipped_with_the_ledger_reason():
     assert run["skip"].startswith("KV cache does not fit per the VRAM ledger")
 
 
+def test_a_record_faster_than_its_kv_allows_is_inconsistent():
+    # Little's law: with KV for 1 / k of the clients, TTFT >= (k - 1) x (OSL - 1) x TPOT = 2 x 15 x 5 ms = 150 ms
+    b = S.benchmark_of(load_cases_from(bench("q", osl=16))[0], None)
+    why = S.record_contradiction(b, 3.0, {"ttft_ms": 149.0, "tpot_ms": 5.0})
+    assert why.startswith("inconsistent record") and "150 ms" not in why and "0 s" in why
+    assert S.record_contradiction(b, 3.0, {"ttft_ms": 151.0, "tpot_ms": 5.0}) is None
+    assert S.record_contradiction(b, 0.9, {"ttft_ms": 1.0, "tpot_ms": 5.0}) is None   # every client's KV fits
+    assert S.record_contradiction(b, 3.0, {"ttft_ms": 1.0}) is None                     # one metric says nothing
+
+
+def test_kv_demand_is_per_rank_and_per_client():
+    from moesim.validation.serving_load_run import kv_demand
+
+    def demand(**kw):
+        b = S.benchmark_of(load_cases_from(bench("d", **kw))[0], None)
+        return kv_demand(b, load_scenario(None, S.scenario_overrides(b)))
+    base = demand(concurrency=4)
+    assert 0 < base < 1
+    assert demand(concurrency=8) == pytest.approx(2 * base)
+    assert demand(concurrency=8, isl=256) == pytest.approx(2 * base * (256 + 8) / (128 + 8))
+    # attention DP 2 (EP 2) against one TP-2 rank: half the clients per rank, each GPU holding whole tokens rather
+    # than half of each token's KV heads - the same KV per GPU (the weights the two leave differ by a little)
+    assert demand(concurrency=4, split=(2, 1, 2, 1)) == pytest.approx(base, rel=0.05)
+    # disaggregated: the decode pool's GPUs hold the clients' KV (here one decode instance of the same split)
+    assert demand(concurrency=4, mode="disagg") == pytest.approx(base)
+    assert demand(concurrency=4, mode="disagg", decode=pool(1, 2, 1, 2, 2, workers=2)) == pytest.approx(base / 2)
+
+
+def test_inconsistent_records_are_skipped_for_both_metrics(monkeypatch):
+    import moesim.validation.serving_load_run as R
+    cases = load_cases_from(bench("z", concurrency=2))
+    monkeypatch.setattr(R, "kv_demand", lambda b, sc: 50.0)   # 49 x a decode of 75 ms: 3.7 s > the 40 ms measured
+    out = S.prepare_many(cases, lambda c: None, SPEC_PROFILE, workers=1)
+    assert [str(out[c.id]).split(":")[0] for c in cases] == ["inconsistent record"] * 2
+
+
 def test_unknown_metric_is_a_skip():
     case = load_cases_from([dict(bench("u")[0], metric="itl_ms")])[0]
     with pytest.raises(Skip, match="unknown metric"):

@@ -508,6 +508,28 @@ def target(case: Case, b: Benchmark, run: dict) -> Target:
                   model=model, ignored=ignored)
 
 
+def record_contradiction(b: Benchmark, kv_demand: float, measured: Mapping[str, float]) -> Optional[str]:
+    """Why a record cannot have run as recorded, or None. Where the clients' KV needs k > 1 times the HBM the
+    weights leave on the serving GPUs (`serving_load_run.kv_demand`: a client holds its prompt and on average half
+    its output, the memory fraction and every other reserve left out), at most 1 / k of them hold their requests at
+    once, and in a closed loop each of the others waits for requests to finish. By Little's law, with D the
+    decode time of a request ((OSL - 1) x the measured TPOT), the cycle TTFT + D of a client is at least k D, so
+    TTFT >= (k - 1) D. A record whose measured TTFT is shorter ran another split than the recorded one (frameworks
+    of these records share no prompt prefixes: AIConfigurator's launch templates leave TensorRT-LLM's KV block reuse
+    off). Both metrics of such a record are skipped: the deployment it would validate is not the one that ran."""
+    ttft, tpot = measured.get("ttft_ms"), measured.get("tpot_ms")
+    if kv_demand <= 1 or ttft is None or tpot is None or b.osl < 2:
+        return None
+    decode_ms = (b.osl - 1) * tpot
+    least_ms = (kv_demand - 1) * decode_ms
+    if ttft >= least_ms:
+        return None
+    return (f"inconsistent record: its {b.concurrency:,} clients' KV needs {kv_demand:.1f} x the HBM the weights "
+            f"leave on each GPU of the recorded split, so by Little's law the mean TTFT is at least "
+            f"({kv_demand:.1f} - 1) x a request's decode of {decode_ms / 1e3:.1f} s = {least_ms / 1e3:.0f} s, yet it "
+            f"measured {ttft / 1e3:.1f} s: another split ran")
+
+
 def prepare_many(cases: list[Case], calibration_of: Callable[[Case], Optional[Calibrated]], profile,
                  workers: int = 1) -> dict[str, Target | Skip]:
     """Every serving_load case's target, or its Skip: each benchmark simulated once for both metrics,
@@ -518,6 +540,7 @@ def prepare_many(cases: list[Case], calibration_of: Callable[[Case], Optional[Ca
     out: dict[str, Target | Skip] = {}
     benches: dict[str, Benchmark] = {}
     wanted: list[tuple[Case, str]] = []
+    measured: dict[str, dict[str, float]] = {}
     for case in cases:
         try:
             b = benchmark_of(case, calibration_of(case))
@@ -529,17 +552,22 @@ def prepare_many(cases: list[Case], calibration_of: Callable[[Case], Optional[Ca
             continue
         benches.setdefault(b.key, b)
         wanted.append((case, b.key))
+        measured.setdefault(b.key, {})[case.metric] = case.measured
     groups: dict[str, list[Benchmark]] = {}
     for b in benches.values():
         groups.setdefault(b.deployment, []).append(b)
     runs = run_groups(list(groups.values()), profile, workers=workers)
     for case, key in wanted:
         run = runs[key]
-        out[case.id] = Skip(run["skip"]) if "skip" in run else target(case, benches[key], run)
+        if "skip" in run:
+            out[case.id] = Skip(run["skip"])
+            continue
+        contradiction = record_contradiction(benches[key], run["kv_demand"], measured[key])
+        out[case.id] = Skip(contradiction) if contradiction else target(case, benches[key], run)
     return out
 
 
 __all__ = ["Benchmark", "METRICS", "Pool", "ROUNDS", "WHAT", "batch_limit", "benchmark_of", "config_key", "disagg_for",
-           "ep_exchange", "graph_sizes", "labels", "load_for", "prepare_many", "round_means", "scenario_overrides",
-           "simulated_rounds", "steady_round", "steady_round_weight", "steady_split", "step_policy",
-           "step_token_budget", "target", "weighted_mean"]
+           "ep_exchange", "graph_sizes", "labels", "load_for", "prepare_many", "record_contradiction", "round_means",
+           "scenario_overrides", "simulated_rounds", "steady_round", "steady_round_weight", "steady_split",
+           "step_policy", "step_token_budget", "target", "weighted_mean"]

@@ -93,6 +93,7 @@ def run_benchmark(b: Benchmark, values: dict) -> dict:
             policy = replace(default, max_running=batch_limit(b), step_policy=step_policy(b, default.step_policy),
                              token_budget=step_token_budget(b, default.token_budget), graph_sizes=graph_sizes(b))
             result = serve(sc, load_for(b), disagg=disagg_for(b), policy=policy, trace=True)
+        demand = kv_demand(b, sc)
     except MoesimError as exc:
         if exc.field in ("memory", "--isl/--osl"):
             return {"skip": f"KV cache does not fit per the VRAM ledger: {exc.problem}"}
@@ -112,7 +113,22 @@ def run_benchmark(b: Benchmark, values: dict) -> dict:
     return {**{k: weighted_mean(v, measured) for k, v in rounds.items()}, "rounds": rounds, "profiled_rounds": measured,
             "step_cpu_ms": c_ms, "request_overhead_ms": r_ms, "disagg_handoff_ms": h_ms,
             "layer_overhead_us": l_us, "moe_kernels": family, "prefill_scale": scale,
-            "mixed_prefill_scale": mixed_scale, "layers": rank_layers(sc)}
+            "mixed_prefill_scale": mixed_scale, "layers": rank_layers(sc), "kv_demand": demand}
+
+
+def kv_demand(b: Benchmark, sc) -> float:
+    """How many times over the benchmark's clients' KV fills the HBM its serving GPUs have beyond their weights,
+    each client holding its prompt and on average half its output (the decode pool's GPUs where disaggregated;
+    the memory fraction and every other reserve left out, so a bound: `serving_load.record_contradiction`)."""
+    from moesim.costs.memory import memory_ledger
+    serving = disagg_for(b).decode_scenario(sc) if b.decode is not None else sc
+    ledger = memory_ledger(serving)
+    pool = b.decode or b.pool
+    clients_per_rank = b.concurrency / (pool.attn_dp * pool.workers)
+    per_client = ((b.isl + b.osl / 2) * (ledger.kv_bytes_per_token_per_gpu or 0.0)
+                  + (ledger.state_bytes_per_sequence_per_gpu or 0.0))
+    free = ledger.per_gpu["capacity_bytes"] - ledger.per_gpu["weights_bytes"]
+    return clients_per_rank * per_client / free if free > 0 else math.inf
 
 
 def profile_of(values: dict):
@@ -197,4 +213,4 @@ def step_counts(trace: dict, *, osl: int, mode: str) -> tuple[np.ndarray, ...]:
                                                       mixed_first, mixed_per_token))
 
 
-__all__ = ["run_benchmark", "run_group", "run_groups", "step_counts"]
+__all__ = ["kv_demand", "run_benchmark", "run_group", "run_groups", "step_counts"]
