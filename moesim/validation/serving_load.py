@@ -508,26 +508,38 @@ def target(case: Case, b: Benchmark, run: dict) -> Target:
                   model=model, ignored=ignored)
 
 
+# Backends whose benchmark launch turned prompt-prefix reuse off, so that no two clients share KV: AIConfigurator's
+# TensorRT-LLM templates write `enable_block_reuse: false` (github ai-dynamo/aiconfigurator src/aiconfigurator/
+# generator/config/backend_templates/trtllm/extra_engine_args.*.yaml.j2), while its vLLM and SGLang launches keep
+# their prefix caches on and aiperf draws prompts from a pool of 100 (README, the prompt-reuse probe): there clients
+# with the same prompt may share its KV, and a KV bound on the clients says nothing.
+NO_PREFIX_REUSE = {"trtllm"}
+
+
 def record_contradiction(b: Benchmark, kv_demand: float, measured: Mapping[str, float]) -> Optional[str]:
     """Why a record cannot have run as recorded, or None. Where the clients' KV needs k > 1 times the HBM the
     weights leave on the serving GPUs (`serving_load_run.kv_demand`: a client holds its prompt and on average half
-    its output, the memory fraction and every other reserve left out), at most 1 / k of them hold their requests at
-    once, and in a closed loop each of the others waits for requests to finish. By Little's law, with D the
-    decode time of a request ((OSL - 1) x the measured TPOT), the cycle TTFT + D of a client is at least k D, so
-    TTFT >= (k - 1) D. A record whose measured TTFT is shorter ran another split than the recorded one (frameworks
-    of these records share no prompt prefixes: AIConfigurator's launch templates leave TensorRT-LLM's KV block reuse
-    off). Both metrics of such a record are skipped: the deployment it would validate is not the one that ran."""
+    its output, the memory fraction and every other reserve left out) and no two clients share KV
+    (`NO_PREFIX_REUSE`), at most 1 / k of them hold their requests at once, and in a closed loop each of the others
+    waits for requests to finish. By Little's law, with D the decode time of a request ((OSL - 1) x the measured
+    TPOT), the cycle TTFT + D of a client is at least k D, so TTFT >= (k - 1) D. A record whose measured TTFT is
+    shorter ran another split than the recorded one; both its metrics are skipped: the deployment they would
+    validate is not the one that ran."""
     ttft, tpot = measured.get("ttft_ms"), measured.get("tpot_ms")
-    if kv_demand <= 1 or ttft is None or tpot is None or b.osl < 2:
+    if b.backend not in NO_PREFIX_REUSE or kv_demand <= 1 or ttft is None or tpot is None or b.osl < 2:
         return None
     decode_ms = (b.osl - 1) * tpot
     least_ms = (kv_demand - 1) * decode_ms
     if ttft >= least_ms:
         return None
+    seconds = max(decode_ms, least_ms) >= 1e4   # one unit for the three durations
+
+    def duration(ms: float) -> str:
+        return f"{ms / 1e3:.1f} s" if seconds else f"{ms:.0f} ms"
     return (f"inconsistent record: its {b.concurrency:,} clients' KV needs {kv_demand:.1f} x the HBM the weights "
             f"leave on each GPU of the recorded split, so by Little's law the mean TTFT is at least "
-            f"({kv_demand:.1f} - 1) x a request's decode of {decode_ms / 1e3:.1f} s = {least_ms / 1e3:.0f} s, yet it "
-            f"measured {ttft / 1e3:.1f} s: another split ran")
+            f"({kv_demand:.1f} - 1) x a request's decode of {duration(decode_ms)} = {duration(least_ms)}, yet it "
+            f"measured {duration(ttft)}: another split ran")
 
 
 def prepare_many(cases: list[Case], calibration_of: Callable[[Case], Optional[Calibrated]], profile,
@@ -567,7 +579,7 @@ def prepare_many(cases: list[Case], calibration_of: Callable[[Case], Optional[Ca
     return out
 
 
-__all__ = ["Benchmark", "METRICS", "Pool", "ROUNDS", "WHAT", "batch_limit", "benchmark_of", "config_key", "disagg_for",
-           "ep_exchange", "graph_sizes", "labels", "load_for", "prepare_many", "record_contradiction", "round_means",
-           "scenario_overrides", "simulated_rounds", "steady_round", "steady_round_weight", "steady_split",
-           "step_policy", "step_token_budget", "target", "weighted_mean"]
+__all__ = ["Benchmark", "METRICS", "NO_PREFIX_REUSE", "Pool", "ROUNDS", "WHAT", "batch_limit", "benchmark_of",
+           "config_key", "disagg_for", "ep_exchange", "graph_sizes", "labels", "load_for", "prepare_many",
+           "record_contradiction", "round_means", "scenario_overrides", "simulated_rounds", "steady_round",
+           "steady_round_weight", "steady_split", "step_policy", "step_token_budget", "target", "weighted_mean"]
