@@ -119,6 +119,24 @@ def test_concurrent_transfers_share_links():
     assert net.check(0.0, net.version - 1) == ([], None)   # a stale check does nothing
 
 
+def test_a_flow_whose_bytes_left_rounded_below_zero_ends_at_the_next_check():
+    """Sending at its rate up to its computed end can leave a flow a hair below zero bytes (float rounding):
+    it is due now, and the check ends it, rather than finding nothing due at the same time again and again."""
+    fabric = build_fabric(scenario().system, 4)
+    net = Transfers(fabric)
+    (lat_a, a), = net.open(0, [(0, 2)], 1e9)
+    (lat_b, b), = net.open(1, [(0, 2)], 1e9)
+    net.start(lat_a, a)
+    net.start(lat_a, b)
+    net._bytes_left[0] = -1e-7                        # as a rounding of rate x dt can leave it
+    t_next = net._resolve()
+    assert t_next == net.clock and net.due == [a]
+    done, t_next = net.check(t_next, net.version)
+    assert done == [0] and t_next > net.clock        # the other flow goes on, alone
+    done, t_next = net.check(t_next, net.version)
+    assert done == [1] and t_next is None
+
+
 @pytest.mark.parametrize("framework", ["sglang", "vllm"])
 @pytest.mark.parametrize("load", [dict(concurrency=16), dict(rate=60.0)])
 def test_every_request_finishes_once_with_its_output_length(framework, load):

@@ -367,9 +367,11 @@ class Transfers:
         else:   # a flow held at rate 0 never ends: numpy's division (+inf)
             divided = np.array(remaining) / np.array(rates)
             to_finish, first = divided.tolist(), float(divided.min())
-        bound = first * (1 + COMPLETION_RTOL)
+        # A flow whose bytes left rounded below zero has `first` < 0: scaling it would put the bound below the flow
+        # itself, no flow would be due and the check would repeat at the same time for ever (a GB200 plan point did).
+        bound = first + abs(first) * COMPLETION_RTOL
         self.due = [f for f, left in zip(self.active, to_finish) if left <= bound]
-        return self.clock + first
+        return self.clock + max(first, 0.0)
 
     def _rates(self) -> list[float]:
         """Max-min fair rates of the flows in flight (`costs.network.solve_rates`). They depend only
