@@ -49,6 +49,9 @@ OUTPUT_OPTIONS = {"-o", "--output", "--trace", "--report", "--cache", "--write-r
 OPERATORS = {"&&", ";", "|", "||", ">", ">>", "<", "&"}
 INPUT_SUFFIX = re.compile(r"\.(ya?ml|json|csv|npy|html|pdf|png|svg)$")
 
+FIXED_POINT_FIT = ("a fit iterated to a fixed point over 1,823 served benchmarks (up to 8 passes, 31 minutes on 2 "
+                   "cores); the fit of serving parameters is tested on small case files in "
+                   "tests/test_validation_serving_load.py, the iteration in tests/test_kernel_fit.py")
 # Examples that cannot run on this machine or in CI, with the reason (key: the command as extracted).
 NOT_RUN = {
     "mkdir -p results && moesim bench micro gemm -o results/gemm.json":
@@ -59,8 +62,9 @@ NOT_RUN = {
         "serving_load kind, its workers and --cv config are tested on small case files in "
         "tests/test_validation_serving_load.py",
     "moesim calibrate --cases validation/cases.yaml --cases validation/serving_load.yaml --workers 2 -o kernels.yaml":
-        "a two-pass fit over 1,823 served benchmarks (about 20 minutes on 2 cores); the fit of serving "
-        "parameters is tested on small case files in tests/test_validation_serving_load.py",
+        FIXED_POINT_FIT,
+    "moesim calibrate --cases validation/cases.yaml --cases validation/serving_load.yaml --workers 2 "
+    "-o topologies/calibration/kernels.yaml": FIXED_POINT_FIT,
     "moesim plan SPACE.yaml --dask tcp://127.0.0.1:8786 --cache .moesim-cache -o plan.json":
         "needs a Dask scheduler listening at that address (the planner's Dask path is tested against a "
         "LocalCluster in tests/test_planner.py)",

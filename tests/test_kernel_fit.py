@@ -164,3 +164,60 @@ def test_a_bad_cases_file_leaves_no_profile(tmp_path):
     assert run.exit_code == 2 and not out.exists()
     lines = [line for line in run.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "bad.yaml" in lines[0] and "cases.0" in lines[0]
+
+
+def _fit_of(values):
+    from moesim.calibration.kernel_fit import Fit
+    return Fit(values=dict(values), stderr={}, cases={}, sources={}, residual_rms={})
+
+
+def _overshooting_fit(slope, fixed=(2.0, 50.0)):
+    """A fit whose value moves by `slope` against the value it was simulated at (in log space), around `fixed`."""
+    names = ("scale", "handoff_ms")
+
+    def fit_at(at):
+        return _fit_of({n: f * math.exp(slope * math.log(at.get(n, 1.0) / f)) for n, f in zip(names, fixed)})
+    return fit_at
+
+
+def test_fixed_point_converges_where_stepping_all_the_way_cycles():
+    from moesim.validation.calibrate_cases import FIXED_POINT_TOLERANCE, fixed_point
+    fit_at = _overshooting_fit(-3.0)
+    start = {"scale": 1.0, "handoff_ms": 158.0}
+    # stepping all the way: each pass lands 3x as far out on the other side
+    at = dict(start)
+    moves = []
+    for _ in range(4):
+        fitted = fit_at(at).values
+        moves.append(abs(math.log(fitted["handoff_ms"] / at["handoff_ms"])))
+        at = fitted
+    assert moves[-1] > moves[0] > FIXED_POINT_TOLERANCE
+    fit, passes, (move, name) = fixed_point(fit_at, start)
+    assert move <= FIXED_POINT_TOLERANCE and passes <= 8
+    assert fit.values["scale"] == pytest.approx(2.0, rel=0.02)
+    assert fit.values["handoff_ms"] == pytest.approx(50.0, rel=0.02)
+
+
+def test_fixed_point_stops_after_two_passes_when_the_fit_does_not_depend_on_where_it_ran():
+    from moesim.validation.calibrate_cases import fixed_point
+    fit, passes, (move, _) = fixed_point(_overshooting_fit(0.0), {"scale": 1.0, "handoff_ms": 158.0})
+    assert passes == 2 and move == 0.0 and fit.values == {"scale": 2.0, "handoff_ms": 50.0}
+
+
+def test_fixed_point_says_when_it_ran_out_of_passes():
+    from moesim.validation.calibrate_cases import FIXED_POINT_TOLERANCE, fixed_point
+    fit, passes, (move, name) = fixed_point(_overshooting_fit(-3.0), {"scale": 1.0, "handoff_ms": 158.0},
+                                            max_passes=2)
+    assert passes == 2 and move > FIXED_POINT_TOLERANCE and name in ("scale", "handoff_ms")
+
+
+def test_next_values_damps_an_overshooting_parameter_by_its_secant():
+    from moesim.validation.calibrate_cases import next_values
+
+    # the fit moved 3x against the value (slope -3): a quarter of the way
+    # (fit 0.3 at 0, 0 at 0.1, in log(h / 100 ms)), which lands on that line's fixed point, 0.075
+    step = next_values({"h": 100.0}, {"h": 100.0 * math.exp(0.3)}, {"h": 100.0 * math.exp(0.1)}, {"h": 100.0})
+    assert math.log(step["h"] / 100.0) == pytest.approx(0.075)
+    # a fit that moved with the value: all the way
+    step = next_values({"h": 100.0}, {"h": 120.0}, {"h": 110.0}, {"h": 125.0})
+    assert step["h"] == pytest.approx(125.0)

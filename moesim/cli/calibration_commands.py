@@ -1,6 +1,7 @@
 """`moesim validate` and `moesim calibrate`: predictions against measurements, profiles fitted from results."""
 from __future__ import annotations
 
+import math
 import sys
 from typing import Optional
 
@@ -89,7 +90,9 @@ def calibrate(results: tuple[str, ...], cases_files: tuple[str, ...], output: st
     if cases_files:
         from moesim.validation.calibrate_cases import calibrate_from_cases
         command = " ".join(["moesim calibrate", *sys.argv[2:]])
-        summary = calibrate_from_cases(list(cases_files), output, command=command, workers=workers)
+        def on_pass(n: int, move: float, name: str) -> None:
+            click.echo(f"pass {n}: largest move {math.expm1(move):.1%} ({name or 'none'})", err=True)
+        summary = calibrate_from_cases(list(cases_files), output, command=command, workers=workers, on_pass=on_pass)
         click.echo(summary)
         return
     if not results:

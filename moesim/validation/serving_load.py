@@ -86,8 +86,9 @@ with them. In a deterministic closed loop it does: slower steps shift arrivals a
 boundaries. Measured on 38 benchmarks drawn from the file, moving from the sourced defaults to a
 fit's values (per-step CPU 0.25 -> 1.1 ms vLLM, 0.05 -> 1.6 ms SGLang): TPOT from the closure is
 within 0.5 % of a re-simulation on average (5.7 % at most); TTFT within 1.5 % (23 % at most). So
-`moesim calibrate` re-simulates at the first fit's values and fits again (calibrate_cases.py): the
-shipped values rest on runs at those values, and the closure only bridges the second fit's (small) move.
+`moesim calibrate` re-simulates at the fit's values and fits again until the fit is where it was simulated
+(`calibrate_cases.fixed_point`): the shipped values rest on runs at those values. One re-simulation is not
+enough where the closure linearises queueing (the prefill scales): stepping from one fit to the next cycled there.
 
 Where the request overhead falls. A delay between the client's send and the engine's queue keeps a
 closed loop of fixed lengths in waves: the requests of one round finish within a few decode steps of one
