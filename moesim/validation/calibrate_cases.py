@@ -51,8 +51,9 @@ def largest_move(at: Mapping[str, float], fitted: Mapping[str, float]) -> tuple[
     """The largest |log(fitted / at)| over the fitted parameters, and whose."""
     if not fitted:
         return 0.0, ""
-    name = max(sorted(fitted), key=lambda n: abs(math.log(fitted[n] / at.get(n, fitted[n]))))
-    return abs(math.log(fitted[name] / at.get(name, fitted[name]))), name
+    moves = {n: abs(math.log(fitted[n] / at.get(n, fitted[n]))) for n in sorted(fitted)}
+    name = max(moves, key=moves.__getitem__)
+    return moves[name], name
 
 
 def fixed_point(fit_at: Callable[[dict[str, float]], Fit], start: Mapping[str, float],
@@ -90,17 +91,17 @@ def fit_cases(cases_files: list[str], *, workers: int = 1, max_passes: int = MAX
     defs = definitions()
     defaults = {n: d.value for n, d in defs.items()}
     bounds = {n: d.bounds for n, d in defs.items()}
-    built: dict[str, tuple] = {}
+    targets = skipped = None   # the latest pass's
 
     def fit_at(values: dict[str, float]) -> Fit:
+        nonlocal targets, skipped
         # the first pass runs at the sourced defaults (SPEC); the others at the values the last one stepped to
         profile = KernelProfile(name=SPEC) if values == defaults else KernelProfile(name="a pass of this fit",
                                                                                       fitted=values)
-        built["targets"] = build_targets(cases, {}, profile, workers=workers)
-        return fit_all(built["targets"][0], defaults, bounds)
+        targets, skipped = build_targets(cases, {}, profile, workers=workers)
+        return fit_all(targets, defaults, bounds)
 
     fit, passes, move = fixed_point(fit_at, defaults, max_passes, on_pass)
-    targets, skipped = built["targets"]
     return fit, targets, skipped, passes, move
 
 
