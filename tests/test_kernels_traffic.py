@@ -112,7 +112,7 @@ def test_replicas_split_evenly():
 def test_internode_rules(shape):
     n_tokens, _, _, n_gpus, per_node, _ = shape
     case = random_case(*shape, seed=2)
-    choices, token_gpu = case[0], case[1]
+    token_gpu = case[1]
     rdma, nvl = traffic.internode_counts(*case, n_gpus, per_node)
     gpu = np.arange(n_gpus)
     node, local = gpu // per_node, gpu % per_node

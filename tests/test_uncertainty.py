@@ -115,7 +115,6 @@ def test_validate_writes_residuals(tmp_path):
 
 
 def test_a_system_file_can_name_its_calibration(tmp_path):
-    import shutil
     system = tmp_path / "my-h100.yaml"
     text = (Path(__file__).resolve().parents[1] / "topologies" / "systems" / "dgx-h100.yaml").read_text()
     system.write_text(text.replace("id: dgx-h100", "id: dgx-h100\ncalibration: synthetic-dgx-h100"))
