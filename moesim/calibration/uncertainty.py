@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import math
 from datetime import datetime, timezone
+from functools import lru_cache
 from pathlib import Path
 from typing import Optional
 
@@ -76,6 +77,93 @@ def residual_summary(result: dict) -> dict:
     return out
 
 
+CV_BASIS = {"source": "leave-one-source-out predictions", "config": "leave-one-configuration-out predictions"}
+
+
+def basis_of(result: dict) -> str:
+    """Which predictions a residual summary of `result` (`moesim validate`'s) rests on."""
+    return CV_BASIS.get(result.get("cv"), "cross-validated predictions") if "mape_cv" in result \
+        else "in-sample predictions"
+
+
+# Serving error bands (`serving_bands`): per backend, mode and metric of the serving_load benchmarks, the
+# quantiles of measured / predicted that bound BAND_COVERAGE of them. Empirical, not a fitted law: the
+# residuals are heavy-tailed and skewed (a few deployments 10-40x off), which a normal band would hide.
+SERVING_METRICS = ("ttft_ms", "tpot_ms")
+BAND_COVERAGE = 0.90
+MIN_BAND_CASES = 20   # below this the 5 % and 95 % quantiles are one or two benchmarks each
+
+
+def serving_classes(result: dict) -> dict:
+    """{"<backend>.<mode>.<metric>": {cases, mape, mean_rel_error, measured_over_predicted: {low, median,
+    high}}} over `result`'s serving_load cases (left-out predictions when it cross-validated); {} without any."""
+    cv = "mape_cv" in result
+    ratios: dict[str, list[float]] = {}
+    for case in result["cases"]:
+        labels = case.get("labels") or {}
+        if case["what"] != "serving_load" or not {"backend", "mode"} <= set(labels):
+            continue
+        predicted = case["predicted_cv"] if cv else case["predicted"]
+        key = f"{labels['backend']}.{labels['mode']}.{case['metric']}"
+        ratios.setdefault(key, []).append(case["measured"] / predicted)
+    tail = (1 - BAND_COVERAGE) / 2
+    out = {}
+    for key, values in sorted(ratios.items()):
+        r = np.array(values)
+        rel = 1 / r - 1   # predicted / measured - 1, the signed error validate reports
+        low, median, high = np.quantile(r, [tail, 0.5, 1 - tail])
+        out[key] = {"cases": int(r.size), "mape": float(np.mean(np.abs(rel))), "mean_rel_error": float(rel.mean()),
+                    "measured_over_predicted": {"low": float(low), "median": float(median), "high": float(high)}}
+    return out
+
+
+SERVING_RESIDUALS_COMMAND = ("moesim validate --cases validation/serving_load.yaml --cv config "
+                             "--write-residuals topologies/residuals/serving_load.yaml")
+
+
+def serving_residuals_path() -> Path:
+    return data_root() / "topologies" / "residuals" / "serving_load.yaml"
+
+
+@lru_cache(maxsize=1)
+def shipped_serving_residuals() -> Optional[dict]:
+    """The shipped serving residuals, read once per process (a plan serves hundreds of points)."""
+    return load_residuals(serving_residuals_path())
+
+
+def serving_bands(framework: str, mode: str, metrics: dict, residuals: Optional[dict] = None) -> dict:
+    """{metric: {median, low, high, cases, mape, bias, rests_on}} for a serve run's mean TTFT and TPOT: the
+    run's means times the quantiles of measured / predicted over the validated benchmarks of the same
+    backend and mode (`serving_classes`; the shipped file unless `residuals` is given). low/high/median are
+    None where fewer than MIN_BAND_CASES benchmarks of that kind were validated."""
+    residuals = shipped_serving_residuals() if residuals is None else residuals
+    classes = (residuals or {}).get("serving_classes") or {}
+    basis = ((residuals or {}).get("provenance") or {}).get("basis", "predictions")
+    out = {}
+    for name in SERVING_METRICS:
+        value = metrics.get(name)
+        mean = value.get("mean") if isinstance(value, dict) else value
+        if not isinstance(mean, (int, float)):
+            continue
+        row = classes.get(f"{framework}.{mode}.{name}")
+        n = row["cases"] if row else 0
+        if n < MIN_BAND_CASES:
+            why = (f"{n} validated {framework} {mode} benchmark(s): too few for a band (need {MIN_BAND_CASES})"
+                   if residuals else f"no serving residuals ({SERVING_RESIDUALS_COMMAND} writes them)")
+            out[name] = {"median": None, "low": None, "high": None, "cases": n, "mape": (row or {}).get("mape"),
+                         "bias": (row or {}).get("mean_rel_error"), "rests_on": why}
+            continue
+        q = row["measured_over_predicted"]
+        out[name] = {"median": mean * q["median"], "low": mean * q["low"], "high": mean * q["high"], "cases": n,
+                     "mape": row["mape"], "bias": row["mean_rel_error"],
+                     "rests_on": f"{n} {framework} {mode} benchmarks of validation/serving_load.yaml, {basis}: "
+                                 f"measured / predicted mean {name[:4].upper()} {q['low']:.2f}-{q['high']:.2f} in "
+                                 f"{BAND_COVERAGE:.0%} of them (median {q['median']:.2f}), MAPE "
+                                 f"{100 * row['mape']:.0f} %, mean signed error {100 * row['mean_rel_error']:+.0f} %; "
+                                 f"closed-loop loads of fixed lengths, as those benchmarks ran"}
+    return out
+
+
 def write_residuals(path: str, result: dict, *, cases_file: str, profile: Optional[str]) -> Path:
     commit = git_commit()
     data = {"format": "moesim-residuals/v1",
@@ -83,13 +171,16 @@ def write_residuals(path: str, result: dict, *, cases_file: str, profile: Option
                            "cases_sha256": hashlib.sha256(Path(cases_file).read_bytes()).hexdigest(),
                            "profile": profile, "moesim_version": __version__, "moesim_commit": commit,
                            "written": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                           "basis": "leave-one-source-out predictions" if "mape_cv" in result
-                           else "in-sample predictions",
-                           "command": "moesim validate --cases CASES --cv source --write-residuals FILE"
+                           "basis": basis_of(result),
+                           "command": f"moesim validate --cases CASES --cv {result['cv']} --write-residuals FILE"
                            if "mape_cv" in result else "moesim validate --cases CASES --write-residuals FILE"},
             "residuals": residual_summary(result)}
-    return write_atomic(path, "# Residuals of moesim's predictions on measured cases, per `what`; what\n"
-                              "# `moesim simulate` error bars rest on (moesim/calibration/uncertainty.py).\n"
+    classes = serving_classes(result)
+    if classes:
+        data["serving_classes"] = classes
+    return write_atomic(path, "# Residuals of moesim's predictions on measured cases, per `what` (what `moesim\n"
+                              "# simulate` error bars rest on) and per serving backend, mode and metric (what `moesim\n"
+                              "# serve` error bands rest on); moesim/calibration/uncertainty.py.\n"
                         + yaml.safe_dump(data, sort_keys=False))
 
 

@@ -313,6 +313,21 @@ def goodput_line(g: dict) -> str:
             f"output tokens/s per GPU")
 
 
+def band_lines(bands: dict) -> list[str]:
+    """A serve run's error bands (`calibration.uncertainty.serving_bands`), a line per metric."""
+    lines = []
+    for key, name in (("ttft_ms", "TTFT"), ("tpot_ms", "TPOT")):
+        b = bands.get(key)
+        if not b:
+            continue
+        if b["low"] is None:
+            lines.append(f"mean {name}: no error band ({b['rests_on']})")
+            continue
+        lines.append(f"mean {name} as measured likely {b['low']:,.2f}-{b['high']:,.2f} ms (median {b['median']:,.2f}): "
+                     f"{b['rests_on']}")
+    return lines
+
+
 def serve_table(r: dict) -> str:
     """`moesim serve`: the load, latency percentiles per metric, throughput, and the KV in use; for a
     disaggregated run, the pools and the KV transfers."""
@@ -341,6 +356,7 @@ def serve_table(r: dict) -> str:
              f"peak {s['peak_running_per_rank']:,} running requests per rank; {s['steps']:,} engine steps"]
     if m.get("goodput"):   # after the throughput line
         lines.insert(5, goodput_line(m["goodput"]))
+    lines += band_lines(r.get("uncertainty") or {})
     if "pools" in r and "kv_transfer" in r:
         pools, kv = r["pools"], r["kv_transfer"]
         lines.append("; ".join(f"{name} pool {q['instances']} x {q['gpus'] // q['instances']} GPUs, "

@@ -16,7 +16,9 @@ closed loop, open loop or from a trace (`serve.load`). The pieces:
    request at that instant), then arrivals, then idle instances form their next step, so a step
    sees every request that arrived by its start. A closed loop's clients send their first
    requests at `serve.load.closed_loop_starts` (staggered over one request's time by default);
-5. `serve.metrics`: latencies and throughput over the measured (non-warm-up) requests.
+5. `serve.metrics`: latencies and throughput over the measured (non-warm-up) requests;
+6. `uncertainty`: the mean TTFT and TPOT times what measured / predicted was over the validated
+   benchmarks of the same backend and mode (`calibration.uncertainty.serving_bands`).
 
 `--mode disagg` replaces step 4 by `serve.disagg` (prefill and decode pools, KV sent between them
 over the topology); steps 1-3 and 5 are shared, so the two modes differ only where the
@@ -32,6 +34,7 @@ from typing import Optional
 
 import numpy as np
 
+from moesim.calibration.uncertainty import serving_bands
 from moesim.cluster.scenario import Scenario, Serving
 from moesim.core.digest import code_and_data_digest
 from moesim.core.errors import MoesimError
@@ -138,7 +141,8 @@ def serve(sc: Scenario, load: Load, *, disagg: Optional[Disagg] = None, trace: b
     out.update({k: run.pop(k) for k in ("pools", "kv_transfer") if k in run})
     out.update({"step_function": fn.to_json(),
                 "assumptions": assumptions(policy) + (disagg_assumptions(disagg, sc) if disagg else []),
-                "provenance": dict(provenance(sc), code_and_data_digest=code_and_data_digest())})
+                "provenance": dict(provenance(sc), code_and_data_digest=code_and_data_digest()),
+                "uncertainty": serving_bands(policy.framework, out["mode"], out["metrics"])})
     out.update(run)   # the private parts: _requests, and _trace when asked
     return out
 
