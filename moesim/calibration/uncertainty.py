@@ -132,7 +132,7 @@ def shipped_serving_residuals() -> Optional[dict]:
 
 
 def serving_bands(framework: str, mode: str, metrics: dict, residuals: Optional[dict] = None) -> dict:
-    """{metric: {median, low, high, cases, mape, bias, rests_on}} for a serve run's mean TTFT and TPOT: the
+    """{metric: {median, low, high, coverage, cases, mape, bias, rests_on}} for a serve run's mean TTFT and TPOT: the
     run's means times the quantiles of measured / predicted over the validated benchmarks of the same
     backend and mode (`serving_classes`; the shipped file unless `residuals` is given). low/high/median are
     None where fewer than MIN_BAND_CASES benchmarks of that kind were validated."""
@@ -154,8 +154,8 @@ def serving_bands(framework: str, mode: str, metrics: dict, residuals: Optional[
                          "bias": (row or {}).get("mean_rel_error"), "rests_on": why}
             continue
         q = row["measured_over_predicted"]
-        out[name] = {"median": mean * q["median"], "low": mean * q["low"], "high": mean * q["high"], "cases": n,
-                     "mape": row["mape"], "bias": row["mean_rel_error"],
+        out[name] = {"median": mean * q["median"], "low": mean * q["low"], "high": mean * q["high"],
+                     "coverage": BAND_COVERAGE, "cases": n, "mape": row["mape"], "bias": row["mean_rel_error"],
                      "rests_on": f"{n} {framework} {mode} benchmarks of validation/serving_load.yaml, {basis}: "
                                  f"measured / predicted mean {name[:4].upper()} {q['low']:.2f}-{q['high']:.2f} in "
                                  f"{BAND_COVERAGE:.0%} of them (median {q['median']:.2f}), MAPE "

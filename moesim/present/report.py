@@ -400,6 +400,15 @@ def serve_section(data: dict, input_file: str) -> Section:
         ["output tokens/s", f"{m['output_tokens_per_s']:,.1f}"], ["requests/s", f"{m['requests_per_s']:,.3f}"],
         ["GPUs", str(m["gpus"])], ["measured requests", f"{m['requests']:,}"],
         ["output tokens", f"{m['output_tokens']:,}"], ["duration", f"{m['duration_s']:,.3f} s"]]))
+    bands = data.get("uncertainty") or {}
+    if bands:
+        tables.append(Table("How far to trust the means: measured / predicted on validated benchmarks of this "
+                            "backend and mode", ["metric", "simulated mean", "band (ms)", "median (ms)", "rests on"],
+                            [[name, f"{m[key]['mean']:,.2f}",
+                              "-" if b["low"] is None else f"{b['low']:,.2f} - {b['high']:,.2f}",
+                              "-" if b["median"] is None else f"{b['median']:,.2f}", b["rests_on"]]
+                             for key, name in (("ttft_ms", "TTFT"), ("tpot_ms", "TPOT"))
+                             if (b := bands.get(key)) and m.get(key)]))
     if goodput:
         slo = ", ".join(f"{SLO_NAMES.get(k, k)} <= {v:g} ms" for k, v in goodput["slo_ms"].items())
         tables.append(Table(f"Goodput under SLOs ({slo})", ["metric", "all requests", "requests meeting the SLOs"], [

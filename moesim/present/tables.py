@@ -323,8 +323,10 @@ def band_lines(bands: dict) -> list[str]:
         if b["low"] is None:
             lines.append(f"mean {name}: no error band ({b['rests_on']})")
             continue
-        lines.append(f"mean {name} as measured likely {b['low']:,.2f}-{b['high']:,.2f} ms (median {b['median']:,.2f}): "
-                     f"{b['rests_on']}")
+        ms = [f"{v:,.1f}" if v < 100 else f"{v:,.0f}" for v in (b["low"], b["high"], b["median"])]
+        lines.append(f"mean {name}: {b['coverage']:.0%} band {ms[0]}-{ms[1]} ms, median {ms[2]} ms ({b['cases']:,} "
+                     f"validated benchmarks of this backend and mode: MAPE {100 * b['mape']:.0f} %, mean signed error "
+                     f"{100 * b['bias']:+.0f} %)")
     return lines
 
 
