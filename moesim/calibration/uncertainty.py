@@ -57,14 +57,20 @@ def residuals_path() -> Path:
     return data_root() / "topologies" / "residuals" / "validation.yaml"
 
 
+def scored_cases(result: dict) -> list[dict]:
+    """`result`'s cases with the predictions residuals rest on: the left-out ones (`predicted_cv`,
+    `rel_error_cv`) as `predicted` and `rel_error` when it cross-validated, else its own."""
+    if "mape_cv" not in result:
+        return result["cases"]
+    return [dict(c, predicted=c["predicted_cv"], rel_error=c["rel_error_cv"]) for c in result["cases"]]
+
+
 def residual_summary(result: dict) -> dict:
     """Per `what`: cases, RMS and mean signed relative error, MAPE - what error bars rest on.
 
     With cross-validation (`validate --cv source`) the left-out predictions are used: a band
     must cover what a new deployment will see, not the fit's own cases."""
-    cv = "mape_cv" in result
-    cases = [dict(c, predicted=c["predicted_cv"], rel_error=c["rel_error_cv"]) for c in result["cases"]] if cv \
-        else result["cases"]
+    cases = scored_cases(result)
     out = {}
     for what in sorted({c["what"] for c in cases}):
         mine = [c for c in cases if c["what"] == what]
@@ -97,20 +103,17 @@ MIN_BAND_CASES = 20   # below this the 5 % and 95 % quantiles are one or two ben
 def serving_classes(result: dict) -> dict:
     """{"<backend>.<mode>.<metric>": {cases, mape, mean_rel_error, measured_over_predicted: {low, median,
     high}}} over `result`'s serving_load cases (left-out predictions when it cross-validated); {} without any."""
-    cv = "mape_cv" in result
-    ratios: dict[str, list[float]] = {}
-    for case in result["cases"]:
+    scored: dict[str, list[dict]] = {}
+    for case in scored_cases(result):
         labels = case.get("labels") or {}
         if case["what"] != "serving_load" or not {"backend", "mode"} <= set(labels):
             continue
-        predicted = case["predicted_cv"] if cv else case["predicted"]
-        key = f"{labels['backend']}.{labels['mode']}.{case['metric']}"
-        ratios.setdefault(key, []).append(case["measured"] / predicted)
+        scored.setdefault(f"{labels['backend']}.{labels['mode']}.{case['metric']}", []).append(case)
     tail = (1 - BAND_COVERAGE) / 2
     out = {}
-    for key, values in sorted(ratios.items()):
-        r = np.array(values)
-        rel = 1 / r - 1   # predicted / measured - 1, the signed error validate reports
+    for key, cases in sorted(scored.items()):
+        r = np.array([c["measured"] / c["predicted"] for c in cases])
+        rel = np.array([c["rel_error"] for c in cases])   # the signed error validate reports
         low, median, high = np.quantile(r, [tail, 0.5, 1 - tail])
         out[key] = {"cases": int(r.size), "mape": float(np.mean(np.abs(rel))), "mean_rel_error": float(rel.mean()),
                     "measured_over_predicted": {"low": float(low), "median": float(median), "high": float(high)}}

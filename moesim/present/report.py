@@ -404,11 +404,10 @@ def serve_section(data: dict, input_file: str) -> Section:
     if bands:
         tables.append(Table("How far to trust the means: measured / predicted on validated benchmarks of this "
                             "backend and mode", ["metric", "simulated mean", "band (ms)", "median (ms)", "rests on"],
-                            [[name, f"{m[key]['mean']:,.2f}",
+                            [[SLO_NAMES.get(key, key), f"{m[key]['mean']:,.2f}",
                               "-" if b["low"] is None else f"{b['low']:,.2f} - {b['high']:,.2f}",
                               "-" if b["median"] is None else f"{b['median']:,.2f}", b["rests_on"]]
-                             for key, name in (("ttft_ms", "TTFT"), ("tpot_ms", "TPOT"))
-                             if (b := bands.get(key)) and m.get(key)]))
+                             for key, b in bands.items()]))
     if goodput:
         slo = ", ".join(f"{SLO_NAMES.get(k, k)} <= {v:g} ms" for k, v in goodput["slo_ms"].items())
         tables.append(Table(f"Goodput under SLOs ({slo})", ["metric", "all requests", "requests meeting the SLOs"], [

@@ -316,10 +316,8 @@ def goodput_line(g: dict) -> str:
 def band_lines(bands: dict) -> list[str]:
     """A serve run's error bands (`calibration.uncertainty.serving_bands`), a line per metric."""
     lines = []
-    for key, name in (("ttft_ms", "TTFT"), ("tpot_ms", "TPOT")):
-        b = bands.get(key)
-        if not b:
-            continue
+    for key, b in bands.items():
+        name = SLO_NAMES.get(key, key)
         if b["low"] is None:
             lines.append(f"mean {name}: no error band ({b['rests_on']})")
             continue
