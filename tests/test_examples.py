@@ -61,6 +61,9 @@ NOT_RUN = {
         "serves 1,823 measured benchmarks and refits once per deployment left out (minutes on 2 cores); the "
         "serving_load kind, its workers and --cv config are tested on small case files in "
         "tests/test_validation_serving_load.py",
+    "moesim validate --cases validation/serving_load.yaml --workers 2 --cv model":
+        "serves 1,823 measured benchmarks (minutes on 2 cores); --cv model and --cv system are tested on small "
+        "case files in tests/test_validation_serving_load.py",
     "moesim calibrate --cases validation/cases.yaml --cases validation/serving_load.yaml --workers 2 -o kernels.yaml":
         FIXED_POINT_FIT,
     "moesim calibrate --cases validation/cases.yaml --cases validation/serving_load.yaml --workers 2 "

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from moesim.calibration.uncertainty import (BAND_COVERAGE, MIN_BAND_CASES, basis_of, load_residuals, serving_bands,
                                             serving_classes, serving_residuals_path, write_residuals)
 from moesim.cli import main
+from moesim.present.tables import band_lines
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -87,6 +88,26 @@ def test_too_few_benchmarks_or_no_file_give_no_band_and_say_why():
     assert none["low"] is None and "--write-residuals" in none["rests_on"]
 
 
+def test_a_model_the_benchmarks_lack_gets_the_leave_one_model_out_band():
+    seen = dict(_residuals_with("vllm.agg.tpot_ms", MIN_BAND_CASES, 0.8, 1.0, 1.3),
+                serving_labels={"model": ["deepseek-v3", "minimax-m2.5"], "system": ["hgx-b200"]})
+    unseen = _residuals_with("vllm.agg.tpot_ms", MIN_BAND_CASES, 0.5, 0.9, 2.0)
+    unseen["provenance"]["basis"] = "leave-one-model-out predictions"
+    metrics = {"tpot_ms": {"mean": 10.0}}
+    fitted = serving_bands("vllm", "agg", metrics, seen, model="minimax-m2.5", new_model_residuals=unseen)["tpot_ms"]
+    assert (fitted["low"], fitted["high"]) == pytest.approx((8.0, 13.0)) and not fitted["new_model"]
+    new = serving_bands("vllm", "agg", metrics, seen, model="kimi-k2", new_model_residuals=unseen)["tpot_ms"]
+    assert (new["low"], new["median"], new["high"]) == pytest.approx((5.0, 9.0, 20.0)) and new["new_model"]
+    assert "leave-one-model-out" in new["rests_on"] and "kimi-k2 is not among the validated models" in new["rests_on"]
+    assert "each predicted from a fit without its model" in band_lines({"tpot_ms": new})[0]
+    missing = serving_bands("vllm", "agg", metrics, seen, model="kimi-k2", new_model_residuals={})["tpot_ms"]
+    assert missing["low"] is None and "--cv model" in missing["rests_on"]
+    # residuals that do not say which models they cover treat every model as fitted
+    old = serving_bands("vllm", "agg", metrics, _residuals_with("vllm.agg.tpot_ms", MIN_BAND_CASES), model="x",
+                        new_model_residuals=unseen)["tpot_ms"]
+    assert not old["new_model"] and old["high"] == pytest.approx(30.0)
+
+
 def test_validate_writes_serving_classes(tmp_path):
     cases = [_case("sglang", "agg", "ttft_ms", 120.0, 100.0)] * 30
     cases_file = tmp_path / "cases.yaml"
@@ -97,6 +118,7 @@ def test_validate_writes_serving_classes(tmp_path):
     assert data["serving_classes"]["sglang.agg.ttft_ms"]["cases"] == 30
     assert data["provenance"]["basis"] == "in-sample predictions"
     assert data["residuals"]["serving_load"]["cases"] == 30
+    assert data["serving_labels"] == {"model": ["deepseek-v3"], "system": ["hgx-b200"]}
 
 
 def test_shipped_serving_residuals_are_of_the_shipped_cases_and_cover_every_backend():

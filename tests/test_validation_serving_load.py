@@ -409,6 +409,48 @@ def test_cv_config_leaves_a_whole_configuration_out(good):
     assert any(after[t.id] != pytest.approx(before[t.id]) for t in ts if t.id.startswith("b-"))
 
 
+def test_cv_model_and_system_leave_every_deployment_of_one_label_out(tmp_path):
+    # two models on one system, one of them also on a second system: --cv model must predict all of a
+    # model's deployments without any of them in the fit, --cv system all of a system's
+    cases = load_cases(write(tmp_path, bench("m-a", concurrency=2) + bench("m-b", concurrency=4, split=(2, 1, 2, 1))
+                             + bench("g-a", concurrency=2, model="gpt-oss-20b")
+                             + bench("h-a", concurrency=2, system="hgx-h200")))
+    targets = S.prepare_many(cases, lambda c: None, SPEC_PROFILE, workers=1)
+    defs = definitions()
+    defaults, bounds = {n: d.value for n, d in defs.items()}, {n: d.bounds for n, d in defs.items()}
+    ts = [bind(targets[c.id], defaults) for c in cases]
+    by_model = {t.id: t.group for t in cv_groups(ts, cases, "model")}
+    by_system = {t.id: t.group for t in cv_groups(ts, cases, "system")}
+    assert by_model["m-a-ttft_ms"] == by_model["m-b-tpot_ms"] == by_model["h-a-ttft_ms"] == "model: qwen3-30b-a3b"
+    assert by_model["g-a-ttft_ms"] == "model: gpt-oss-20b"
+    assert by_system["h-a-tpot_ms"] == "system: hgx-h200" != by_system["g-a-tpot_ms"] == "system: dgx-h100"
+
+    def held_out(ts, mode):
+        fitted = fit_all(ts, defaults, bounds)
+        return cross_validate(cv_groups(ts, cases, mode), dict(defaults, **fitted.values), defaults, bounds)
+
+    for mode, left in (("model", lambda i: not i.startswith("g-")), ("system", lambda i: i.startswith("h-"))):
+        before = held_out(ts, mode)
+        # triple every measurement of the left-out label: its left-out predictions must not move
+        after = held_out([replace(t, measured=t.measured * 3.0) if left(t.id) else t for t in ts], mode)
+        for t in ts:
+            if left(t.id):
+                assert after[t.id] == pytest.approx(before[t.id], rel=1e-9, abs=1e-12), (mode, t.id)
+        assert any(after[t.id] != pytest.approx(before[t.id]) for t in ts if not left(t.id)), mode
+
+
+def test_cli_cv_model_names_what_it_left_out(good):
+    path, _, _ = good
+    out = CliRunner().invoke(main, ["validate", "--cases", path, "--profile", "spec", "--cv", "model"])
+    assert out.exit_code == 0, out.output
+    assert "fitted without that model" in out.output and "MAPE left-out" in out.output
+    bad = CliRunner().invoke(main, ["validate", "--cases", path, "--cv", "gpu"])
+    assert bad.exit_code == 2 and "--cv" in bad.output
+    from moesim.core.errors import MoesimError
+    with pytest.raises(MoesimError, match="source, config, model, system"):
+        validate(load_cases(path), kernel_profile=SPEC, cv="gpu")
+
+
 def test_validate_reports_per_metric_and_per_group(good, tmp_path):
     path, cases, _ = good
     result = validate(cases, kernel_profile=SPEC)

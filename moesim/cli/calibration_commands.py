@@ -16,9 +16,10 @@ from moesim.cli.app import FIGURE_SUFFIXES, YAML_SUFFIXES, OutputFile, echo_json
 @click.option("--profile", "profiles", multiple=True,
               help="Microbenchmark profile applied to the cases on the GPU it was fitted on (repeat: one per GPU); "
                    "'spec' runs the kernel models from their sourced defaults, a kernel profile YAML from that fit.")
-@click.option("--cv", type=click.Choice(["source", "config"]),
-              help="Cross-validate: refit the parameters with each source (source) or each serving deployment "
-                   "configuration (config: all loads of one serving_load deployment) left out and predict its cases.")
+@click.option("--cv", type=click.Choice(["source", "config", "model", "system"]),
+              help="Cross-validate: refit the parameters with each source (source), each serving deployment "
+                   "configuration (config: all loads of one serving_load deployment), or every serving_load "
+                   "deployment of one model (model) or one system (system) left out, and predict those cases.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Processes that simulate the serving_load benchmarks (one deployment per task); the answers do "
                    "not depend on it.")
@@ -33,7 +34,8 @@ def validate(cases_file: str, profiles: tuple[str, ...], cv: Optional[str], work
 
     The kernel models use the shipped fitted kernel profile (topologies/calibration/kernels.yaml);
     `--cv source` prints the leave-one-source-out MAPE beside the in-sample one; `--cv config` leaves
-    out one serving deployment configuration at a time (serving_load cases).
+    out one serving deployment configuration at a time (serving_load cases); `--cv model` and `--cv
+    system` every serving deployment of one model or one system: a model or machine never fitted on.
 
     \b
     Examples:
@@ -41,6 +43,7 @@ def validate(cases_file: str, profiles: tuple[str, ...], cv: Optional[str], work
       moesim validate --cases validation/cases.yaml --cv source
       moesim validate --cases validation/cases.yaml --profile spec
       moesim validate --cases validation/serving_load.yaml --workers 2 --cv config
+      moesim validate --cases validation/serving_load.yaml --workers 2 --cv model
     """
     from moesim.calibration.kernel_params import split_profiles
     from moesim.present.tables import validation_table

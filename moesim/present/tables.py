@@ -106,6 +106,18 @@ def comm_table(fleet: str, op: str, rows: list[dict]) -> str:
     return "\n".join(head + ["", body])
 
 
+# What the left-out columns of `validation_table` mean, per `moesim validate --cv` mode.
+LEFT_OUT = {
+    "source": "left-out: each source's cases predicted from parameters fitted without that source",
+    "config": "left-out: each serving deployment configuration's cases (other kinds: each source's) predicted from "
+              "parameters fitted without them",
+    "model": "left-out: every serving deployment of a model (other kinds: each source's cases) predicted from "
+             "parameters fitted without that model",
+    "system": "left-out: every serving deployment on a system (other kinds: each source's cases) predicted from "
+              "parameters fitted without that system",
+}
+
+
 def validation_table(result: dict) -> str:
     """Per case, then per `what`: with --cv the left-out (honest) MAPE and bias first, then in-sample."""
     cv = "mape_cv" in result
@@ -126,9 +138,7 @@ def validation_table(result: dict) -> str:
                     f"{100 * v:.1f}%", f"{100 * result['bias'][k]:+.1f}%"] for k, v in result["mape"].items()]
         out.append(table(["what", "cases", "MAPE left-out", "bias left-out", "MAPE in-sample", "bias in-sample"],
                          summary, align="lrrrrr"))
-        out.append("left-out: each serving deployment configuration's cases (other kinds: each source's) predicted from "
-                   "parameters fitted without them" if result.get("cv") == "config" else
-                   "left-out: each source's cases predicted from parameters fitted without that source")
+        out.append(LEFT_OUT.get(result.get("cv"), LEFT_OUT["source"]))
     else:
         summary = [[k, str(count[k]), f"{100 * v:.1f}%", f"{100 * result['bias'][k]:+.1f}%"]
                    for k, v in result["mape"].items()]
@@ -322,8 +332,10 @@ def band_lines(bands: dict) -> list[str]:
             lines.append(f"mean {name}: no error band ({b['rests_on']})")
             continue
         ms = [f"{v:,.1f}" if v < 100 else f"{v:,.0f}" for v in (b["low"], b["high"], b["median"])]
+        which = "of this backend and mode" + (", each predicted from a fit without its model, as yours is not "
+                                              "among them" if b.get("new_model") else "")
         lines.append(f"mean {name}: {b['coverage']:.0%} band {ms[0]}-{ms[1]} ms, median {ms[2]} ms ({b['cases']:,} "
-                     f"validated benchmarks of this backend and mode: MAPE {100 * b['mape']:.0f} %, mean signed error "
+                     f"validated benchmarks {which}: MAPE {100 * b['mape']:.0f} %, mean signed error "
                      f"{100 * b['bias']:+.0f} %)")
     return lines
 

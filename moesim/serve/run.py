@@ -142,7 +142,7 @@ def serve(sc: Scenario, load: Load, *, disagg: Optional[Disagg] = None, trace: b
     out.update({"step_function": fn.to_json(),
                 "assumptions": assumptions(policy) + (disagg_assumptions(disagg, sc) if disagg else []),
                 "provenance": dict(provenance(sc), code_and_data_digest=code_and_data_digest()),
-                "uncertainty": serving_bands(policy.framework, out["mode"], out["metrics"])})
+                "uncertainty": serving_bands(policy.framework, out["mode"], out["metrics"], model=sc.model.id)})
     out.update(run)   # the private parts: _requests, and _trace when asked
     return out
 

@@ -6,8 +6,10 @@ target (`validation.targets`): a kernel model whose named parameters come from a
 (the shipped fit by default, `spec` for sourced defaults only). `cv="source"` refits the
 parameters with each source left out in turn and predicts that source's cases from the rest:
 the honest, out-of-sample error; `cv="config"` leaves out one deployment configuration at a time
-(every concurrency and ISL/OSL of one serving_load deployment: `validation.serving_load.config_key`;
-cases of other kinds keep their source as their group). A case moesim cannot model is skipped
+(every concurrency and ISL/OSL of one serving_load deployment: `validation.serving_load.config_key`),
+`cv="model"` / `cv="system"` every serving_load deployment of one model / one system at a time - how
+moesim does on a model or a machine its fit has never seen (cases of other kinds keep their source as
+their group under each). A case moesim cannot model is skipped
 with the reason. serving_load cases also get their error per metric (`serving_load.ttft_ms`,
 `serving_load.tpot_ms` beside the `what`s) and per system, backend, backend version, mode and
 model (`groups`).
@@ -24,7 +26,8 @@ from moesim.validation.cases import Calibrated, Case
 from moesim.validation.repeatability import repeatability
 from moesim.validation.targets import build_targets
 
-CV_MODES = ("source", "config")
+CV_MODES = ("source", "config", "model", "system")
+LABEL_CV = ("model", "system")   # --cv modes that group serving_load cases by one of their labels
 PER_METRIC = ("serving_load",)   # kinds whose error is also summarised per metric
 GROUP_BY = ("system", "backend", "backend_version", "mode", "model")
 
@@ -82,14 +85,19 @@ def groups(rows: list[dict], cv: bool) -> dict:
     return out
 
 
-def cv_groups(targets: list, cases: list[Case]) -> list:
-    """The targets regrouped for `--cv config`: a serving_load case by its deployment configuration,
-    any other by its source (it has no deployment)."""
+def cv_groups(targets: list, cases: list[Case], cv: str = "config") -> list:
+    """The targets regrouped for `--cv config` (a serving_load case by its deployment configuration) or
+    a label mode (`LABEL_CV`: by its model or system); any other case by its source (it has neither)."""
     from dataclasses import replace
 
     from moesim.validation import serving_load
-    config = {c.id: serving_load.config_key(c) for c in cases if c.what == serving_load.WHAT}
-    return [replace(t, group=config[t.id]) if t.id in config else t for t in targets]
+    if cv == "config":
+        key = serving_load.config_key
+    else:
+        def key(case: Case) -> str:
+            return f"{cv}: {serving_load.labels(case)[cv]}"
+    group = {c.id: key(c) for c in cases if c.what == serving_load.WHAT}
+    return [replace(t, group=group[t.id]) if t.id in group else t for t in targets]
 
 
 def validate(cases: list[Case], *, profile: Optional[str | list[str]] = None, kernel_profile: Optional[str] = None,
@@ -99,7 +107,7 @@ def validate(cases: list[Case], *, profile: Optional[str | list[str]] = None, ke
     the kernel-model parameters (None: the shipped fit); `workers` processes simulate the
     serving_load benchmarks (the answers do not depend on it)."""
     if cv is not None and cv not in CV_MODES:
-        raise MoesimError(f"unknown cross-validation {cv!r}", field="--cv", fix="use --cv source or --cv config")
+        raise MoesimError(f"unknown cross-validation {cv!r}", field="--cv", fix=f"use one of {', '.join(CV_MODES)}")
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise MoesimError(f"workers must be a whole number >= 1, got {workers!r}", field="--workers",
                           fix="use 1 or more")
@@ -118,7 +126,7 @@ def validate(cases: list[Case], *, profile: Optional[str | list[str]] = None, ke
         in_sample = dict(defaults)
         in_sample.update(fitted.values)
         values = in_sample  # in-sample and left-out errors of the same fit, side by side
-        held_out = cross_validate(cv_groups(targets, cases) if cv == "config" else targets, in_sample, defaults,
+        held_out = cross_validate(targets if cv == "source" else cv_groups(targets, cases, cv), in_sample, defaults,
                                   bounds)
     label_of = _labels(cases)
     rows = []
