@@ -506,12 +506,17 @@ def _kill_all(proc, workers: list[int]) -> None:
 def _plan_with_two_workers(path):
     """Start `moesim plan PATH --workers 2` in its own session; return it and its pool workers' PIDs
     once both run and have taken work."""
+    import signal
     import subprocess
     import sys
     import time
     psutil = pytest.importorskip("psutil")
+    # Ctrl-C as a terminal delivers it: to a process whose SIGINT is not ignored. A suite run as a background job
+    # of a non-interactive shell inherits SIGINT (and SIGQUIT) ignored, and so would `moesim plan` (Python then
+    # installs no KeyboardInterrupt handler), which is the shell's doing, not the planner's.
     proc = subprocess.Popen([sys.executable, "-m", "moesim", "plan", str(path), "--workers", "2"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     workers: list[int] = []
     deadline = time.time() + 20
     while time.time() < deadline and proc.poll() is None:

@@ -1,17 +1,18 @@
 """Local process pools that leave no worker behind: shared by the planner's sweep and the
 serving-load validation, which both run one deployment per task and must not leave workers
-running when the caller fails, is interrupted or is terminated. `worker_init` starts a worker
-bound to its parent; `kill_pool` stops a pool at once."""
+running when the caller fails, is interrupted or is terminated. `worker_pool` is such a pool;
+`worker_init` starts a worker bound to its parent; `kill_pool` stops a pool at once."""
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import os
 import signal
 import sys
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
-from typing import Optional
+from typing import Iterable, Iterator, Optional
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 _PARENT_POLL_S = 0.5
@@ -57,10 +58,30 @@ def _watch_parent(parent: int, ppid: int) -> None:
             os._exit(1)
 
 
-def kill_pool(pool: ProcessPoolExecutor) -> None:
+@contextlib.contextmanager
+def worker_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
+    """A process pool of `workers` bound to this process (`worker_init`), shut down when the block
+    ends; on any exception in it (Ctrl-C and SIGTERM included) every process the pool started is
+    stopped at once (`kill_pool`). Including one the pool never recorded: an interrupt landing in
+    the pool's submit between a worker's start and the pool's note of it (a few bytecodes; not
+    seen, but possible) would leave a non-daemon worker that Python's exit then joins forever. So
+    the children this process started since the pool was made are stopped too."""
+    before = set(multiprocessing.active_children())
+    pool = ProcessPoolExecutor(max_workers=workers, initializer=worker_init, initargs=(os.getpid(),))
+    try:
+        yield pool
+    except BaseException:
+        kill_pool(pool, [p for p in multiprocessing.active_children() if p not in before])
+        raise
+    pool.shutdown(wait=True)
+
+
+def kill_pool(pool: ProcessPoolExecutor, extra: Iterable = ()) -> None:
     """Stop a pool now: cancel what has not started, terminate the workers that run (and kill
-    those that outlive two seconds)."""
+    those that outlive two seconds), and the `extra` processes with them."""
     processes = list((getattr(pool, "_processes", None) or {}).values())
+    known = {id(p) for p in processes}
+    processes += [p for p in extra if id(p) not in known]
     pool.shutdown(wait=False, cancel_futures=True)
     for proc in processes:
         with contextlib.suppress(Exception):
@@ -79,4 +100,4 @@ def kill_pool(pool: ProcessPoolExecutor) -> None:
             manager.join(timeout=2)
 
 
-__all__ = ["kill_pool", "worker_init"]
+__all__ = ["kill_pool", "worker_init", "worker_pool"]

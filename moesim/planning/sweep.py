@@ -21,11 +21,10 @@ import functools
 import hashlib
 import json
 import math
-import os
 import signal
 import tempfile
 import threading
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from pathlib import Path
 from typing import Any, Optional
 
@@ -34,7 +33,7 @@ from moesim.cluster.scenario import load_scenario, with_redundant_experts
 from moesim.core.digest import code_and_data_digest
 from moesim.core.errors import MoesimError
 from moesim.core.output import write_atomic
-from moesim.core.pools import kill_pool, worker_init
+from moesim.core.pools import worker_pool
 from moesim.core.result import to_json
 from moesim.costs.feasibility import fit_problem
 from moesim.costs.placement import parse_placement
@@ -340,19 +339,14 @@ def _run_pool(workers: int, todo: list, finish, advance) -> None:
     exception here (a failed point, Ctrl-C, SIGTERM) stops the workers at once instead of waiting
     for the rest of the sweep. The workers share served deployments' step times through a folder
     that lives as long as the pool (`serve_point`)."""
-    with _sigterm_raises(), tempfile.TemporaryDirectory(prefix="moesim-step-times-") as step_cache:
-        pool = ProcessPoolExecutor(max_workers=workers, initializer=worker_init, initargs=(os.getpid(),))
-        try:
-            futures = {pool.submit(simulate_group, [p for p, _ in items], step_cache): items
-                       for items in _balanced(_groups(todo), workers)}
-            for future in as_completed(futures):
-                for (point, path), result in zip(futures[future], future.result()):
-                    finish(point, path, result)
-                    advance()
-        except BaseException:
-            kill_pool(pool)
-            raise
-        pool.shutdown(wait=True)
+    with _sigterm_raises(), tempfile.TemporaryDirectory(prefix="moesim-step-times-") as step_cache, \
+            worker_pool(workers) as pool:
+        futures = {pool.submit(simulate_group, [p for p, _ in items], step_cache): items
+                   for items in _balanced(_groups(todo), workers)}
+        for future in as_completed(futures):
+            for (point, path), result in zip(futures[future], future.result()):
+                finish(point, path, result)
+                advance()
 
 
 def _groups(todo: list) -> list[list]:

@@ -23,15 +23,13 @@ A request's instance is the one with a step ending when its phase ends (its last
 from __future__ import annotations
 
 import math
-import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from typing import Optional
 
 import numpy as np
 
 from moesim.core.errors import MoesimError
-from moesim.core.pools import kill_pool, worker_init
+from moesim.core.pools import worker_pool
 from moesim.serve.scheduler import moe_kernel_family, rank_layers, serving_overhead_names
 from moesim.validation.serving_load import (ROUNDS, Benchmark, batch_limit, disagg_for, graph_sizes, load_for,
                                             round_means, scenario_overrides, step_policy, step_token_budget,
@@ -52,14 +50,9 @@ def run_groups(groups: list[list[Benchmark]], profile, *, workers: int = 1) -> d
         for i in order:
             out.update(run_group(groups[i], profile))
         return out
-    pool = ProcessPoolExecutor(max_workers=min(workers, len(groups)), initializer=worker_init, initargs=(os.getpid(),))
-    try:
+    with worker_pool(min(workers, len(groups))) as pool:
         for result in pool.map(run_group, [groups[i] for i in order], [profile] * len(order)):
             out.update(result)
-    except BaseException:
-        kill_pool(pool)
-        raise
-    pool.shutdown(wait=True)
     return out
 
 
