@@ -8,8 +8,9 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from moesim.calibration.uncertainty import (BAND_COVERAGE, MIN_BAND_CASES, basis_of, load_residuals, serving_bands,
-                                            serving_classes, serving_residuals_path, write_residuals)
+from moesim.calibration.uncertainty import (BAND_COVERAGE, MIN_BAND_CASES, basis_of, load_residuals,
+                                            new_model_residuals_path, serving_bands, serving_classes,
+                                            serving_residuals_path, write_residuals)
 from moesim.cli import main
 from moesim.present.tables import band_lines
 
@@ -132,6 +133,32 @@ def test_shipped_serving_residuals_are_of_the_shipped_cases_and_cover_every_back
             row = data["serving_classes"][f"{backend}.agg.{metric}"]
             q = row["measured_over_predicted"]
             assert row["cases"] >= MIN_BAND_CASES and 0 < q["low"] < q["median"] < q["high"]
+
+
+def test_shipped_new_model_residuals_leave_each_model_out_of_the_same_cases():
+    config = yaml.safe_load(serving_residuals_path().read_text())
+    data = yaml.safe_load(new_model_residuals_path().read_text())
+    assert data["provenance"]["cases_sha256"] == config["provenance"]["cases_sha256"], \
+        "rewrite the leave-one-model-out residuals with the command in their provenance"
+    assert data["provenance"]["basis"] == "leave-one-model-out predictions"
+    assert data["serving_labels"] == config["serving_labels"] and "deepseek-v3" in data["serving_labels"]["model"]
+    for backend in ("vllm", "sglang", "trtllm"):
+        for metric in ("ttft_ms", "tpot_ms"):
+            row = data["serving_classes"][f"{backend}.agg.{metric}"]
+            assert row["cases"] == config["serving_classes"][f"{backend}.agg.{metric}"]["cases"] >= MIN_BAND_CASES
+
+
+def test_serve_of_a_model_the_benchmarks_lack_says_its_band_is_a_new_models():
+    from moesim.calibration.uncertainty import shipped_serving_residuals
+    assert "qwen3-30b-a3b" not in shipped_serving_residuals()["serving_labels"]["model"]
+    result = CliRunner().invoke(main, ["serve", "--model", "qwen3-30b-a3b", "--gpus", "2", "--ep", "2",
+                                       "--concurrency", "8", "--isl", "256", "--osl", "32", "--requests", "24",
+                                       "--json"])
+    assert result.exit_code == 0, result.output
+    import json
+    bands = json.loads(result.output)["uncertainty"]
+    assert bands["tpot_ms"]["new_model"] and "leave-one-model-out" in bands["tpot_ms"]["rests_on"]
+    assert "qwen3-30b-a3b is not among the validated models" in bands["tpot_ms"]["rests_on"]
 
 
 def test_serve_reports_the_band():

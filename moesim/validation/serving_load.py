@@ -512,8 +512,8 @@ def target(case: Case, b: Benchmark, run: dict) -> Target:
 # Backends whose benchmark launch turned prompt-prefix reuse off, so that no two clients share KV: AIConfigurator's
 # TensorRT-LLM templates write `enable_block_reuse: false` (github ai-dynamo/aiconfigurator src/aiconfigurator/
 # generator/config/backend_templates/trtllm/extra_engine_args.*.yaml.j2), while its vLLM and SGLang launches keep
-# their prefix caches on and aiperf draws prompts from a pool of 100 (README, the prompt-reuse probe): there clients
-# with the same prompt may share its KV, and a KV bound on the clients says nothing.
+# their prefix caches on and aiperf draws prompts from a pool of 100 (docs/serving-validation.md, the prompt-reuse
+# probe): there clients with the same prompt may share its KV, and a KV bound on the clients says nothing.
 NO_PREFIX_REUSE = {"trtllm"}
 
 
