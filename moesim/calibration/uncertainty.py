@@ -184,7 +184,8 @@ def serving_bands(framework: str, mode: str, metrics: dict, residuals: Optional[
     classes = (residuals or {}).get("serving_classes") or {}
     basis = ((residuals or {}).get("provenance") or {}).get("basis", "predictions")
     if new_model:
-        basis += f" ({model} is not among the validated models: each of theirs predicted without it)"
+        basis += (f" ({model} is not among the validated models, so each benchmark is predicted from a fit "
+                  f"without its own model)")
     out = {}
     for name in SERVING_METRICS:
         value = metrics.get(name)
