@@ -172,15 +172,11 @@ def serving_bands(framework: str, mode: str, metrics: dict, residuals: Optional[
     MIN_BAND_CASES benchmarks of that kind were validated."""
     residuals = shipped_serving_residuals() if residuals is None else residuals
     new_model = is_new_model(model, residuals)
+    missing = f"no serving residuals ({SERVING_RESIDUALS_COMMAND} writes them)"
     if new_model:
-        unseen = shipped_new_model_residuals() if new_model_residuals is None else new_model_residuals
-        if not unseen:
-            note = (f"{model} is not among the validated models and there are no leave-one-model-out residuals "
-                    f"({NEW_MODEL_RESIDUALS_COMMAND} writes them)")
-            return {name: {"median": None, "low": None, "high": None, "cases": 0, "mape": None, "bias": None,
-                           "new_model": True, "rests_on": note}
-                    for name in SERVING_METRICS if name in metrics}
-        residuals = unseen
+        residuals = shipped_new_model_residuals() if new_model_residuals is None else new_model_residuals
+        missing = (f"{model} is not among the validated models and there are no leave-one-model-out residuals "
+                   f"({NEW_MODEL_RESIDUALS_COMMAND} writes them)")
     classes = (residuals or {}).get("serving_classes") or {}
     basis = ((residuals or {}).get("provenance") or {}).get("basis", "predictions")
     if new_model:
@@ -196,7 +192,7 @@ def serving_bands(framework: str, mode: str, metrics: dict, residuals: Optional[
         n = row["cases"] if row else 0
         if n < MIN_BAND_CASES:
             why = (f"{n} validated {framework} {mode} benchmark(s): too few for a band (need {MIN_BAND_CASES})"
-                   if residuals else f"no serving residuals ({SERVING_RESIDUALS_COMMAND} writes them)")
+                   if residuals else missing)
             out[name] = {"median": None, "low": None, "high": None, "cases": n, "mape": (row or {}).get("mape"),
                          "bias": (row or {}).get("mean_rel_error"), "new_model": new_model, "rests_on": why}
             continue

@@ -27,7 +27,6 @@ from moesim.validation.repeatability import repeatability
 from moesim.validation.targets import build_targets
 
 CV_MODES = ("source", "config", "model", "system")
-LABEL_CV = ("model", "system")   # --cv modes that group serving_load cases by one of their labels
 PER_METRIC = ("serving_load",)   # kinds whose error is also summarised per metric
 GROUP_BY = ("system", "backend", "backend_version", "mode", "model")
 
@@ -86,8 +85,8 @@ def groups(rows: list[dict], cv: bool) -> dict:
 
 
 def cv_groups(targets: list, cases: list[Case], cv: str = "config") -> list:
-    """The targets regrouped for `--cv config` (a serving_load case by its deployment configuration) or
-    a label mode (`LABEL_CV`: by its model or system); any other case by its source (it has neither)."""
+    """The targets regrouped for `--cv config` (a serving_load case by its deployment configuration),
+    `--cv model` or `--cv system` (by that label of the case); any other case by its source (it has none)."""
     from dataclasses import replace
 
     from moesim.validation import serving_load
