@@ -8,11 +8,12 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from moesim.calibration.cv_modes import CV_MODES
 from moesim.calibration.uncertainty import (BAND_COVERAGE, MIN_BAND_CASES, basis_of, load_residuals,
                                             new_model_residuals_path, serving_bands, serving_classes,
                                             serving_residuals_path, write_residuals)
 from moesim.cli import main
-from moesim.present.tables import band_lines
+from moesim.present.tables import LEFT_OUT, band_lines
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,6 +62,17 @@ def test_cross_validated_classes_use_the_left_out_predictions():
     assert basis_of(_result(cases, cv="config")) == "leave-one-configuration-out predictions"
     assert basis_of(_result(cases, cv="source")) == "leave-one-source-out predictions"
     assert basis_of(_result(cases)) == "in-sample predictions"
+
+
+def test_every_cv_mode_has_one_wording_everywhere():
+    """The CLI's choice, validate's check, the band basis and the table's left-out note read one list of modes."""
+    assert set(LEFT_OUT) == set(CV_MODES)
+    assert [basis_of({"mape_cv": {}, "cv": m}) for m in CV_MODES] == [
+        "leave-one-source-out predictions", "leave-one-configuration-out predictions",
+        "leave-one-model-out predictions", "leave-one-system-out predictions"]
+    assert basis_of({"mape_cv": {}, "cv": "elsewhere"}) == "cross-validated predictions"
+    help_text = CliRunner().invoke(main, ["validate", "--help"]).output
+    assert "[" + "|".join(CV_MODES) + "]" in help_text
 
 
 def _residuals_with(key, n, low=0.5, median=1.0, high=3.0):

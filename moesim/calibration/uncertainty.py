@@ -31,6 +31,7 @@ import yaml
 from scipy.stats import t as student_t
 
 from moesim import __version__
+from moesim.calibration.cv_modes import CV_MODES, basis
 from moesim.core.loader import data_root
 from moesim.core.output import write_atomic
 from moesim.core.result import git_commit
@@ -83,14 +84,11 @@ def residual_summary(result: dict) -> dict:
     return out
 
 
-CV_BASIS = {"source": "leave-one-source-out predictions", "config": "leave-one-configuration-out predictions",
-            "model": "leave-one-model-out predictions", "system": "leave-one-system-out predictions"}
-
-
 def basis_of(result: dict) -> str:
     """Which predictions a residual summary of `result` (`moesim validate`'s) rests on."""
-    return CV_BASIS.get(result.get("cv"), "cross-validated predictions") if "mape_cv" in result \
-        else "in-sample predictions"
+    if "mape_cv" not in result:
+        return "in-sample predictions"
+    return basis(result["cv"]) if result.get("cv") in CV_MODES else "cross-validated predictions"
 
 
 # Serving error bands (`serving_bands`): per backend, mode and metric of the serving_load benchmarks, the

@@ -7,6 +7,7 @@ from typing import Optional
 
 import click
 
+from moesim.calibration.cv_modes import CV_MODES
 from moesim.cli.app import FIGURE_SUFFIXES, YAML_SUFFIXES, OutputFile, echo_json, main
 
 
@@ -16,7 +17,7 @@ from moesim.cli.app import FIGURE_SUFFIXES, YAML_SUFFIXES, OutputFile, echo_json
 @click.option("--profile", "profiles", multiple=True,
               help="Microbenchmark profile applied to the cases on the GPU it was fitted on (repeat: one per GPU); "
                    "'spec' runs the kernel models from their sourced defaults, a kernel profile YAML from that fit.")
-@click.option("--cv", type=click.Choice(["source", "config", "model", "system"]),
+@click.option("--cv", type=click.Choice(list(CV_MODES)),
               help="Cross-validate: refit the parameters with each source (source), each serving deployment "
                    "configuration (config: all loads of one serving_load deployment), or every serving_load "
                    "deployment of one model (model) or one system (system) left out, and predict those cases.")

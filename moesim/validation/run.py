@@ -20,13 +20,13 @@ from typing import Optional
 
 import numpy as np
 
+from moesim.calibration.cv_modes import CV_MODES
 from moesim.calibration.kernel_params import resolve_kernel_profile
 from moesim.core.errors import MoesimError
 from moesim.validation.cases import Calibrated, Case
 from moesim.validation.repeatability import repeatability
 from moesim.validation.targets import build_targets
 
-CV_MODES = ("source", "config", "model", "system")
 PER_METRIC = ("serving_load",)   # kinds whose error is also summarised per metric
 GROUP_BY = ("system", "backend", "backend_version", "mode", "model")
 
