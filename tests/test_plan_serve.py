@@ -69,6 +69,26 @@ def test_slo_marks_violations_and_ranks_feasible(small_plan):
     assert strict["best"]["tokens_per_s_per_gpu"] == max(p["tokens_per_s_per_gpu"] for p in good)
 
 
+def test_best_point_carries_and_prints_the_error_band_of_its_backend_and_mode(small_plan):
+    """The answer of a load plan says how far to trust it: the winner's mean TTFT / TPOT band from the validated
+    serving benchmarks of its backend and mode, the one `moesim serve` prints for the same deployment."""
+    from moesim.calibration.uncertainty import serving_bands
+    from moesim.present.tables import plan_table
+    loose, _, _ = small_plan
+    best = loose["best"]
+    bands = best["uncertainty"]
+    assert set(bands) == {"ttft_ms", "tpot_ms"}
+    metrics = {"ttft_ms": {"mean": best["ttft_ms"]}, "tpot_ms": {"mean": best["tpot_ms"]}}
+    assert bands == serving_bands("sglang", best["mode"], metrics, model="qwen3-30b-a3b")
+    lines = plan_table(loose).splitlines()
+    at = lines.index(next(line for line in lines if line.startswith("best (")))
+    assert lines[at + 1].startswith("  mean TTFT: 90% band") and lines[at + 2].startswith("  mean TPOT: 90% band")
+    assert "as yours is not among them" in lines[at + 2]   # qwen3-30b-a3b: the leave-one-model-out residuals
+    from moesim.present.report import plan_section
+    said = plan_section(loose, "plan.json").assumptions
+    assert [a for a in said if a.startswith("Best configuration's mean TTFT: 90% band")]
+
+
 def test_cli_front_figure_is_png_and_cache_resumes(tmp_path):
     path = _write(tmp_path, dict(SMALL, parallel=[{"tp": 1, "ep": "gpus"}]))
     front, cache = tmp_path / "front.png", tmp_path / "cache"

@@ -103,7 +103,9 @@ def _served_row(rec: dict, costs: Optional[CostTable]) -> dict:
             "requests_per_s": m.get("requests_per_s"),
             "latency_metric": "tpot_p90_ms", "latency_ms": m["tpot_ms"]["p90"],
             "cost_per_million_tokens": cost, "cost_placeholder": bool(price and price.placeholder),
-            "price_source": price.source if price else None}
+            "price_source": price.source if price else None,
+            # the error bands of its mean TTFT and TPOT from the validated serving benchmarks (`moesim serve`'s)
+            "uncertainty": res.get("uncertainty")}
 
 
 def binding_constraint(rows: list[dict], slo: SLO) -> Optional[dict]:

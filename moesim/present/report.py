@@ -24,7 +24,7 @@ from moesim.core.loader import data_root
 from moesim.core.output import write_atomic
 from moesim.core.result import code_version
 from moesim.present import plots
-from moesim.present.tables import SLO_NAMES, serve_lengths
+from moesim.present.tables import SLO_NAMES, band_lines, serve_lengths
 
 FORMATS = (".html", ".pdf")
 TEMPLATE = "report.html.j2"
@@ -268,6 +268,7 @@ def plan_section(data: dict, input_file: str) -> Section:
                             [[str(r.get("label", r.get("id"))), str(r.get("reason"))] for r in pruned]))
     if data.get("best"):
         best = data["best"]
+        assumptions += [f"Best configuration's {line}." for line in band_lines(best.get("uncertainty") or {})]
         lost = [[r["label"], r["text"]] for r in data.get("runners_up", [])]
         tables.append(Table(f"Best: {best['label']}", ["runner-up", "why it lost"], lost))
     figures = [Figure("Pareto front", "Throughput per GPU against latency for every simulated configuration, "

@@ -264,6 +264,7 @@ def plan_table(r: dict) -> str:
     binding = r.get("binding_constraint")
     if best:
         out += ["", f"best ({r.get('objective')}): {best['label']}"]
+        out += [f"  {line}" for line in band_lines(best.get("uncertainty") or {})]
         for loser in r.get("runners_up", []):
             out.append(f"  runner-up {loser['label']}: {loser.get('text') or loser.get('metric')}")
     elif not points:
