@@ -10,6 +10,6 @@ CV_MODES = {
 }
 
 
-def basis(mode: str) -> str:
+def left_out_basis(mode: str) -> str:
     """The predictions a residual summary of a `--cv mode` run rests on, e.g. 'leave-one-model-out predictions'."""
     return f"leave-one-{CV_MODES[mode]}-out predictions"

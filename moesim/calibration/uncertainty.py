@@ -31,7 +31,7 @@ import yaml
 from scipy.stats import t as student_t
 
 from moesim import __version__
-from moesim.calibration.cv_modes import CV_MODES, basis
+from moesim.calibration.cv_modes import CV_MODES, left_out_basis
 from moesim.core.loader import data_root
 from moesim.core.output import write_atomic
 from moesim.core.result import git_commit
@@ -88,7 +88,7 @@ def basis_of(result: dict) -> str:
     """Which predictions a residual summary of `result` (`moesim validate`'s) rests on."""
     if "mape_cv" not in result:
         return "in-sample predictions"
-    return basis(result["cv"]) if result.get("cv") in CV_MODES else "cross-validated predictions"
+    return left_out_basis(result["cv"]) if result.get("cv") in CV_MODES else "cross-validated predictions"
 
 
 # Serving error bands (`serving_bands`): per backend, mode and metric of the serving_load benchmarks, the
