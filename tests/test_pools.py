@@ -23,7 +23,11 @@ def test_an_interrupted_pool_stops_every_process_it_started_and_no_other():
                 assert pool.submit(abs, -3).result() == 3
                 started.append(_sleeper())   # a process the pool does not know (its `_processes` lack it)
                 workers = list(pool._processes.values())
+                manager = pool._executor_manager_thread
                 raise KeyboardInterrupt
+        # The pool's manager thread has finished: it reaps the workers, and a second reaper racing it would
+        # see a dead worker as alive (ECHILD); and it has closed its wake-up pipe before Python's exit writes to it.
+        assert not manager.is_alive()
         for proc in started + workers:
             proc.join(timeout=5)
             assert not proc.is_alive()
