@@ -142,6 +142,9 @@ class Framework(Record):
     # the fraction of total memory holds everything the ledger counts (training frameworks)
     kv_budget_rule: Optional[Sourced[Literal[KV_BUDGET_RULES]]] = None
     batching: Optional[Batching] = Field(None, description="serving frameworks only (moesim serve)")
+    # Where the framework's code lives ("owner/name" on GitHub): a measurement whose source is that
+    # repository ran this framework (`validation.serving_mixed.engine_of`).
+    repository: Optional[Sourced[str]] = None
 
 
 class DeepEPLowLatency(Record):

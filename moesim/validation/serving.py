@@ -1,4 +1,5 @@
-"""Predict serving-step cases (one prefill or decode step of a deployment) with the step simulator."""
+"""Predict serving cases: one prefill or decode step of a deployment with the step simulator; a served run
+(phase `mixed`) with the request-level one (`validation.serving_mixed`)."""
 from __future__ import annotations
 
 from moesim.validation.cases import Case, Skip, profile_override
@@ -14,8 +15,11 @@ def predict_serving(case: Case, calibration=None) -> tuple[float, list[str]]:
 
     p = case.params
     phase = p.get("phase")
+    if phase == "mixed":
+        from moesim.validation.serving_mixed import predict_mixed
+        return predict_mixed(case, calibration)
     if phase not in ("prefill", "decode"):
-        raise Skip(f"phase {phase!r} (continuous batching of mixed prefill/decode) is not simulated yet")
+        raise Skip(f"unknown serving phase {phase!r} (prefill, decode or mixed)")
     if case.metric not in ("tokens_per_s_per_gpu", "tokens_per_s_per_node", "tpot_ms", "ttft_ms"):
         raise Skip(f"unknown metric {case.metric!r} for serving")
     par = p.get("parallel") or {}
