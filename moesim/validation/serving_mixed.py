@@ -8,7 +8,7 @@ batch per GPU as each attention-DP rank's running limit, the step's token budget
 engine's defaults otherwise (`workloads/frameworks.yaml`, the kernel profile's fitted serving overheads),
 under a closed loop of that many clients sending requests of the stated lengths. The measured figure is
 a long run's rate; the case does not state how many requests it ran, so moesim reports the steady rate:
-`ROUNDS` rounds of the clients with the first (the burst that fills the idle engine) left out as warm-up.
+`STEADY_RUN_ROUNDS` rounds of the clients with the first (the burst that fills the idle engine) left out as warm-up.
 
 The engine is the framework whose repository the case's source is (`engine_of`): a measurement from
 another publication (an MLPerf log) names no engine here, and is skipped with that reason.
@@ -20,7 +20,7 @@ from typing import Optional
 
 from moesim.validation.cases import Case, Skip, profile_override
 
-ROUNDS = 4          # simulated rounds of the clients; the first, the burst, is the warm-up
+STEADY_RUN_ROUNDS = 4          # simulated rounds of the clients; the first, the burst, is the warm-up
 MIXED_USED = {"model", "phase", "parallel", "batch_per_gpu", "max_num_tokens", "input_len", "output_len", "dtype",
               "kv_cache_dtype"}
 METRICS = ("tokens_per_s_per_gpu", "tokens_per_s_per_node")
@@ -75,7 +75,7 @@ def predict_mixed(case: Case, calibration=None) -> tuple[float, list[str]]:
         default = Policy.of(sc)   # the serving overheads of the kernel profile the caller runs under
         policy = replace(default, max_running=per_rank, token_budget=int(p.get("max_num_tokens", default.token_budget)))
         load = make_load(concurrency=clients, isl=int(p["input_len"]), osl=int(p["output_len"]),
-                         requests=ROUNDS * clients, warmup=clients, closed_loop_start="burst", seed=0)
+                         requests=STEADY_RUN_ROUNDS * clients, warmup=clients, closed_loop_start="burst", seed=0)
         result = serve(sc, load, policy=policy)
     except MoesimError as exc:
         raise Skip(f"served run cannot be modelled: {exc.one_line()}") from None
@@ -85,4 +85,4 @@ def predict_mixed(case: Case, calibration=None) -> tuple[float, list[str]]:
     return value, ignored
 
 
-__all__ = ["ROUNDS", "engine_of", "predict_mixed"]
+__all__ = ["STEADY_RUN_ROUNDS", "engine_of", "predict_mixed"]
