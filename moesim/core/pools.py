@@ -114,14 +114,14 @@ def _wait_for_exit(processes: list, timeout: float) -> list:
     """The processes still running after up to `timeout` seconds, told by their sentinels (an exited
     process's end of the pipe closes), so that the wait reaps none of them."""
     deadline = time.monotonic() + timeout
-    running = [p for p in processes if _sentinel(p) is not None]
-    while running:
+    pending = {sentinel: p for p in processes if (sentinel := _sentinel(p)) is not None}
+    while pending:
         left = deadline - time.monotonic()
         if left <= 0:
             break
-        ready = set(multiprocessing.connection.wait([_sentinel(p) for p in running], timeout=left))
-        running = [p for p in running if _sentinel(p) not in ready]
-    return running
+        for sentinel in multiprocessing.connection.wait(list(pending), timeout=left):
+            del pending[sentinel]
+    return list(pending.values())
 
 
 def _sentinel(proc) -> Optional[int]:
